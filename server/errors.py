@@ -1,0 +1,131 @@
+"""Domain errors, and the single place where they become HTTP responses.
+
+Every error the server raises on purpose is a :class:`ServerError` with a stable
+machine-readable ``code`` and an HTTP ``status``. Handlers in :func:`install_handlers`
+turn them into ``{"error": "<message>", "code": "<code>"}``; anything else is a 500 that
+says only "internal error" and logs the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(Exception):
+    """Base of all expected errors. ``message`` is safe to show to the client."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    retry_after: ClassVar[int | None] = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidImage(ServerError):
+    """The bytes are not a decodable image (empty, truncated, corrupt)."""
+
+    status = 400
+    code = "invalid_image"
+
+
+class UnsupportedImageFormat(ServerError):
+    """The bytes are a format this server does not decode (SVG, PDF, ...)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ImageTooLarge(ServerError):
+    """The image declares more pixels than ``max_image_pixels`` (checked before decoding)."""
+
+    status = 413
+    code = "image_too_large"
+
+
+class BodyTooLarge(ServerError):
+    """The request body exceeds ``max_body_bytes``."""
+
+    status = 413
+    code = "body_too_large"
+
+
+class BodyTimeout(ServerError):
+    """The client sent its body too slowly."""
+
+    status = 408
+    code = "body_timeout"
+
+
+class BadRequest(ServerError):
+    """A malformed request: wrong fields, shapes, datatypes, counts."""
+
+    status = 400
+    code = "bad_request"
+
+
+class InvalidParameter(ServerError):
+    """A query or body parameter out of its range (for example ``top_k``)."""
+
+    status = 422
+    code = "invalid_parameter"
+
+
+class Unauthorized(ServerError):
+    """Missing or wrong API key."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class UnknownModel(ServerError):
+    """No model (or model version) of that name is served."""
+
+    status = 404
+    code = "unknown_model"
+
+
+class NotReady(ServerError):
+    """The server or model is not ready (loading, warming up, or shutting down)."""
+
+    status = 503
+    code = "not_ready"
+    retry_after = 1
+
+
+class QueueFull(ServerError):
+    """The model's queue holds ``max_queue_size`` images already."""
+
+    status = 503
+    code = "queue_full"
+    retry_after = 1
+
+
+class QueueTimeout(ServerError):
+    """The request waited longer than ``queue_timeout`` without being run; it was dropped."""
+
+    status = 503
+    code = "queue_timeout"
+    retry_after = 1
+
+
+class ShuttingDown(ServerError):
+    """The server is draining and takes no new work."""
+
+    status = 503
+    code = "shutting_down"
+    retry_after = 5
+
+
+class InferenceFailed(ServerError):
+    """The batch this request was in failed inside the runtime (traceback in the log)."""
+
+    status = 500
+    code = "inference_failed"
