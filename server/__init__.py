@@ -1,0 +1,8 @@
+"""resnet-server: ImageNet classification over HTTP on ONNX Runtime."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("resnet-server")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"

@@ -116,6 +116,14 @@ class QueueTimeout(ServerError):
     retry_after = 1
 
 
+class Overloaded(ServerError):
+    """Too many inference requests in flight (``max_concurrent_requests``)."""
+
+    status = 503
+    code = "overloaded"
+    retry_after = 1
+
+
 class ShuttingDown(ServerError):
     """The server is draining and takes no new work."""
 
@@ -129,3 +137,52 @@ class InferenceFailed(ServerError):
 
     status = 500
     code = "inference_failed"
+
+
+def error_body(err: ServerError) -> dict[str, str]:
+    return {"error": err.message, "code": err.code}
+
+
+def error_headers(err: ServerError) -> dict[str, str]:
+    return {} if err.retry_after is None else {"Retry-After": str(err.retry_after)}
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every error to ``{"error", "code"}`` JSON: the one place status codes are chosen."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+
+    async def on_server_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServerError)
+        if exc.status >= 500 and not isinstance(
+            exc, (NotReady, QueueFull, QueueTimeout, ShuttingDown, Overloaded)
+        ):
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return JSONResponse(error_body(exc), exc.status, headers=error_headers(exc))
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        parts = []
+        for e in exc.errors()[:5]:
+            where = ".".join(str(x) for x in e.get("loc", ()))
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        err = InvalidParameter("invalid request: " + "; ".join(parts))
+        return JSONResponse(error_body(err), err.status)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return JSONResponse(
+            {"error": str(exc.detail), "code": code}, exc.status_code, headers=exc.headers
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error", "code": "internal_error"}, 500)
+
+    app.add_exception_handler(ServerError, on_server_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,89 @@
+"""The app factory: builds one app from one ``Settings``, and wires its parts together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from . import __version__
+from .errors import install_handlers
+from .limits import LimitsMiddleware
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .repository import InferFn, ModelRepository
+from .routes import health, metrics, predict
+from .settings import Settings
+from .state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    infer_wrapper: Callable[[InferFn], InferFn] | None = None,
+) -> FastAPI:
+    """Build the app. Nothing is loaded here: models load and warm up in the lifespan.
+
+    ``infer_wrapper`` wraps each model's blocking run function; tests use it to inject
+    faults into a real server.
+    """
+    metrics_ = Metrics(registry or CollectorRegistry(), settings.max_batch_size)
+    state = AppState(
+        settings=settings,
+        metrics=metrics_,
+        repository=ModelRepository(settings, metrics_, infer_wrapper),
+        pipeline=Pipeline(settings, metrics_),
+    )
+    app = FastAPI(
+        title="resnet-server",
+        version=__version__,
+        description="ImageNet classification (ResNet18/50) on ONNX Runtime with dynamic batching.",
+        lifespan=_lifespan(state),
+    )
+    app.state.server = state
+    install_handlers(app)
+    for router in (health.router, predict.router, metrics.router):
+        app.include_router(router)
+    app.add_middleware(
+        LimitsMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_concurrent=settings.max_concurrent_requests,
+    )
+    return app
+
+
+def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background so liveness and readiness (503 "loading") answer meanwhile.
+        loading = asyncio.create_task(_load(state))
+        try:
+            yield
+        finally:
+            state.lifecycle.draining = True
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await state.repository.stop(state.settings.drain_timeout_s)
+            state.pipeline.close()
+            log.info("stopped")
+
+    return lifespan
+
+
+async def _load(state: AppState) -> None:
+    try:
+        await state.repository.load_all()
+    except Exception as e:
+        state.lifecycle.startup_error = f"model load failed: {e}"
+        log.exception("model load failed; readiness stays 503")
+        return
+    state.lifecycle.started = True
+    log.info("ready: serving %s", sorted(state.repository.models))

@@ -1,0 +1,28 @@
+"""Optional API-key check for the inference endpoints (off unless ``api_key`` is set)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .errors import Unauthorized
+from .state import AppState, get_state
+
+
+def require_api_key(request: Request, state: Annotated[AppState, Depends(get_state)]) -> None:
+    """Accept ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; constant-time compare.
+
+    Raises:
+        Unauthorized: a key is configured and the request's is missing or wrong.
+    """
+    expected = state.settings.api_key
+    if expected is None:
+        return
+    given = request.headers.get("x-api-key", "")
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>')")

@@ -1,0 +1,78 @@
+"""ASGI middleware that protects the inference endpoints before any route code runs:
+body size (by header, then counted while streaming), body read timeout (slow clients), and a
+cap on concurrent inference requests (fast 503 with ``Retry-After`` instead of piling up)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import BodyTimeout, BodyTooLarge, Overloaded, ServerError
+
+
+def _is_inference(scope: Scope) -> bool:
+    path: str = scope.get("path", "")
+    return scope["method"] == "POST" and (path.startswith("/predict") or path.endswith("/infer"))
+
+
+async def send_error(send: Send, err: ServerError) -> None:
+    """Answer with the server's JSON error shape without involving the app."""
+    body = json.dumps({"error": err.message, "code": err.code}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if err.retry_after is not None:
+        headers.append((b"retry-after", str(err.retry_after).encode()))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class LimitsMiddleware:
+    """Applies to POST inference paths only; health, metrics and metadata always get through."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float, max_concurrent: int
+    ) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.timeout = body_timeout_s
+        self.max_concurrent = max_concurrent
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _is_inference(scope):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await send_error(send, self._too_large())
+            return
+        if self.active >= self.max_concurrent:
+            await send_error(send, Overloaded(f"server busy: {self.active} requests in flight"))
+            return
+        self.active += 1
+        try:
+            await self.app(scope, self._guarded(receive), send)
+        finally:
+            self.active -= 1
+
+    def _too_large(self) -> BodyTooLarge:
+        return BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+
+    def _guarded(self, receive: Receive) -> Receive:
+        received = 0
+
+        async def guarded() -> Message:
+            nonlocal received
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                raise BodyTimeout(
+                    f"request body not received within {self.timeout:g} s between chunks"
+                ) from None
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise self._too_large()
+            return message
+
+        return guarded

@@ -1,0 +1,92 @@
+"""Prometheus metrics, all registered on a registry the app factory passes in.
+
+Names and labels are listed in ``docs/DESIGN.md``. Label values are bounded: model names come
+from the served set (``UNKNOWN_MODEL`` otherwise) and outcomes from error codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+UNKNOWN_MODEL = "_unknown"
+
+# Seconds: from sub-millisecond queue waits to multi-second overload latencies.
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+def _batch_buckets(max_batch_size: int) -> tuple[float, ...]:
+    edges, b = [], 1
+    while b < max_batch_size:
+        edges.append(float(b))
+        b *= 2
+    edges.append(float(max_batch_size))
+    return tuple(edges)
+
+
+class Metrics:
+    """The server's metrics. One instance per app; tests read values back from ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry, max_batch_size: int) -> None:
+        self.registry = registry
+        r = registry
+        self.requests = Counter(
+            "resnet_requests", "Requests answered, by outcome (ok or error code).",
+            ["model", "endpoint", "outcome"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "resnet_request_duration_seconds", "Time from request received to response ready.",
+            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "resnet_queue_wait_seconds", "Time a request waited in the batch queue.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.preprocess = Histogram(
+            "resnet_preprocess_seconds", "Decode and preprocess time per image.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference = Histogram(
+            "resnet_inference_seconds", "ONNX Runtime execution time per batch.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "resnet_batch_size", "Images per batch execution.",
+            ["model"], buckets=_batch_buckets(max_batch_size), registry=r,
+        )  # fmt: skip
+        self.inference_count = Counter(
+            "resnet_inference_count", "Images inferred.", ["model"], registry=r
+        )
+        self.exec_count = Counter(
+            "resnet_inference_exec_count", "Batch executions (count / exec = mean batch size).",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "resnet_queue_depth", "Images waiting in the batch queue.", ["model"], registry=r
+        )
+        self.rejected = Counter(
+            "resnet_rejected_requests", "Requests refused by the batcher, by reason.",
+            ["model", "reason"], registry=r,
+        )  # fmt: skip
+        self.model_load = Gauge(
+            "resnet_model_load_seconds", "Time to load and warm up the model.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.model_info = Gauge(
+            "resnet_model_info", "Served model; provider is what the session actually uses.",
+            ["model", "architecture", "weights", "random_weights", "provider",
+             "requested_provider", "fallback"], registry=r,
+        )  # fmt: skip
+
+    def track_queue_depth(self, model: str, depth: Callable[[], float]) -> None:
+        """Read the queue depth from the batcher at scrape time (no bookkeeping per request)."""
+        self.queue_depth.labels(model).set_function(depth)
+
+    def observe_batch(self, model: str, rows: int, seconds: float) -> None:
+        self.batch_size.labels(model).observe(rows)
+        self.inference.labels(model).observe(seconds)
+        self.inference_count.labels(model).inc(rows)
+        self.exec_count.labels(model).inc()

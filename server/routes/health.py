@@ -1,0 +1,119 @@
+"""Liveness, readiness and what is loaded."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from ..errors import NotReady, error_body, error_headers
+from ..repository import ServedModel
+from ..state import AppState, get_state
+
+router = APIRouter(tags=["health"])
+State = Annotated[AppState, Depends(get_state)]
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    ready: bool
+    not_ready_reason: str
+    architecture: str
+    weights: str
+    weights_source: str
+    weights_sha256: str
+    random_weights: bool
+    accuracy: dict[str, float]
+    precision: str
+    provider: str
+    requested_provider: str
+    provider_fallback: bool
+    session_providers: list[str]
+    instances: int
+    input: dict[str, Any]
+    output: dict[str, Any]
+    preprocessing: dict[str, Any]
+    batching: dict[str, Any]
+    load_seconds: float
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    default_model: str
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """Liveness: the process answers. Never depends on models, so a busy server is not killed."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses={503: {"description": "not ready"}})
+async def readyz(state: State) -> Status | JSONResponse:
+    """Ready when every model is loaded on its intended provider and warmed up; 503 while
+    starting, after a failed provider check, and from the moment shutdown begins."""
+    if state.ready:
+        return Status(status="ready")
+    err = NotReady(f"not ready: {_reason(state)}")
+    return JSONResponse(error_body(err), err.status, headers=error_headers(err))
+
+
+def _reason(state: AppState) -> str:
+    life = state.lifecycle
+    if life.draining:
+        return "shutting down"
+    if life.startup_error:
+        return life.startup_error
+    if not life.started:
+        return "loading models"
+    bad = {m.name: m.not_ready_reason for m in state.repository.models.values() if not m.ready}
+    return f"models not ready: {bad}"
+
+
+def model_info(m: ServedModel, state: AppState) -> ModelInfo:
+    rt, meta = m.runtime, m.runtime.meta
+    cfg = m.config
+    crop = meta.preprocessing.crop_size
+    return ModelInfo(
+        name=m.name,
+        version=m.version,
+        ready=m.ready,
+        not_ready_reason=m.not_ready_reason,
+        architecture=meta.architecture,
+        weights=meta.weights,
+        weights_source=meta.weights_source,
+        weights_sha256=meta.weights_sha256,
+        random_weights=meta.random_weights,
+        accuracy=meta.accuracy,
+        precision=meta.precision,
+        provider=rt.provider.actual,
+        requested_provider=rt.provider.requested,
+        provider_fallback=rt.provider.fallback,
+        session_providers=list(rt.provider.session_providers),
+        instances=rt.instances,
+        input={"name": meta.input_name, "dtype": meta.input_dtype, "layout": meta.input_layout,
+               "shape": [-1, crop, crop, 3]},
+        output={"name": meta.output_name, "dtype": "float32",
+                "shape": [-1, meta.num_classes], "meaning": "logits"},
+        preprocessing=meta.preprocessing.to_dict(),
+        batching={"max_batch_size": cfg.max_batch_size,
+                  "max_queue_delay_ms": cfg.max_queue_delay * 1000,
+                  "policy": "eager" if cfg.eager else "delay",
+                  "max_queue_size": cfg.max_queue_size,
+                  "queue_timeout_ms": cfg.queue_timeout * 1000},
+        load_seconds=round(m.load_seconds, 3),
+    )  # fmt: skip
+
+
+@router.get("/models", response_model=ModelList)
+async def models(state: State) -> ModelList:
+    """What is served: architecture, weights, provider actually in use, batching, input contract."""
+    infos = [model_info(m, state) for m in state.repository.models.values()]
+    return ModelList(models=infos, default_model=state.settings.default_model)

@@ -1,0 +1,171 @@
+"""``POST /predict``: encoded images in, top-k ImageNet classes out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from ..auth import require_api_key
+from ..classify import top_k
+from ..errors import BadRequest, InvalidParameter, UnsupportedImageFormat
+from ..observe import observe_request
+from ..pipeline import Preprocessed
+from ..repository import ServedModel
+from ..state import AppState, get_state
+
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+State = Annotated[AppState, Depends(get_state)]
+
+_IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as the raw body (image/* or application/octet-stream), or "
+        "one or more images as multipart/form-data file parts (any field name, in order).",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="ImageNet-1k class index, 0..999")
+    label: str
+    probability: float = Field(description="softmax probability over all classes")
+
+
+class Timing(BaseModel):
+    queue_ms: float
+    preprocess_ms: float
+    inference_ms: float = Field(description="duration of the batch this image ran in")
+    batch_size: int = Field(description="images in that batch execution")
+
+
+class ImageResult(BaseModel):
+    predictions: list[Prediction]
+    timing: Timing
+
+
+class PredictResponse(BaseModel):
+    model: str
+    model_version: str
+    weights: str
+    random_weights: bool
+    results: list[ImageResult] = Field(description="one entry per image, in request order")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc}
+    for code, desc in [
+        (400, "not an image / malformed request"),
+        (401, "missing or invalid API key"),
+        (404, "unknown model"),
+        (408, "body sent too slowly"),
+        (413, "body or image too large"),
+        (415, "unsupported content or image type"),
+        (422, "invalid parameter"),
+        (500, "inference failed"),
+        (503, "overloaded, queue timeout, or shutting down (Retry-After)"),
+    ]
+}
+
+
+async def read_images(request: Request, max_images: int) -> list[bytes]:
+    """The encoded images of a request: multipart file parts in order, or the raw body.
+
+    Raises:
+        BadRequest: empty body, multipart without a file, or too many files.
+        UnsupportedImageFormat: a content type that cannot hold an image.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _read_multipart(request, max_images)
+    if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+        raise UnsupportedImageFormat(
+            f"unsupported content type {ctype[:64]!r}: send image/*, application/octet-stream "
+            "or multipart/form-data"
+        )
+    body = await request.body()
+    if not body:
+        raise BadRequest("empty body: send an image as the body or as a multipart file")
+    return [body]
+
+
+async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
+    try:
+        form = await request.form(max_files=max_images, max_fields=max_images)
+    except MultiPartException as e:
+        raise BadRequest(f"malformed multipart body: {e.message}") from None
+    try:
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise BadRequest("multipart body has no file part; send the image as a file field")
+        return [await f.read() for f in files]
+    finally:
+        await form.close()
+
+
+async def _classify(
+    state: AppState, model: ServedModel, image: Preprocessed, k: int
+) -> ImageResult:
+    done = await state.pipeline.infer(model, image.pixels[np.newaxis])
+    preds = top_k(done.value[0], k, model.runtime.meta.labels)
+    return ImageResult(
+        predictions=[Prediction(index=p.index, label=p.label, probability=p.probability)
+                     for p in preds],
+        timing=Timing(queue_ms=done.queue_seconds * 1000, preprocess_ms=image.seconds * 1000,
+                      inference_ms=done.run_seconds * 1000, batch_size=done.batch_rows),
+    )  # fmt: skip
+
+
+async def _predict(state: AppState, request: Request, name: str | None, k: int) -> PredictResponse:
+    name = name or state.settings.default_model
+    served = frozenset(state.repository.models)
+    async with observe_request(state.metrics, "predict", name, served):
+        if not 1 <= k <= min(state.settings.max_top_k, 1000):
+            raise InvalidParameter(f"top_k must be in 1..{min(state.settings.max_top_k, 1000)}")
+        model = state.repository.get(name)
+        images = await read_images(request, state.settings.max_images_per_request)
+        pre = await state.pipeline.preprocess_many(model, images)
+        results = await asyncio.gather(*(_classify(state, model, p, k) for p in pre))
+        meta = model.runtime.meta
+        return PredictResponse(model=model.name, model_version=model.version,
+                               weights=meta.weights, random_weights=meta.random_weights,
+                               results=list(results))  # fmt: skip
+
+
+TopK = Annotated[int, Query(description="number of classes to return, 1..1000")]
+
+
+@router.post("/predict", response_model=PredictResponse, responses=_ERRORS,
+             openapi_extra=_IMAGE_BODY)  # fmt: skip
+async def predict(
+    request: Request, state: State, top_k: TopK = 5,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+) -> PredictResponse:  # fmt: skip
+    """Classify one or more images with ``model`` (default from settings)."""
+    return await _predict(state, request, model, top_k)
+
+
+@router.post("/predict/{model}", response_model=PredictResponse, responses=_ERRORS,
+             openapi_extra=_IMAGE_BODY)  # fmt: skip
+async def predict_model(
+    request: Request, state: State, model: str, top_k: TopK = 5
+) -> PredictResponse:
+    """Classify one or more images with the model named in the path."""
+    return await _predict(state, request, model, top_k)

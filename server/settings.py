@@ -1,0 +1,141 @@
+"""The one typed settings object. Built once in ``main``/``create_app`` and passed down.
+
+Values come from environment variables prefixed ``RESNET_`` (``RESNET_MAX_BATCH_SIZE=16``) and,
+when started from the command line, from flags (``--max-batch-size 16``), which win. Bad
+values fail at start with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask, capped by a cgroup v2/v1 CPU quota if set.
+
+    ``os.cpu_count()`` reports the host's cores, which oversubscribes a container limited
+    to 2 CPUs on a 64-core node.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, int(quota + 0.5)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPU limit in cores from cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``; None if unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        p = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if q <= 0 else q / p
+    except (OSError, ValueError):
+        return None
+
+
+class Settings(BaseSettings):
+    """Server settings. Durations carry their unit in the name (``_ms``, ``_s``)."""
+
+    model_config = SettingsConfigDict(env_prefix="RESNET_", extra="forbid", frozen=True)
+
+    # Models
+    model_dir: Path = Path("models")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="model names to serve; empty = every .onnx in model_dir"
+    )
+    default_model: str = "resnet18"
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_key: SecretStr | None = None
+
+    # Runtime
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    allow_cpu_fallback: bool = True
+    intra_op_threads: int = Field(0, ge=0, description="0 = CPUs available to this process")
+    inter_op_threads: int = Field(1, ge=1)
+    instances: int = Field(1, ge=1, le=16, description="ONNX Runtime sessions per model")
+    cuda_device_id: int = Field(0, ge=0)
+
+    # Batching
+    max_batch_size: int = Field(32, ge=1, le=256)
+    max_queue_delay_ms: float = Field(2.0, ge=0, le=10_000)
+    batching: Literal["auto", "eager", "delay"] = "auto"
+    max_queue_size: int = Field(128, ge=1, description="images waiting per model")
+    queue_timeout_ms: float = Field(10_000, gt=0)
+    warmup_batch_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="empty = 1 and every power of two up to max_batch_size"
+    )
+
+    # Preprocessing and limits
+    preprocess_threads: int = Field(0, ge=0, description="0 = CPUs available")
+    fast_jpeg_decode: bool = False
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(32, ge=1)
+    max_top_k: int = Field(1000, ge=1, le=1000)
+    max_concurrent_requests: int = Field(512, ge=1, description="inference requests in flight")
+    body_timeout_s: float = Field(10.0, gt=0)
+    drain_timeout_s: float = Field(20.0, ge=0)
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="after SIGTERM, keep serving (readiness 503) this long before closing",
+    )
+
+    @field_validator("models", "warmup_batch_sizes", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.model_dir.is_dir():
+            raise ValueError(
+                f"model_dir {str(self.model_dir)!r} does not exist; export models first with "
+                f"`python -m export resnet18 resnet50 --out-dir {self.model_dir}` (or `make models`)"
+            )
+        if self.queue_timeout_ms <= self.max_queue_delay_ms:
+            raise ValueError("queue_timeout_ms must be greater than max_queue_delay_ms")
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError("max_queue_size must be >= max_batch_size")
+        bad = [b for b in self.warmup_batch_sizes if not 1 <= int(b) <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"warmup_batch_sizes {bad} outside 1..max_batch_size")
+        return self
+
+    @property
+    def threads(self) -> int:
+        return self.intra_op_threads or available_cpus()
+
+    @property
+    def pool_threads(self) -> int:
+        return self.preprocess_threads or available_cpus()
+
+    @property
+    def warmup_sizes(self) -> list[int]:
+        if self.warmup_batch_sizes:
+            return sorted({int(b) for b in self.warmup_batch_sizes})
+        sizes = {1, self.max_batch_size}
+        b = 2
+        while b < self.max_batch_size:
+            sizes.add(b)
+            b *= 2
+        return sorted(sizes)

@@ -1,0 +1,40 @@
+"""What one app instance owns, created by the factory and filled in by the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import cast
+
+from fastapi import Request
+
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .repository import ModelRepository
+from .settings import Settings
+
+
+@dataclass
+class Lifecycle:
+    """Phase flags read by the readiness endpoints. ``draining`` flips on SIGTERM."""
+
+    started: bool = False
+    draining: bool = False
+    startup_error: str = ""
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    repository: ModelRepository
+    pipeline: Pipeline
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+    @property
+    def ready(self) -> bool:
+        return self.lifecycle.started and not self.lifecycle.draining and self.repository.ready
+
+
+def get_state(request: Request) -> AppState:
+    """FastAPI dependency: the app's state (set by ``create_app``)."""
+    return cast(AppState, request.app.state.server)

@@ -1,0 +1,143 @@
+"""Fixtures shared by the integration suites: exported models and real server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def export_models(out_dir: Path, names: tuple[str, ...] = ("resnet18", "resnet50")) -> Path:
+    """Export seeded random-weight models (no network needed) unless they already exist."""
+    missing = [n for n in names if not (out_dir / f"{n}.onnx").exists()]
+    if missing:
+        subprocess.run(
+            [sys.executable, "-m", "export", *missing, "--weights", "random", "--seed", "0",
+             "--out-dir", str(out_dir)],
+            check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both models, exported once per test session (or taken from RESNET_TEST_MODEL_DIR)."""
+    given = os.environ.get("RESNET_TEST_MODEL_DIR")
+    out = Path(given) if given else tmp_path_factory.mktemp("models")
+    return export_models(out)
+
+
+@dataclass
+class ServerProcess:
+    """A real ``python -m server`` on 127.0.0.1; ``log`` holds its combined output so far."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    _client: httpx.Client | None = None
+
+    def client(self) -> httpx.Client:
+        """A shared client for this server, closed by ``stop``."""
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.url, timeout=60)
+        return self._client
+
+    def new_client(self) -> httpx.Client:
+        """A private client (for threads); the caller closes it."""
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def rss_bytes(self) -> int:
+        fields = Path(f"/proc/{self.proc.pid}/status").read_text().split("\n")
+        kb = next(line for line in fields if line.startswith("VmRSS:")).split()[1]
+        return int(kb) * 1024
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                if self.client().get("/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(
+    model_dir: Path,
+    tmp_path: Path,
+    *,
+    module: str = "server",
+    wait: bool = True,
+    **settings: object,
+) -> ServerProcess:
+    """Start a server with ``settings`` as RESNET_* environment variables."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_")}
+    env.update(RESNET_MODEL_DIR=str(model_dir), RESNET_PORT=str(port), RESNET_HOST="127.0.0.1",
+               RESNET_INTRA_OP_THREADS="2", RESNET_LOG_LEVEL="info")  # fmt: skip
+    env.update({f"RESNET_{k.upper()}": str(v) for k, v in settings.items()})
+    log_path = tmp_path / f"server-{port}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, env)
+    if wait:
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One shared server on both models, default settings but a small delay-policy batcher so
+    concurrent requests visibly batch."""
+    srv = start_server(
+        model_dir, tmp_path_factory.mktemp("server"),
+        batching="delay", max_queue_delay_ms=30, max_batch_size=8, max_queue_size=64,
+        warmup_batch_sizes="1,8",
+    )  # fmt: skip
+    yield srv
+    srv.stop()
