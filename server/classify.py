@@ -27,10 +27,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top_k(logits: np.ndarray, k: int, labels: Sequence[str]) -> list[Scored]:
     """The ``k`` most probable classes of one row of logits (shape ``[C]``), best first.
 
-    Ties keep the lower index first, like ``torch.topk`` on CPU in practice.
+    Ties keep the lower index first (a stable sort; 1000 classes sort in microseconds).
     """
     probs = softmax(logits[np.newaxis])[0]
-    k = min(k, probs.shape[0])
-    idx = np.argpartition(-probs, k - 1)[:k] if k < probs.shape[0] else np.arange(k)
-    idx = idx[np.lexsort((idx, -probs[idx]))]
+    idx = np.argsort(-probs, kind="stable")[:k]
     return [Scored(int(i), labels[int(i)], float(probs[i])) for i in idx]

@@ -1,0 +1,64 @@
+"""Settings validation and top-k postprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from server.classify import softmax, top_k
+from server.settings import Settings
+
+
+def test_settings_from_env_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RESNET_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("RESNET_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("RESNET_MODELS", "resnet18, resnet50")
+    s = Settings(max_batch_size=4)
+    assert s.max_batch_size == 4
+    assert s.models == ["resnet18", "resnet50"]
+    assert s.model_dir == tmp_path
+    assert s.warmup_sizes == [1, 2, 4]
+
+
+def test_missing_model_dir_says_how_to_export(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="python -m export resnet18 resnet50"):
+        Settings(model_dir=tmp_path / "absent")
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_queue_size": 2, "max_batch_size": 8}, "max_queue_size must be >= max_batch_size"),
+        ({"queue_timeout_ms": 1, "max_queue_delay_ms": 5}, "queue_timeout_ms must be greater"),
+        ({"warmup_batch_sizes": [64]}, "outside 1..max_batch_size"),
+        ({"provider": "tpu"}, "provider"),
+        ({"unknown_setting": 1}, "unknown_setting"),
+    ],
+)
+def test_bad_settings_fail_fast(tmp_path: Path, kw: dict[str, object], match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        Settings(model_dir=tmp_path, **kw)  # type: ignore[arg-type]
+
+
+def test_softmax_and_top_k_match_a_direct_computation() -> None:
+    logits = np.random.default_rng(0).normal(size=1000).astype(np.float32) * 5
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    labels = [f"class{i}" for i in range(1000)]
+    got = top_k(logits, 5, labels)
+    want = np.argsort(-probs)[:5]
+    assert [s.index for s in got] == want.tolist()
+    assert [s.label for s in got] == [f"class{i}" for i in want]
+    np.testing.assert_allclose([s.probability for s in got], probs[want], rtol=1e-12)
+    assert softmax(logits[None]).sum() == pytest.approx(1.0)
+    assert len(top_k(logits, 1000, labels)) == 1000
+
+
+def test_top_k_ties_keep_lower_index_first() -> None:
+    logits = np.zeros(10, np.float32)
+    logits[[7, 3]] = 2.0
+    assert [s.index for s in top_k(logits, 3, [str(i) for i in range(10)])] == [3, 7, 0]
