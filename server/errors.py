@@ -85,6 +85,13 @@ class Unauthorized(ServerError):
     code = "unauthorized"
 
 
+class ClientDisconnected(ServerError):
+    """The client went away before its answer was ready; its queued work was cancelled."""
+
+    status = 499  # nginx's "client closed request": nobody reads it, but logs and metrics do
+    code = "client_disconnected"
+
+
 class UnknownModel(ServerError):
     """No model (or model version) of that name is served."""
 

@@ -60,10 +60,12 @@ class LimitsMiddleware:
         return BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
 
     def _guarded(self, receive: Receive) -> Receive:
-        received = 0
+        received, complete = 0, False
 
         async def guarded() -> Message:
-            nonlocal received
+            nonlocal received, complete
+            if complete:  # body done: later reads only wait for a disconnect, no timeout
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.timeout)
             except TimeoutError:
@@ -71,6 +73,7 @@ class LimitsMiddleware:
                     f"request body not received within {self.timeout:g} s between chunks"
                 ) from None
             received += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if received > self.max_body:
                 raise self._too_large()
             return message

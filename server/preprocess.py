@@ -42,8 +42,7 @@ __all__ = [
 #: Pillow format names this server decodes. Anything else is refused (415) without being
 #: parsed further, so rarely used (and rarely audited) Pillow plugins never see client bytes.
 SUPPORTED_FORMATS: Final[tuple[str, ...]] = (
-    "JPEG",
-    "MPO",  # JPEG with extra pictures (phone cameras); the first is the primary image
+    "JPEG",  # includes MPO (JPEG + extra pictures, phone cameras): the first is the primary
     "PNG",
     "GIF",
     "WEBP",

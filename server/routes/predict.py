@@ -13,6 +13,7 @@ from starlette.formparsers import MultiPartException
 
 from ..auth import require_api_key
 from ..classify import top_k
+from ..disconnect import cancel_on_disconnect
 from ..errors import BadRequest, InvalidParameter, UnsupportedImageFormat
 from ..observe import observe_request
 from ..pipeline import Preprocessed
@@ -142,7 +143,8 @@ async def _predict(state: AppState, request: Request, name: str | None, k: int) 
         model = state.repository.get(name)
         images = await read_images(request, state.settings.max_images_per_request)
         pre = await state.pipeline.preprocess_many(model, images)
-        results = await asyncio.gather(*(_classify(state, model, p, k) for p in pre))
+        work = asyncio.gather(*(_classify(state, model, p, k) for p in pre))
+        results = await cancel_on_disconnect(request, work)
         meta = model.runtime.meta
         return PredictResponse(model=model.name, model_version=model.version,
                                weights=meta.weights, random_weights=meta.random_weights,

@@ -1,0 +1,266 @@
+"""Export tests: networks, folding, ONNX graph, equivalence, metadata, download, CLI."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.fold import fuse_conv_bn
+from export.onnx_export import count_ops
+from export.resnet import build
+from export.verify import Report, random_images
+from export.weights import (
+    BASE_URL_ENV,
+    WeightsDownloadError,
+    WeightsError,
+    imagenet_weights,
+    load_into,
+    lookup,
+    random_weights,
+)
+from server.modelmeta import parse_metadata
+
+Exported = dict[str, tuple[Path, Report]]
+ARCHS = ("resnet18", "resnet50")
+
+
+@pytest.mark.parametrize(("arch", "count"), [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
+def test_parameter_count(arch: str, count: int) -> None:
+    assert sum(p.numel() for p in build(arch).parameters()) == count
+
+
+def test_torchvision_key_names_load_strict(tmp_path: Path) -> None:
+    sd = build("resnet50").state_dict()
+    assert "layer1.0.downsample.0.weight" in sd
+    assert "layer4.2.bn3.running_var" in sd
+    assert "fc.bias" in sd
+    torch.save(sd, tmp_path / "w.pth")
+    load_into(build("resnet50"), torch.load(tmp_path / "w.pth", weights_only=True))
+
+
+def test_wrong_keys_fail_clearly() -> None:
+    sd = build("resnet18").state_dict()
+    sd["head.weight"] = sd.pop("fc.weight")
+    with pytest.raises(
+        WeightsError, match=r"1 missing keys \['fc.weight'\].*1 unexpected keys \['head.weight'\]"
+    ):
+        load_into(build("resnet18"), sd)
+
+
+def test_resnet50_state_dict_does_not_fit_resnet18() -> None:
+    with pytest.raises(WeightsError, match="missing keys"):
+        load_into(build("resnet18"), build("resnet50").state_dict())
+
+
+def _random_model(arch: str) -> torch.nn.Module:
+    model = build(arch)
+    model.load_state_dict(random_weights(arch, seed=1).state_dict)
+    return model.eval()
+
+
+def test_fusion_preserves_logits_resnet18() -> None:
+    model = _random_model("resnet18")
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (model(x) - fuse_conv_bn(model)(x)).abs().max().item()
+    assert diff <= 1e-5
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fuse_conv_bn(model).modules())
+
+
+def test_fusion_is_exact_resnet50_float64() -> None:
+    # In float32, ResNet50's own rounding noise (unfused f32 vs f64) is ~4e-5, above 1e-5;
+    # folding itself is checked in float64, where any formula error would show.
+    model = _random_model("resnet50").double()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        diff = (model(x) - fuse_conv_bn(model)(x)).abs().max().item()
+    assert diff <= 1e-10
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_graph_has_no_batchnorm_and_declared_io(exported: Exported, arch: str) -> None:
+    model = onnx.load(str(exported[arch][0]))
+    assert count_ops(model, "BatchNormalization") == 0
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "images"
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value or d.dim_param for d in inp.type.tensor_type.shape.dim] == [
+        "N",
+        224,
+        224,
+        3,
+    ]
+    assert out.name == "logits"
+    assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_dynamic_batch(exported: Exported, batch: int) -> None:
+    session = ort.InferenceSession(str(exported["resnet18"][0]), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": random_images(batch, 224, seed=batch)})
+    assert logits.shape == (batch, 1000)
+    assert logits.dtype == np.float32
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ort_matches_pytorch(exported: Exported, arch: str) -> None:
+    report = exported[arch][1]
+    assert report.ok, report.format()
+    names = {c.name for c in report.checks}
+    assert {
+        "max |ort - torch|",
+        "top-1 identical",
+        "BatchNormalization nodes",
+        "onnx.checker",
+    } <= names
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_metadata_round_trip(exported: Exported, arch: str) -> None:
+    session = ort.InferenceSession(str(exported[arch][0]), providers=["CPUExecutionProvider"])
+    meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
+    assert meta.architecture == arch
+    assert meta.num_classes == 1000
+    assert meta.labels[0] == "tench"
+    assert meta.labels[207] == "golden retriever"
+    assert (meta.preprocessing.resize_size, meta.preprocessing.crop_size) == (256, 224)
+    assert meta.preprocessing.mean == (0.485, 0.456, 0.406)
+    assert meta.preprocessing.interpolation == "bilinear"
+    assert (meta.weights, meta.weights_source, meta.weights_detail) == (
+        "random",
+        "random",
+        "seed=0",
+    )
+    assert meta.random_weights is True
+    assert meta.weights_sha256 == random_weights(arch, 0).sha256
+    assert (meta.input_name, meta.input_layout, meta.input_dtype) == ("images", "NHWC", "uint8")
+    assert (meta.output_name, meta.precision, meta.opset) == ("logits", "fp32", "17")
+    assert meta.accuracy == {}
+
+
+def test_published_weights_carry_their_preprocessing() -> None:
+    v2 = lookup("resnet50", "IMAGENET1K_V2")
+    assert (v2.preprocessing.resize_size, v2.hash_prefix) == (232, "11ad3fa6")
+    assert v2.accuracy == {"acc@1": 80.858, "acc@5": 95.434}
+    assert lookup("resnet18").accuracy == {"acc@1": 69.758, "acc@5": 89.078}
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def weights_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}/", root
+        server.shutdown()
+        thread.join()
+
+
+def _real_file_name_prefix(tmp: Path, arch: str) -> tuple[Path, str]:
+    sd = random_weights(arch, 3).state_dict
+    path = tmp / "w.pth"
+    torch.save(sd, path)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_imagenet_download_over_http(
+    weights_server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_url, root = weights_server
+    path, digest = _real_file_name_prefix(tmp_path, "resnet18")
+    entry = lookup("resnet18")
+    monkeypatch.setattr(type(entry), "hash_prefix", property(lambda self: digest[:8]))
+    (root / entry.file_name).write_bytes(path.read_bytes())
+    monkeypatch.setenv(BASE_URL_ENV, base_url)
+    cache = tmp_path / "cache"
+    w = imagenet_weights("resnet18", cache_dir=cache, progress=False)
+    assert (w.source, w.name, w.sha256) == ("imagenet", "IMAGENET1K_V1", digest)
+    assert w.detail == base_url + entry.file_name
+    assert w.accuracy == {"acc@1": 69.758, "acc@5": 89.078}
+    assert [p.name for p in cache.iterdir()] == [entry.file_name]
+    load_into(build("resnet18"), w.state_dict)
+
+
+def test_corrupted_download_is_rejected(weights_server: tuple[str, Path], tmp_path: Path) -> None:
+    base_url, root = weights_server
+    entry = lookup("resnet18")
+    (root / entry.file_name).write_bytes(b"not the weights")
+    cache = tmp_path / "cache"
+    with pytest.raises(WeightsDownloadError, match="hash mismatch"):
+        imagenet_weights("resnet18", cache_dir=cache, base_url=base_url, progress=False)
+    assert list(cache.iterdir()) == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_no_network_names_the_alternatives(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/"
+    with pytest.raises(WeightsDownloadError, match=r"--weights random.*--weights PATH"):
+        imagenet_weights("resnet18", cache_dir=tmp_path, base_url=url, progress=False)
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "export", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_cli_exports_random_resnet18(tmp_path: Path) -> None:
+    result = _cli("resnet18", "--weights", "random", "--out-dir", str(tmp_path), "--name", "r18")
+    assert result.returncode == 0, result.stderr
+    assert f"verify {tmp_path / 'r18.onnx'}: OK" in result.stdout
+    assert "max |ort - torch|" in result.stdout
+    assert (tmp_path / "r18.onnx").is_file()
+
+
+def test_cli_no_network_exit_code_3(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, BASE_URL_ENV: f"http://127.0.0.1:{_closed_port()}/"}
+    result = _cli("resnet18", "--cache-dir", str(tmp_path), "--out-dir", str(tmp_path), env=env)
+    assert result.returncode == 3
+    assert "--weights random" in result.stderr
+    assert "--weights PATH" in result.stderr
+    assert not (tmp_path / "resnet18.onnx").exists()
+
+
+def test_cli_fp16(tmp_path: Path) -> None:
+    result = _cli(
+        "resnet18", "--weights", "random", "--precision", "fp16", "--out-dir", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "top-1 agreement" in result.stdout
+    session = ort.InferenceSession(
+        str(tmp_path / "resnet18.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert parse_metadata(session.get_modelmeta().custom_metadata_map).precision == "fp16"
+    (logits,) = session.run(None, {"images": random_images(2, 224, seed=0)})
+    assert logits.dtype == np.float32
