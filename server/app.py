@@ -14,11 +14,13 @@ from . import __version__
 from .errors import install_handlers
 from .limits import LimitsMiddleware
 from .metrics import Metrics
+from .openapi import openapi_with_errors
 from .pipeline import Pipeline
 from .repository import InferFn, ModelRepository
 from .routes import health, metrics, predict
 from .settings import Settings
 from .state import AppState
+from .v2 import routes as v2
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,9 @@ def create_app(
         lifespan=_lifespan(state),
     )
     app.state.server = state
+    app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
     install_handlers(app)
-    for router in (health.router, predict.router, metrics.router):
+    for router in (health.router, predict.router, metrics.router, v2.router):
         app.include_router(router)
     app.add_middleware(
         LimitsMiddleware,

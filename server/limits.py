@@ -1,6 +1,7 @@
 """ASGI middleware that protects the inference endpoints before any route code runs:
-body size (by header, then counted while streaming), body read timeout (slow clients), and a
-cap on concurrent inference requests (fast 503 with ``Retry-After`` instead of piling up)."""
+body size (by header, then counted while streaming), a deadline for the whole body (slow
+clients), and a cap on concurrent inference requests (fast 503 with ``Retry-After`` instead of
+piling up)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import BodyTimeout, BodyTooLarge, Overloaded, ServerError
+from .errors import BodyTimeout, BodyTooLarge, ClientDisconnected, Overloaded, ServerError
 
 
 def _is_inference(scope: Scope) -> bool:
@@ -52,14 +53,20 @@ class LimitsMiddleware:
             return
         self.active += 1
         try:
-            await self.app(scope, self._guarded(receive), send)
+            deadline = asyncio.get_running_loop().time() + self.timeout
+            await self.app(scope, self._guarded(receive, deadline), send)
         finally:
             self.active -= 1
 
     def _too_large(self) -> BodyTooLarge:
         return BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
 
-    def _guarded(self, receive: Receive) -> Receive:
+    def _guarded(self, receive: Receive, deadline: float) -> Receive:
+        """``receive`` with the size limit and one deadline (loop time) for the whole body.
+
+        A per-chunk timeout would let a client trickling 1 byte every 100 ms hold a slot and
+        a socket for as long as it likes.
+        """
         received, complete = 0, False
 
         async def guarded() -> Message:
@@ -67,11 +74,14 @@ class LimitsMiddleware:
             if complete:  # body done: later reads only wait for a disconnect, no timeout
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout)
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
-                raise BodyTimeout(
-                    f"request body not received within {self.timeout:g} s between chunks"
-                ) from None
+                raise BodyTimeout(f"request body not received within {self.timeout:g} s") from None
+            if message["type"] == "http.disconnect":
+                # Starlette would raise its own ClientDisconnect, which the app counts (and
+                # logs) as an internal error; this is the client's doing.
+                raise ClientDisconnected("client disconnected while sending the body")
             received += len(message.get("body", b""))
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             if received > self.max_body:

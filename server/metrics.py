@@ -64,6 +64,10 @@ class Metrics:
             "resnet_inference_exec_count", "Batch executions (count / exec = mean batch size).",
             ["model"], registry=r,
         )  # fmt: skip
+        self.last_inference = Gauge(
+            "resnet_last_inference_timestamp_seconds", "Unix time of the last batch execution.",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "resnet_queue_depth", "Images waiting in the batch queue.", ["model"], registry=r
         )
@@ -90,3 +94,4 @@ class Metrics:
         self.inference.labels(model).observe(seconds)
         self.inference_count.labels(model).inc(rows)
         self.exec_count.labels(model).inc()
+        self.last_inference.labels(model).set_to_current_time()

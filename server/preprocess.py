@@ -379,7 +379,12 @@ def _check_png_crcs(data: bytes) -> None:
 
     Pillow checks only the chunks it parses itself, not the image data; libpng's default is
     an error for a critical chunk and we follow it. Ancillary chunks (lowercase first letter)
-    are not checked, as libpng only warns about them. Truncation is left to the decoder.
+    are not checked, as libpng only warns about them.
+
+    Raises:
+        InvalidImage: a bad CRC, or the data ends before the IEND chunk. Pillow stops reading
+            once it has every row, so a PNG cut inside its last IDAT chunk (or missing IEND)
+            would otherwise be served.
     """
     pos = len(_PNG_SIGNATURE)
     end = len(data)
@@ -388,7 +393,7 @@ def _check_png_crcs(data: bytes) -> None:
         ctype = data[pos + 4 : pos + 8]
         stop = pos + 8 + length
         if stop + 4 > end:
-            return
+            break
         if 65 <= ctype[0] <= 90:  # critical chunk
             (crc,) = struct.unpack_from(">I", data, stop)
             if zlib.crc32(memoryview(data)[pos + 4 : stop]) != crc:
@@ -397,6 +402,7 @@ def _check_png_crcs(data: bytes) -> None:
         if ctype == b"IEND":
             return
         pos = stop + 4
+    raise InvalidImage("cannot decode image: truncated PNG data")
 
 
 def _load_rgb(img: Image.Image) -> Image.Image:

@@ -90,7 +90,11 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(32, ge=1)
     max_top_k: int = Field(1000, ge=1, le=1000)
     max_concurrent_requests: int = Field(512, ge=1, description="inference requests in flight")
-    body_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds for the whole request body to arrive (total, not per chunk)",
+    )
     drain_timeout_s: float = Field(20.0, ge=0)
     shutdown_delay_s: float = Field(
         0.0,

@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from ..auth import require_api_key
@@ -112,6 +113,8 @@ async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
         form = await request.form(max_files=max_images, max_fields=max_images)
     except MultiPartException as e:
         raise BadRequest(f"malformed multipart body: {e.message}") from None
+    except HTTPException as e:  # Starlette re-raises MultiPartException as a 400 inside apps
+        raise BadRequest(f"malformed multipart body: {e.detail}") from None
     try:
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:

@@ -1,0 +1,365 @@
+"""The v2 wire format: a JSON header, optionally followed by raw tensors (binary tensor data
+extension), in both directions. Knows datatypes and bytes, nothing about models.
+
+Request body: ``<JSON header><binary input 0><binary input 1>...``; the
+``Inference-Header-Content-Length`` header gives the JSON length (absent: the whole body is
+JSON). An input whose ``parameters.binary_data_size`` is set takes that many bytes, in input
+order. Numeric tensors are raw little-endian, row-major; a BYTES tensor is each element as a
+4-byte little-endian length followed by its bytes (Triton's serialisation). Responses use the
+same layout, with ``binary_data_size`` on each binary output.
+
+Every function here raises :class:`BadRequest` (400) with a message naming what was expected
+and what was received; nothing else escapes for any input bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from pydantic import ValidationError
+
+from ..errors import BadRequest
+from .schemas import InferRequest, RequestInput
+
+HEADER_LENGTH: Final = "Inference-Header-Content-Length"
+
+#: v2 datatype -> numpy dtype (None: BYTES, elements are byte strings).
+DATATYPES: Final[dict[str, np.dtype[Any] | None]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": None,
+}
+#: Datatypes the protocol defines; BF16 has no numpy dtype, so no tensor of it is decoded.
+KNOWN_DATATYPES: Final = frozenset({*DATATYPES, "BF16"})
+
+_LENGTH: Final = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated JSON header and the raw bytes of each binary input (by input index)."""
+
+    header: InferRequest
+    binary: dict[int, memoryview]
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One output to send: numeric ``data`` of ``datatype``, or for BYTES an object array of
+    ``bytes``; ``binary`` picks raw bytes after the header over JSON ``data``."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+    binary: bool
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def check_datatype(inp: RequestInput, expected: str) -> None:
+    """Raises BadRequest: ``inp.datatype`` is not a v2 datatype, or not ``expected``."""
+    if inp.datatype not in KNOWN_DATATYPES:
+        raise BadRequest(
+            f"input {inp.name!r} has unknown datatype {inp.datatype[:32]!r}; "
+            f"expected {expected} (v2 datatypes: {', '.join(sorted(KNOWN_DATATYPES))})"
+        )
+    if inp.datatype != expected:
+        raise BadRequest(f"input {inp.name!r} has datatype {inp.datatype}, expected {expected}")
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
+    """Split ``body`` into the JSON header and the binary inputs, and validate the header.
+
+    Raises:
+        BadRequest: bad header length, invalid JSON (NaN/Infinity included), a header that is
+            not an inference request, or binary data shorter or longer than declared.
+    """
+    json_len = _json_length(header_length, len(body))
+    view = memoryview(body)
+    header = _validate(_loads(view[:json_len], binary_follows=json_len < len(body)))
+    return ParsedRequest(header, _split_binary(header, view[json_len:], header_length is not None))
+
+
+def _json_length(value: str | None, body_len: int) -> int:
+    if value is None:
+        return body_len
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {value[:32]!r}")
+    n = int(text)
+    if n > body_len:
+        raise BadRequest(f"{HEADER_LENGTH} is {n} but the body has only {body_len} bytes")
+    return n
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (tensor values must be finite numbers)")
+
+
+def _loads(data: memoryview, *, binary_follows: bool) -> Any:
+    try:
+        return json.loads(bytes(data), parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("invalid JSON header: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        hint = ""
+        if binary_follows or "Extra data" in str(e):
+            hint = f" (binary tensor data needs the {HEADER_LENGTH} header)"
+        raise BadRequest(f"invalid JSON header: {str(e)[:200]}{hint}") from None
+
+
+def _validate(obj: Any) -> InferRequest:
+    try:
+        return InferRequest.model_validate(obj)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors(include_url=False, include_input=False)[:5]:
+            where = ".".join(str(x)[:64] for x in err.get("loc", ())) or "request"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        raise BadRequest("invalid inference request: " + "; ".join(parts)) from None
+
+
+def binary_size(inp: RequestInput) -> int | None:
+    """``parameters.binary_data_size`` of ``inp``, or None. Raises BadRequest if malformed."""
+    size = inp.parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(f"input {inp.name!r}: binary_data_size must be a non-negative integer")
+    if inp.data is not None:
+        raise BadRequest(f"input {inp.name!r} has both 'data' and binary_data_size")
+    return size
+
+
+def _split_binary(req: InferRequest, rest: memoryview, has_header: bool) -> dict[int, memoryview]:
+    out: dict[int, memoryview] = {}
+    offset = 0
+    for i, inp in enumerate(req.inputs):
+        size = binary_size(inp)
+        if size is None:
+            continue
+        if not has_header:
+            raise BadRequest(
+                f"input {inp.name!r} has binary_data_size but the request has no "
+                f"{HEADER_LENGTH} header"
+            )
+        if offset + size > len(rest):
+            raise BadRequest(
+                f"binary data of input {inp.name!r} is truncated: binary_data_size is {size} "
+                f"bytes but only {len(rest) - offset} bytes follow"
+            )
+        out[i] = rest[offset : offset + size]
+        offset += size
+    if offset != len(rest):
+        raise BadRequest(
+            f"body has {len(rest) - offset} bytes after the JSON header and binary inputs "
+            f"(expected {offset} bytes of binary data, got {len(rest)})"
+        )
+    return out
+
+
+# -- tensors ---------------------------------------------------------------------------------
+
+
+def numeric(inp: RequestInput, raw: memoryview | None, dtype: np.dtype[Any]) -> np.ndarray:
+    """The tensor of ``inp`` as ``dtype``, shape ``inp.shape``, C-contiguous.
+
+    JSON data may be flat or nested (row-major); values must fit ``dtype`` (integers in range
+    for integer types). A JSON list mixing booleans into integers is read as 0/1, as numpy
+    reads it.
+
+    Raises:
+        BadRequest: no data, wrong element or byte count, wrong value types, out of range.
+    """
+    count = element_count(inp.shape)
+    if raw is not None:
+        expected = count * dtype.itemsize
+        if len(raw) != expected:
+            raise BadRequest(
+                f"input {inp.name!r}: binary_data_size is {len(raw)} bytes, expected {expected} "
+                f"(shape {format_shape(inp.shape)} x {inp.datatype} {dtype.itemsize} byte(s))"
+            )
+        arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+        return arr.reshape(inp.shape)
+    arr = _json_array(inp)
+    if arr.size != count:
+        raise BadRequest(
+            f"input {inp.name!r}: shape {format_shape(inp.shape)} needs {count} elements, "
+            f"data has {arr.size}"
+        )
+    _check_values(inp, arr, dtype)
+    return arr.astype(dtype).reshape(inp.shape)
+
+
+def _json_array(inp: RequestInput) -> np.ndarray:
+    if inp.data is None:
+        raise BadRequest(f"input {inp.name!r} has neither 'data' nor binary_data_size")
+    if not isinstance(inp.data, list):
+        raise BadRequest(f"input {inp.name!r}: 'data' must be a list")
+    try:
+        return np.asarray(inp.data)
+    except (ValueError, TypeError, RecursionError):
+        raise BadRequest(
+            f"input {inp.name!r}: 'data' must be a flat or evenly nested list of numbers "
+            "(got lists of uneven length, or nesting deeper than 64 levels)"
+        ) from None
+
+
+_KIND_NAMES: Final = {
+    "b": "booleans",
+    "f": "non-integer numbers",
+    "U": "strings",
+    "O": "nulls, lists of uneven depth, mixed types or integers out of range",
+}
+
+
+def _check_values(inp: RequestInput, arr: np.ndarray, dtype: np.dtype[Any]) -> None:
+    kind = arr.dtype.kind
+    wanted = {"i": "iu", "u": "iu", "f": "iuf", "b": "b"}[dtype.kind]
+    if arr.size and kind not in wanted:
+        raise BadRequest(
+            f"input {inp.name!r} is {inp.datatype}: JSON data holds "
+            f"{_KIND_NAMES.get(kind, 'values of the wrong type')}, expected "
+            f"{'integers' if dtype.kind in 'iu' else 'numbers' if dtype.kind == 'f' else 'booleans'}"
+        )
+    if not arr.size:
+        return
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            raise BadRequest(
+                f"input {inp.name!r} is {inp.datatype}: values must be in "
+                f"{info.min}..{info.max}, got {lo}..{hi}"
+            )
+    elif dtype.kind == "f" and not np.isfinite(arr).all():
+        raise BadRequest(f"input {inp.name!r} holds values that are not finite")
+
+
+def byte_elements(inp: RequestInput, raw: memoryview | None) -> list[bytes | str]:
+    """The elements of a BYTES input, row-major: ``bytes`` from binary data, ``str`` from JSON.
+
+    Raises:
+        BadRequest: element count differs from ``inp.shape``, truncated length prefixes,
+            non-string JSON values.
+    """
+    count = element_count(inp.shape)
+    elements: list[bytes | str]
+    if raw is not None:
+        elements = list(_split_bytes(inp.name, raw, count))
+    else:
+        if inp.data is None:
+            raise BadRequest(f"input {inp.name!r} has neither 'data' nor binary_data_size")
+        elements = list(_flatten_strings(inp.name, inp.data, count))
+    if len(elements) != count:
+        raise BadRequest(
+            f"input {inp.name!r}: shape {format_shape(inp.shape)} needs {count} elements, "
+            f"data has {len(elements)}"
+        )
+    return elements
+
+
+def _split_bytes(name: str, raw: memoryview, limit: int) -> list[bytes]:
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(raw):
+        if len(out) == limit:
+            raise BadRequest(f"input {name!r}: binary data holds more than {limit} elements")
+        if pos + 4 > len(raw):
+            raise BadRequest(f"input {name!r}: BYTES element {len(out)} has a truncated length")
+        (size,) = _LENGTH.unpack_from(raw, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise BadRequest(
+                f"input {name!r}: BYTES element {len(out)} declares {size} bytes but only "
+                f"{len(raw) - pos} remain"
+            )
+        out.append(bytes(raw[pos : pos + size]))
+        pos += size
+    return out
+
+
+def _flatten_strings(name: str, data: Any, limit: int) -> list[str]:
+    out: list[str] = []
+
+    def walk(node: Any, depth: int) -> None:
+        if isinstance(node, str):
+            if len(out) == limit:
+                raise BadRequest(f"input {name!r}: 'data' holds more than {limit} elements")
+            out.append(node)
+        elif isinstance(node, list) and depth < 32:
+            for x in node:
+                walk(x, depth + 1)
+        else:
+            raise BadRequest(f"input {name!r} is BYTES: JSON 'data' must be a list of strings")
+
+    walk(data, 0)
+    return out
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+def encode_response(
+    model_name: str, model_version: str, request_id: str | None, outputs: Sequence[OutputTensor]
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length (to send as
+    ``Inference-Header-Content-Length``); None means the body is plain JSON."""
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request_id is not None:
+        header["id"] = request_id
+    entries, chunks = [], []
+    for out in outputs:
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "datatype": out.datatype,
+            "shape": list(out.data.shape),
+        }
+        if out.binary:
+            raw = _raw(out)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        elif out.datatype == "BYTES":
+            entry["data"] = [b.decode() for b in out.data.reshape(-1).tolist()]
+        else:
+            entry["data"] = out.data.reshape(-1).tolist()
+        entries.append(entry)
+    header["outputs"] = entries
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    if not chunks:
+        return text, None
+    return b"".join([text, *chunks]), len(text)
+
+
+def _raw(out: OutputTensor) -> bytes:
+    if out.datatype == "BYTES":
+        items = out.data.reshape(-1).tolist()
+        return b"".join(_LENGTH.pack(len(b)) + b for b in items)
+    dtype = DATATYPES[out.datatype]
+    assert dtype is not None
+    return np.ascontiguousarray(out.data, dtype=dtype.newbyteorder("<")).tobytes()

@@ -1,0 +1,119 @@
+"""What the v2 metadata and configuration endpoints say about the server and its models."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .. import __version__
+from ..errors import UnknownModel
+from ..repository import ServedModel
+from ..state import AppState
+from .inference import IMAGE_BYTES, image_shape
+from .schemas import (
+    ConfigInput,
+    ConfigOutput,
+    DynamicBatching,
+    InstanceGroup,
+    ModelConfig,
+    ModelMetadata,
+    QueuePolicy,
+    ServerMetadata,
+    StringValue,
+    TensorMetadata,
+)
+
+SERVER_NAME: Final = "resnet-server"
+#: Exactly the protocol extensions implemented (listed by ``GET /v2``).
+EXTENSIONS: Final = ("binary_tensor_data", "classification", "model_configuration", "statistics")
+PLATFORM: Final = "onnxruntime_onnx"
+
+
+def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS))
+
+
+def model_at(state: AppState, name: str, version: str | None) -> ServedModel:
+    """The served model ``name``; ``version`` None or empty means its only version, "1".
+
+    Raises:
+        UnknownModel: no such model, or no such version of it (404).
+    """
+    model = state.repository.get(name)
+    if version and version != model.version:
+        raise UnknownModel(
+            f"unknown version {version[:32]!r} of model {name!r}; versions: [{model.version!r}]"
+        )
+    return model
+
+
+def model_metadata(model: ServedModel) -> ModelMetadata:
+    meta = model.runtime.meta
+    return ModelMetadata(
+        name=model.name,
+        versions=[model.version],
+        platform=PLATFORM,
+        inputs=[
+            TensorMetadata(name=meta.input_name, datatype="UINT8", shape=[-1, *image_shape(model)]),
+            TensorMetadata(name=IMAGE_BYTES, datatype="BYTES", shape=[-1, 1]),
+        ],
+        outputs=[
+            TensorMetadata(name=meta.output_name, datatype="FP32", shape=[-1, meta.num_classes])
+        ],
+    )
+
+
+def model_config(state: AppState, model: ServedModel) -> ModelConfig:
+    """Triton's model configuration. Eager batching shows as a zero queue delay."""
+    meta, cfg, rt = model.runtime.meta, model.config, model.runtime
+    gpu = rt.provider.actual == "cuda"
+    return ModelConfig(
+        name=model.name,
+        platform=PLATFORM,
+        backend="onnxruntime",
+        version_policy={"latest": {"num_versions": 1}},
+        max_batch_size=cfg.max_batch_size,
+        input=[
+            ConfigInput(
+                name=meta.input_name,
+                data_type="TYPE_UINT8",
+                format="FORMAT_NHWC",
+                dims=list(image_shape(model)),
+                optional=True,
+            ),
+            ConfigInput(name=IMAGE_BYTES, data_type="TYPE_STRING", dims=[1], optional=True),
+        ],
+        output=[
+            ConfigOutput(name=meta.output_name, data_type="TYPE_FP32", dims=[meta.num_classes])
+        ],
+        dynamic_batching=DynamicBatching(
+            preferred_batch_size=[] if cfg.eager else [cfg.max_batch_size],
+            max_queue_delay_microseconds=0 if cfg.eager else round(cfg.max_queue_delay * 1e6),
+            preserve_ordering=False,
+            default_queue_policy=QueuePolicy(
+                timeout_action="REJECT",
+                default_timeout_microseconds=round(cfg.queue_timeout * 1e6),
+                allow_timeout_override=False,
+                max_queue_size=cfg.max_queue_size,
+            ),
+        ),
+        instance_group=[
+            InstanceGroup(
+                name=f"{model.name}_0",
+                kind="KIND_GPU" if gpu else "KIND_CPU",
+                count=rt.instances,
+                gpus=[state.settings.cuda_device_id] if gpu else [],
+            )
+        ],
+        parameters={
+            k: StringValue(string_value=v)
+            for k, v in {
+                "architecture": meta.architecture,
+                "weights": meta.weights,
+                "random_weights": str(meta.random_weights).lower(),
+                "precision": meta.precision,
+                "provider": rt.provider.actual,
+                "batching": "eager" if cfg.eager else "delay",
+                "output_meaning": "logits",
+            }.items()
+        },
+    )

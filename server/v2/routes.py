@@ -1,0 +1,211 @@
+"""Open Inference Protocol v2 REST endpoints (KServe / Triton); see docs/V2_PROTOCOL.md.
+
+Thin: each endpoint resolves the model and delegates to ``describe``, ``inference`` or
+``stats``. Every path with ``{model}`` also exists under ``/versions/{version}``; the only
+version is "1". Errors are the server's ``{"error", "code"}`` JSON, a superset of v2's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from ..auth import require_api_key
+from ..errors import NotReady
+from ..observe import observe_request
+from ..routes.health import readyz
+from ..state import AppState, get_state
+from . import describe, inference
+from .codec import HEADER_LENGTH
+from .schemas import (
+    InferRequest,
+    InferResponse,
+    ModelConfig,
+    ModelMetadata,
+    ServerMetadata,
+    StatsResponse,
+    inline_schema,
+)
+from .stats import Samples, model_stats
+
+router = APIRouter(tags=["v2"])
+State = Annotated[AppState, Depends(get_state)]
+HeaderLength = Annotated[
+    str | None,
+    Header(alias=HEADER_LENGTH, description="length of the JSON header when binary data follows"),
+]
+
+_BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+_INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A v2 inference request as JSON, or (binary tensor data extension) "
+        f"the JSON header followed by raw tensors, its length in {HEADER_LENGTH}.",
+        "content": {
+            "application/json": {"schema": inline_schema(InferRequest)},
+            "application/octet-stream": _BINARY,
+        },
+    }
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "malformed request, shape, datatype or data",
+        401: "missing or invalid API key",
+        404: "unknown model or version",
+        408: "body sent too slowly",
+        413: "body or image too large",
+        415: "unsupported image format",
+        500: "inference failed",
+        503: "not ready, overloaded, queue full or timed out, shutting down (Retry-After)",
+    }
+    return {c: {"description": text[c]} for c in codes}
+
+
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": f"JSON response, or JSON header + binary outputs ({HEADER_LENGTH} set)",
+        "content": {
+            "application/json": {"schema": inline_schema(InferResponse)},
+            "application/octet-stream": _BINARY,
+        },
+    },
+    **_errors(400, 401, 404, 408, 413, 415, 500, 503),
+}
+_READY = {200: {"description": "ready (empty body)"}, **_errors(503)}
+
+
+@router.get("/v2", response_model=ServerMetadata)
+async def server_metadata() -> ServerMetadata:
+    """Server name, version and the protocol extensions implemented."""
+    return describe.server_metadata()
+
+
+@router.get("/v2/health/live", response_class=Response, responses={200: {"description": "live"}})
+async def live() -> Response:
+    """Liveness: 200 while the process answers."""
+    return Response()
+
+
+@router.get("/v2/health/ready", response_class=Response, responses=_READY)
+async def ready(state: State) -> Response:
+    """Readiness: 200 when every model is loaded and warmed up, else 503 with the reason."""
+    status = await readyz(state)
+    return status if isinstance(status, JSONResponse) else Response()
+
+
+@router.get("/v2/models/stats", response_model=StatsResponse)
+async def all_stats(state: State) -> StatsResponse:
+    """Statistics of every served model (shadows a model named "stats")."""
+    samples = Samples(state.metrics.registry)
+    models = state.repository.models.values()
+    return StatsResponse(model_stats=[model_stats(samples, m) for m in models])
+
+
+def _metadata(state: AppState, model: str, version: str | None) -> ModelMetadata:
+    return describe.model_metadata(describe.model_at(state, model, version))
+
+
+@router.get("/v2/models/{model}", response_model=ModelMetadata, responses=_errors(404))
+async def model_metadata(state: State, model: str) -> ModelMetadata:
+    """Inputs, outputs (-1 is the batch axis), platform and versions of ``model``."""
+    return _metadata(state, model, None)
+
+
+@router.get("/v2/models/{model}/versions/{version}", response_model=ModelMetadata,
+            responses=_errors(404))  # fmt: skip
+async def model_version_metadata(state: State, model: str, version: str) -> ModelMetadata:
+    """Metadata of one version of ``model``."""
+    return _metadata(state, model, version)
+
+
+def _model_ready(state: AppState, model: str, version: str | None) -> Response:
+    m = describe.model_at(state, model, version)
+    if not m.ready or state.lifecycle.draining:
+        reason = "shutting down" if state.lifecycle.draining else m.not_ready_reason
+        raise NotReady(f"model {m.name!r} not ready: {reason}")
+    return Response()
+
+
+@router.get("/v2/models/{model}/ready", response_class=Response,
+            responses={**_READY, **_errors(404, 503)})  # fmt: skip
+async def model_ready(state: State, model: str) -> Response:
+    """200 when ``model`` is loaded and warmed up; 503 otherwise; 404 if unknown."""
+    return _model_ready(state, model, None)
+
+
+@router.get("/v2/models/{model}/versions/{version}/ready", response_class=Response,
+            responses={**_READY, **_errors(404, 503)})  # fmt: skip
+async def model_version_ready(state: State, model: str, version: str) -> Response:
+    """Readiness of one version of ``model``."""
+    return _model_ready(state, model, version)
+
+
+def _config(state: AppState, model: str, version: str | None) -> ModelConfig:
+    return describe.model_config(state, describe.model_at(state, model, version))
+
+
+@router.get("/v2/models/{model}/config", response_model=ModelConfig, responses=_errors(404))
+async def model_config(state: State, model: str) -> ModelConfig:
+    """Triton model configuration (model_configuration extension)."""
+    return _config(state, model, None)
+
+
+@router.get("/v2/models/{model}/versions/{version}/config", response_model=ModelConfig,
+            responses=_errors(404))  # fmt: skip
+async def model_version_config(state: State, model: str, version: str) -> ModelConfig:
+    """Configuration of one version of ``model``."""
+    return _config(state, model, version)
+
+
+def _stats(state: AppState, model: str, version: str | None) -> StatsResponse:
+    m = describe.model_at(state, model, version)
+    return StatsResponse(model_stats=[model_stats(Samples(state.metrics.registry), m)])
+
+
+@router.get("/v2/models/{model}/stats", response_model=StatsResponse, responses=_errors(404))
+async def model_statistics(state: State, model: str) -> StatsResponse:
+    """Triton statistics of ``model`` (statistics extension), from the Prometheus metrics."""
+    return _stats(state, model, None)
+
+
+@router.get("/v2/models/{model}/versions/{version}/stats", response_model=StatsResponse,
+            responses=_errors(404))  # fmt: skip
+async def model_version_statistics(state: State, model: str, version: str) -> StatsResponse:
+    """Statistics of one version of ``model``."""
+    return _stats(state, model, version)
+
+
+async def _infer(
+    state: AppState, request: Request, model: str, version: str | None, header: str | None
+) -> Response:
+    served = frozenset(state.repository.models)
+    async with observe_request(state.metrics, "v2_infer", model, served):
+        m = describe.model_at(state, model, version)
+        body, json_len = await inference.infer(state, m, await request.body(), header)
+    if json_len is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream",
+                    headers={HEADER_LENGTH: str(json_len)})  # fmt: skip
+
+
+@router.post("/v2/models/{model}/infer", response_class=Response, responses=_INFER_RESPONSES,
+             openapi_extra=_INFER_BODY, dependencies=[Depends(require_api_key)])  # fmt: skip
+async def infer(
+    request: Request, state: State, model: str, header: HeaderLength = None
+) -> Response:
+    """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
+    return await _infer(state, request, model, None, header)
+
+
+@router.post("/v2/models/{model}/versions/{version}/infer", response_class=Response,
+             responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
+             dependencies=[Depends(require_api_key)])  # fmt: skip
+async def infer_version(
+    request: Request, state: State, model: str, version: str, header: HeaderLength = None
+) -> Response:
+    """Run one version of ``model``."""
+    return await _infer(state, request, model, version, header)

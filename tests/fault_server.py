@@ -1,0 +1,51 @@
+"""A test-only launcher: the real server with a fault-injecting run function.
+
+Run as ``python -m tests.fault_server`` (``start_server(..., module="tests.fault_server")``);
+it takes the same settings as ``python -m server``. The wrapped run function (warm-up calls
+the runtime directly, so it is not affected) looks at the crops of each batch:
+
+- a *poison* crop (every pixel 0: an all-black image) makes the run raise ``RuntimeError``,
+  so exactly the batch holding it fails;
+- a *slow* crop (every pixel 255: an all-white image) makes the run sleep
+  ``FAULT_SLOW_S`` seconds (environment, default 1.0) first, holding the runner busy so that
+  later requests wait in the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+from unittest import mock
+
+import numpy as np
+
+from server import cli
+from server.app import create_app
+from server.repository import InferFn
+
+
+def faulty(run: InferFn) -> InferFn:
+    slow_s = float(os.environ.get("FAULT_SLOW_S", "1.0"))
+
+    def wrapped(instance: int, images: np.ndarray) -> np.ndarray:
+        flat = images.reshape(len(images), -1)
+        if bool((flat.max(axis=1) == 0).any()):
+            raise RuntimeError("poison image in batch (injected fault)")
+        if bool((flat.min(axis=1) == 255).any()):
+            time.sleep(slow_s)
+        return run(instance, images)
+
+    return wrapped
+
+
+def main() -> None:
+    def faulty_app(*args: Any, **kwargs: Any) -> Any:
+        return create_app(*args, infer_wrapper=faulty, **kwargs)
+
+    with mock.patch.object(cli, "create_app", faulty_app):
+        cli.main([])
+
+
+if __name__ == "__main__":
+    main()

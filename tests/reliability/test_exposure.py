@@ -1,0 +1,101 @@
+"""What the server exposes: optional API-key auth on inference (both ways), open health and
+metrics, and the limits table in README matching the settings' real defaults."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.settings import Settings
+from tests.conftest import ROOT, ServerProcess, start_server
+from tests.imagegen import jpeg
+from tests.reliability.helpers import assert_error
+
+KEY = "s3cret-key-for-tests"
+JPEG = jpeg(200, 150, seed=2)
+V2_BODY = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                  "data": [base64.b64encode(JPEG).decode()]}]}).encode()  # fmt: skip
+INFER = [
+    ("/predict", JPEG, "image/jpeg"),
+    ("/predict/resnet18", JPEG, "image/jpeg"),
+    ("/v2/models/resnet18/infer", V2_BODY, "application/json"),
+    ("/v2/models/resnet18/versions/1/infer", V2_BODY, "application/json"),
+]
+UNAUTHORIZED = "missing or invalid API key (send 'Authorization: Bearer <key>')"
+
+
+@pytest.fixture(scope="module")
+def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    s = start_server(model_dir, tmp_path_factory.mktemp("auth"), models="resnet18",
+                     api_key=KEY, max_batch_size=4, warmup_batch_sizes="1")  # fmt: skip
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize(("path", "body", "ctype"), INFER)
+@pytest.mark.parametrize(
+    "auth",
+    [{}, {"authorization": "Bearer wrong"}, {"x-api-key": "wrong"}, {"authorization": KEY},
+     {"authorization": f"Basic {KEY}"}, {"x-api-key": KEY[:-1]}, {"authorization": "Bearer"}],
+    ids=["none", "bearer-wrong", "header-wrong", "no-scheme", "basic", "prefix", "empty"],
+)  # fmt: skip
+def test_inference_needs_the_key(
+    srv: ServerProcess, path: str, body: bytes, ctype: str, auth: dict[str, str]
+) -> None:
+    r = srv.client().post(path, content=body, headers={"content-type": ctype, **auth})
+    assert_error(r, 401, "unauthorized", UNAUTHORIZED)
+    assert KEY not in r.text
+
+
+@pytest.mark.parametrize(("path", "body", "ctype"), INFER)
+@pytest.mark.parametrize(
+    "auth", [{"authorization": f"Bearer {KEY}"}, {"authorization": f"bearer  {KEY}"},
+             {"x-api-key": KEY}], ids=["bearer", "bearer-lowercase", "x-api-key"],
+)  # fmt: skip
+def test_inference_with_the_key(
+    srv: ServerProcess, path: str, body: bytes, ctype: str, auth: dict[str, str]
+) -> None:
+    r = srv.client().post(path, content=body, headers={"content-type": ctype, **auth})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/metrics", "/models", "/v2", "/v2/health/ready",
+             "/v2/models/resnet18", "/openapi.json", "/docs"],
+)  # fmt: skip
+def test_health_metrics_and_metadata_stay_open(srv: ServerProcess, path: str) -> None:
+    r = srv.client().get(path)
+    assert r.status_code == 200, r.text
+    assert KEY not in r.text
+    assert "server" not in r.headers
+
+
+def test_auth_is_off_by_default() -> None:
+    assert Settings(model_dir=ROOT).api_key is None
+
+
+def test_readme_limits_table_matches_the_settings() -> None:
+    """Every limit is a setting, documented once in README with its real default."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("Limits (safe defaults", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", table, re.M))
+    defaults = Settings(model_dir=ROOT)
+    expected = {
+        "max_body_bytes": ("20 MiB", 20 * 1024 * 1024),
+        "max_image_pixels": ("40,000,000", 40_000_000),
+        "max_images_per_request": ("32", 32),
+        "max_top_k": ("1000", 1000),
+        "max_queue_size": ("128 images per model", 128),
+        "queue_timeout_ms": ("10000", 10_000),
+        "max_concurrent_requests": ("512", 512),
+        "body_timeout_s": ("10", 10),
+    }
+    assert set(rows) == set(expected)
+    for name, (text, value) in expected.items():
+        assert rows[name].strip() == text, name
+        assert getattr(defaults, name) == value, name
