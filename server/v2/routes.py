@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..auth import require_api_key
+from ..disconnect import cancel_on_disconnect
 from ..errors import NotReady
 from ..observe import observe_request
 from ..routes.health import readyz
@@ -185,10 +186,13 @@ async def _infer(
     served = frozenset(state.repository.models)
     async with observe_request(state.metrics, "v2_infer", model, served):
         m = describe.model_at(state, model, version)
-        body, json_len = await inference.infer(state, m, await request.body(), header)
+        body = await request.body()
+        out, json_len = await cancel_on_disconnect(
+            request, inference.infer(state, m, body, header)
+        )
     if json_len is None:
-        return Response(body, media_type="application/json")
-    return Response(body, media_type="application/octet-stream",
+        return Response(out, media_type="application/json")
+    return Response(out, media_type="application/octet-stream",
                     headers={HEADER_LENGTH: str(json_len)})  # fmt: skip
 
 

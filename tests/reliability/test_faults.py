@@ -3,8 +3,10 @@ by tests/fault_server.py: a black image makes its batch raise, a white one holds
 
 from __future__ import annotations
 
+import base64
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -79,7 +81,22 @@ def test_failing_batch_fails_only_its_requests_and_the_next_batch_succeeds(
     assert srv.client().get("/readyz").status_code == 200
 
 
-def test_client_gone_while_queued_frees_its_slot_and_is_never_run(srv: ServerProcess) -> None:
+def _raw_predict(body: bytes) -> bytes:
+    return (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+
+
+def _raw_v2(body: bytes) -> bytes:
+    doc = json.dumps({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                                  "data": [base64.b64encode(body).decode()]}]}).encode()  # fmt: skip
+    return (b"POST /v2/models/resnet18/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(doc), doc))  # fmt: skip
+
+
+@pytest.mark.parametrize("raw_request", [_raw_predict, _raw_v2], ids=["predict", "v2"])
+def test_client_gone_while_queued_frees_its_slot_and_is_never_run(
+    srv: ServerProcess, raw_request: Callable[[bytes], bytes]
+) -> None:
     before = count(srv)
     gone_before = metric(srv, "resnet_requests_total", outcome="client_disconnected")
     with ThreadPoolExecutor(1) as pool:
@@ -87,8 +104,7 @@ def test_client_gone_while_queued_frees_its_slot_and_is_never_run(srv: ServerPro
         time.sleep(0.5)  # the white batch is running now (after the 300 ms batching delay)
         body = jpeg(256, 256, seed=7)
         with connect(srv) as sock:
-            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            sock.sendall(raw_request(body))
             assert wait_for(lambda: depth(srv) == 1, 2), "the request must be queued"
         # The socket is closed while the request waits behind the slow batch.
         assert wait_for(lambda: depth(srv) == 0, 0.5), "a vanished client must free its slot"
