@@ -48,7 +48,9 @@ COPY docker/requirements.py docker/requirements.py
 # verification); torch==2.13.0 is already met by the +cpu wheel.
 RUN python docker/requirements.py --ort "onnxruntime==${ORT_VERSION}" --extra export > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
+# export/ imports the metadata contract (server/modelmeta.py, stdlib only) from server/.
 COPY export/ export/
+COPY server/ server/
 RUN pip install --no-cache-dir --no-deps .
 COPY docker/export_models.py docker/export_models.py
 COPY docker/weights/ docker/weights/

@@ -22,13 +22,13 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from export.resnet import build
+from server.modelmeta import Preprocessing
 
 BASE_URL_ENV = "RESNET_WEIGHTS_BASE_URL"
 CACHE_DIR_ENV = "RESNET_WEIGHTS_CACHE"
@@ -50,24 +50,10 @@ class WeightsDownloadError(WeightsError):
     """Download of published weights failed (network, HTTP error or hash mismatch)."""
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """torchvision's ``ImageClassification`` eval transform; sizes in pixels, mean/std on [0, 1]."""
-
-    resize_size: int = 256
-    crop_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "resize_size": self.resize_size,
-            "crop_size": self.crop_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-        }
+def imagenet_transform(resize_size: int = 256) -> Preprocessing:
+    """torchvision's ``ImageClassification`` eval preset: resize, centre crop 224, ImageNet
+    mean/std, bilinear. The dataclass is the server's, so both sides share one contract."""
+    return Preprocessing(resize_size, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
 
 
 @dataclass(frozen=True)
@@ -96,15 +82,15 @@ REGISTRY: dict[tuple[str, str], WeightsEntry] = {
     (e.architecture, e.name): e
     for e in (
         WeightsEntry(
-            "resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", Preprocessing(),
+            "resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth", imagenet_transform(),
             {"acc@1": 69.758, "acc@5": 89.078}, 11_689_512,
         ),
         WeightsEntry(
-            "resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth", Preprocessing(),
+            "resnet50", "IMAGENET1K_V1", "resnet50-0676ba61.pth", imagenet_transform(),
             {"acc@1": 76.130, "acc@5": 92.862}, 25_557_032,
         ),
         WeightsEntry(
-            "resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", Preprocessing(resize_size=232),
+            "resnet50", "IMAGENET1K_V2", "resnet50-11ad3fa6.pth", imagenet_transform(resize_size=232),
             {"acc@1": 80.858, "acc@5": 95.434}, 25_557_032,
         ),
     )
@@ -262,7 +248,7 @@ def random_weights(architecture: str, seed: int) -> ResolvedWeights:
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return ResolvedWeights(
         state_dict, "random", "random", f"seed={seed}", _sha256_state_dict(state_dict),
-        Preprocessing(), {},
+        imagenet_transform(), {},
     )  # fmt: skip
 
 
@@ -297,7 +283,7 @@ def file_weights(path: Path) -> ResolvedWeights:
     """A local state_dict file; preprocessing is torchvision's V1 default (256/224)."""
     state_dict = load_state_dict_file(path)
     return ResolvedWeights(
-        state_dict, "file", "file", path.name, sha256_file(path), Preprocessing(), {}
+        state_dict, "file", "file", path.name, sha256_file(path), imagenet_transform(), {}
     )
 
 
