@@ -7,7 +7,8 @@ version is "1". Errors are the server's ``{"error", "code"}`` JSON, a superset o
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
@@ -32,6 +33,7 @@ from .schemas import (
 from .stats import Samples, model_stats
 
 router = APIRouter(tags=["v2"])
+_F = TypeVar("_F", bound=Callable[..., Any])
 State = Annotated[AppState, Depends(get_state)]
 HeaderLength = Annotated[
     str | None,
@@ -106,24 +108,28 @@ async def all_stats(state: State) -> StatsResponse:
     return StatsResponse(model_stats=[model_stats(samples, m) for m in models])
 
 
-def _metadata(state: AppState, model: str, version: str | None) -> ModelMetadata:
+def _model_route(method: str, suffix: str, **kw: Any) -> Callable[[_F], _F]:
+    """Register an endpoint at ``/v2/models/{model}<suffix>`` and at
+    ``/v2/models/{model}/versions/{version}<suffix>``; ``version`` is None on the first."""
+
+    def register(endpoint: _F) -> _F:
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            router.add_api_route(prefix + suffix, endpoint, methods=[method], **kw)
+        return endpoint
+
+    return register
+
+
+@_model_route("GET", "", response_model=ModelMetadata, responses=_errors(404))
+async def model_metadata(state: State, model: str, version: str | None = None) -> ModelMetadata:
+    """Inputs, outputs (-1 is the batch axis), platform and versions of ``model``."""
     return describe.model_metadata(describe.model_at(state, model, version))
 
 
-@router.get("/v2/models/{model}", response_model=ModelMetadata, responses=_errors(404))
-async def model_metadata(state: State, model: str) -> ModelMetadata:
-    """Inputs, outputs (-1 is the batch axis), platform and versions of ``model``."""
-    return _metadata(state, model, None)
-
-
-@router.get("/v2/models/{model}/versions/{version}", response_model=ModelMetadata,
-            responses=_errors(404))  # fmt: skip
-async def model_version_metadata(state: State, model: str, version: str) -> ModelMetadata:
-    """Metadata of one version of ``model``."""
-    return _metadata(state, model, version)
-
-
-def _model_ready(state: AppState, model: str, version: str | None) -> Response:
+@_model_route("GET", "/ready", response_class=Response,
+              responses={**_READY, **_errors(404, 503)})  # fmt: skip
+async def model_ready(state: State, model: str, version: str | None = None) -> Response:
+    """200 when ``model`` is loaded and warmed up; 503 otherwise; 404 if unknown."""
     m = describe.model_at(state, model, version)
     if not m.ready or state.lifecycle.draining:
         reason = "shutting down" if state.lifecycle.draining else m.not_ready_reason
@@ -131,85 +137,32 @@ def _model_ready(state: AppState, model: str, version: str | None) -> Response:
     return Response()
 
 
-@router.get("/v2/models/{model}/ready", response_class=Response,
-            responses={**_READY, **_errors(404, 503)})  # fmt: skip
-async def model_ready(state: State, model: str) -> Response:
-    """200 when ``model`` is loaded and warmed up; 503 otherwise; 404 if unknown."""
-    return _model_ready(state, model, None)
-
-
-@router.get("/v2/models/{model}/versions/{version}/ready", response_class=Response,
-            responses={**_READY, **_errors(404, 503)})  # fmt: skip
-async def model_version_ready(state: State, model: str, version: str) -> Response:
-    """Readiness of one version of ``model``."""
-    return _model_ready(state, model, version)
-
-
-def _config(state: AppState, model: str, version: str | None) -> ModelConfig:
+@_model_route("GET", "/config", response_model=ModelConfig, responses=_errors(404))
+async def model_config(state: State, model: str, version: str | None = None) -> ModelConfig:
+    """Triton model configuration (model_configuration extension)."""
     return describe.model_config(state, describe.model_at(state, model, version))
 
 
-@router.get("/v2/models/{model}/config", response_model=ModelConfig, responses=_errors(404))
-async def model_config(state: State, model: str) -> ModelConfig:
-    """Triton model configuration (model_configuration extension)."""
-    return _config(state, model, None)
-
-
-@router.get("/v2/models/{model}/versions/{version}/config", response_model=ModelConfig,
-            responses=_errors(404))  # fmt: skip
-async def model_version_config(state: State, model: str, version: str) -> ModelConfig:
-    """Configuration of one version of ``model``."""
-    return _config(state, model, version)
-
-
-def _stats(state: AppState, model: str, version: str | None) -> StatsResponse:
+@_model_route("GET", "/stats", response_model=StatsResponse, responses=_errors(404))
+async def model_statistics(state: State, model: str, version: str | None = None) -> StatsResponse:
+    """Triton statistics of ``model`` (statistics extension), from the Prometheus metrics."""
     m = describe.model_at(state, model, version)
     return StatsResponse(model_stats=[model_stats(Samples(state.metrics.registry), m)])
 
 
-@router.get("/v2/models/{model}/stats", response_model=StatsResponse, responses=_errors(404))
-async def model_statistics(state: State, model: str) -> StatsResponse:
-    """Triton statistics of ``model`` (statistics extension), from the Prometheus metrics."""
-    return _stats(state, model, None)
-
-
-@router.get("/v2/models/{model}/versions/{version}/stats", response_model=StatsResponse,
-            responses=_errors(404))  # fmt: skip
-async def model_version_statistics(state: State, model: str, version: str) -> StatsResponse:
-    """Statistics of one version of ``model``."""
-    return _stats(state, model, version)
-
-
-async def _infer(
-    state: AppState, request: Request, model: str, version: str | None, header: str | None
-) -> Response:
+@_model_route("POST", "/infer", response_class=Response, responses=_INFER_RESPONSES,
+              openapi_extra=_INFER_BODY, dependencies=[Depends(require_api_key)])  # fmt: skip
+async def infer(
+    request: Request, state: State, model: str, version: str | None = None,
+    header: HeaderLength = None,
+) -> Response:  # fmt: skip
+    """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
     served = frozenset(state.repository.models)
     async with observe_request(state.metrics, "v2_infer", model, served):
         m = describe.model_at(state, model, version)
         body = await request.body()
-        out, json_len = await cancel_on_disconnect(
-            request, inference.infer(state, m, body, header)
-        )
+        out, json_len = await cancel_on_disconnect(request, inference.infer(state, m, body, header))
     if json_len is None:
         return Response(out, media_type="application/json")
     return Response(out, media_type="application/octet-stream",
                     headers={HEADER_LENGTH: str(json_len)})  # fmt: skip
-
-
-@router.post("/v2/models/{model}/infer", response_class=Response, responses=_INFER_RESPONSES,
-             openapi_extra=_INFER_BODY, dependencies=[Depends(require_api_key)])  # fmt: skip
-async def infer(
-    request: Request, state: State, model: str, header: HeaderLength = None
-) -> Response:
-    """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
-    return await _infer(state, request, model, None, header)
-
-
-@router.post("/v2/models/{model}/versions/{version}/infer", response_class=Response,
-             responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY,
-             dependencies=[Depends(require_api_key)])  # fmt: skip
-async def infer_version(
-    request: Request, state: State, model: str, version: str, header: HeaderLength = None
-) -> Response:
-    """Run one version of ``model``."""
-    return await _infer(state, request, model, version, header)
