@@ -60,9 +60,11 @@ soak: $(BIN)/.installed
 	$(BIN)/python -m pytest -m soak -p no:cacheprovider tests/reliability
 
 bench: models
+	$(BIN)/pip install -q -e '.[export,dev,bench]'
 	$(BIN)/python -m bench
 
 bench-quick: models
+	$(BIN)/pip install -q -e '.[export,dev,bench]'
 	$(BIN)/python -m bench --quick
 
 gpu-check:

@@ -1,0 +1,80 @@
+"""Benchmark configurations: ``full`` (``make bench``), ``quick`` and ``smoke`` (tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure and for how long. Durations are seconds."""
+
+    mode: str
+    models: tuple[str, ...] = ("resnet18", "resnet50")
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    ort_seconds: float = 2.0
+    """time spent per (model, batch size) timing raw ONNX Runtime"""
+    photo_sizes: tuple[tuple[int, int], ...] = ((500, 375), (1920, 1080), (4000, 3000))
+    preprocess_seconds: float = 1.5
+    """time per (photo size) timing preprocessing"""
+    pipeline_seconds: float = 5.0
+    """time per in-process pipeline variant"""
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    phase_seconds: float = 4.0
+    """measured time per load phase (after warm-up)"""
+    warmup_seconds: float = 0.5
+    """unmeasured load before each phase"""
+    repeats: int = 2
+    """interleaved rounds per load phase; medians are quoted"""
+    open_loop_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.3)
+    """open-loop offered rates, as fractions of the closed-loop peak throughput"""
+    peers: tuple[str, ...] = ("naive", "litserve")
+    paired_requests: int = 80
+    """interleaved (direct call, HTTP request) pairs for the concurrency-1 latency headline"""
+    batching_concurrency: tuple[int, ...] = (8, 16)
+    batching_repeats: int = 3
+    batching_delay_ms: float = 5.0
+    max_batch_size: int = 32
+    intra_op_threads: int = 0
+    """0 = the server default (CPUs available to the process)"""
+    gpu: bool = False
+
+
+FULL = BenchConfig(mode="full")
+
+QUICK = BenchConfig(
+    mode="quick",
+    models=("resnet18",),
+    batch_sizes=(1, 4, 16, 32),
+    ort_seconds=0.8,
+    preprocess_seconds=0.6,
+    pipeline_seconds=2.0,
+    concurrency=(1, 4, 16, 64),
+    phase_seconds=2.0,
+    warmup_seconds=0.3,
+    repeats=1,
+    paired_requests=30,
+    open_loop_fractions=(0.5, 1.0, 1.3),
+    batching_concurrency=(16,),
+    batching_repeats=1,
+)
+
+SMOKE = replace(
+    QUICK,
+    mode="smoke",
+    batch_sizes=(1, 4),
+    ort_seconds=0.2,
+    photo_sizes=((500, 375), (1920, 1080)),
+    preprocess_seconds=0.2,
+    pipeline_seconds=0.5,
+    concurrency=(1, 4),
+    phase_seconds=0.7,
+    warmup_seconds=0.1,
+    open_loop_fractions=(0.5, 1.2),
+    paired_requests=5,
+    batching_concurrency=(4,),
+    peers=("naive",),
+    max_batch_size=8,
+)
+
+PRESETS = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
