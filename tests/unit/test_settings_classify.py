@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from server.classify import softmax, top_k
-from server.settings import Settings
+from server.settings import Settings, available_cpus
 
 
 def test_settings_from_env_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -62,3 +63,25 @@ def test_top_k_ties_keep_lower_index_first() -> None:
     logits = np.zeros(10, np.float32)
     logits[[7, 3]] = 2.0
     assert [s.index for s in top_k(logits, 3, [str(i) for i in range(10)])] == [3, 7, 0]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, 1.5 CPUs -> 2 threads
+        ({"cpu.max": "100000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),  # unlimited: the affinity mask decides
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_available_cpus_honours_the_container_cpu_quota(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    want = affinity if expected is None else min(affinity, expected)
+    assert available_cpus(tmp_path) == want
