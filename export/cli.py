@@ -7,6 +7,7 @@ file; 3 published weights could not be downloaded (no silent fallback).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -85,8 +86,11 @@ def export_one(architecture: str, path: Path, opts: ExportOptions) -> Report:
 
 def _run(architecture: str, path: Path, opts: ExportOptions) -> int:
     start = time.perf_counter()
+    # Verified first, published after: a model that fails verification never replaces a
+    # good one in the model directory (it is kept beside it, under a name the server ignores).
+    staging = path.with_name(path.name + ".unverified")
     try:
-        report = export_one(architecture, path, opts)
+        report = export_one(architecture, staging, opts)
     except WeightsDownloadError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DOWNLOAD
@@ -94,8 +98,13 @@ def _run(architecture: str, path: Path, opts: ExportOptions) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     seconds = time.perf_counter() - start
-    report.add("file", True, f"{path.stat().st_size / 1e6:.1f} MB, export+verify {seconds:.1f} s")
-    print(report.format(), flush=True)
+    size_mb = staging.stat().st_size / 1e6
+    report.add("file", True, f"{size_mb:.1f} MB, export+verify {seconds:.1f} s")
+    if report.ok:
+        os.replace(staging, path)
+    print(report.format().replace(str(staging), str(path)), flush=True)
+    if not report.ok:
+        print(f"verification failed: {path} left unchanged; the rejected model is {staging}")
     return 0 if report.ok else EXIT_VERIFY
 
 

@@ -24,6 +24,8 @@ from .v2 import routes as v2
 
 log = logging.getLogger(__name__)
 
+_BATCHER_GRACE_S = 2.0
+
 
 def create_app(
     settings: Settings,
@@ -74,7 +76,9 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
             state.lifecycle.draining = True
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
-            await state.repository.stop(state.settings.drain_timeout_s)
+            # uvicorn has already waited up to drain_timeout_s for in-flight requests; what is
+            # still queued now gets a short grace, not a second full drain.
+            await state.repository.stop(min(state.settings.drain_timeout_s, _BATCHER_GRACE_S))
             state.pipeline.close()
             log.info("stopped")
 

@@ -67,6 +67,8 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
             self.should_exit = True
+        if self._state.lifecycle.startup_error:  # a model failed to load: exit, do not linger
+            self.should_exit = True
         return await super().on_tick(counter)
 
 
@@ -87,11 +89,14 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         log_level=settings.log_level,
         server_header=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
         access_log=settings.log_level == "debug",
         lifespan="on",
     )
-    DrainingServer(config, app.state.server).run()
+    state: AppState = app.state.server
+    DrainingServer(config, state).run()
+    if state.lifecycle.startup_error:
+        sys.exit(f"exiting: {state.lifecycle.startup_error}")
 
 
 if __name__ == "__main__":  # pragma: no cover

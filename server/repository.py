@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .batcher import BatchConfig, Batcher, RunFn
-from .errors import UnknownModel
+from .errors import NotReady, UnknownModel
 from .metrics import Metrics
 from .runtime import ModelRuntime
 from .settings import Settings
@@ -75,11 +75,21 @@ def discover(settings: Settings) -> dict[str, Path]:
 def _make_runner(
     name: str, infer: InferFn, instance: int, executor: ThreadPoolExecutor, metrics: Metrics
 ) -> RunFn[np.ndarray, np.ndarray]:
-    async def run(payloads: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def execute(payloads: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+        # In the instance's thread: the concatenation copy stays off the event loop, and the
+        # time measured is the run itself, not the wait for the thread.
         batch = payloads[0] if len(payloads) == 1 else np.concatenate(payloads)
         start = time.monotonic()
-        logits = await asyncio.get_running_loop().run_in_executor(executor, infer, instance, batch)
-        metrics.observe_batch(name, len(batch), time.monotonic() - start)
+        logits = infer(instance, batch)
+        seconds = time.monotonic() - start
+        if not np.isfinite(logits).all():
+            raise FloatingPointError(f"model {name} produced non-finite logits")
+        return logits, seconds
+
+    async def run(payloads: Sequence[np.ndarray]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        logits, seconds = await loop.run_in_executor(executor, execute, payloads)
+        metrics.observe_batch(name, len(logits), seconds)
         return np.split(logits, np.cumsum([len(p) for p in payloads[:-1]]))
 
     return run
@@ -98,21 +108,39 @@ class ModelRepository:
         self._metrics = metrics
         self._wrap = infer_wrapper
         self.models: dict[str, ServedModel] = {}
+        self.configured: frozenset[str] = frozenset()
+        """names that will be served (known from the start of loading): metric labels, and
+        503 rather than 404 while one of them is still loading"""
 
     def get(self, name: str) -> ServedModel:
-        try:
-            return self.models[name]
-        except KeyError:
-            raise UnknownModel(
-                f"unknown model {name[:64]!r}; served models: {sorted(self.models)}"
-            ) from None
+        """The loaded model ``name``.
+
+        Raises:
+            UnknownModel: not a configured model (404).
+            NotReady: configured but still loading (503).
+        """
+        model = self.models.get(name)
+        if model is not None:
+            return model
+        if name in self.configured:
+            raise NotReady(f"model {name!r} is loading")
+        raise UnknownModel(f"unknown model {name[:64]!r}; served models: {sorted(self.configured)}")
+
+    def get_ready(self, name: str) -> ServedModel:
+        """As ``get``, and the model may take inference traffic (else NotReady, 503)."""
+        model = self.get(name)
+        if not model.ready:
+            raise NotReady(f"model {name!r} not ready: {model.not_ready_reason}")
+        return model
 
     @property
     def ready(self) -> bool:
         return bool(self.models) and all(m.ready for m in self.models.values())
 
     async def load_all(self) -> None:
-        for name, path in discover(self._settings).items():
+        found = discover(self._settings)
+        self.configured = frozenset(found)
+        for name, path in found.items():
             self.models[name] = await self._load(name, path)
 
     async def _load(self, name: str, path: Path) -> ServedModel:

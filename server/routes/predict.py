@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import numpy as np
@@ -14,7 +13,7 @@ from starlette.formparsers import MultiPartException
 
 from ..auth import require_api_key
 from ..classify import top_k
-from ..disconnect import cancel_on_disconnect
+from ..disconnect import all_or_none, cancel_on_disconnect
 from ..errors import BadRequest, InvalidParameter, UnsupportedImageFormat
 from ..observe import observe_request
 from ..pipeline import Preprocessed
@@ -125,33 +124,38 @@ async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
 
 
 async def _classify(
-    state: AppState, model: ServedModel, image: Preprocessed, k: int
-) -> ImageResult:
-    done = await state.pipeline.infer(model, image.pixels[np.newaxis])
-    preds = top_k(done.value[0], k, model.runtime.meta.labels)
-    return ImageResult(
-        predictions=[Prediction(index=p.index, label=p.label, probability=p.probability)
-                     for p in preds],
-        timing=Timing(queue_ms=done.queue_seconds * 1000, preprocess_ms=image.seconds * 1000,
-                      inference_ms=done.run_seconds * 1000, batch_size=done.batch_rows),
-    )  # fmt: skip
+    state: AppState, model: ServedModel, images: list[Preprocessed], k: int
+) -> list[ImageResult]:
+    """One batcher item for ``images`` (at most max_batch_size), so they are accepted or
+    refused together and run in one execution."""
+    done = await state.pipeline.infer(model, np.stack([im.pixels for im in images]))
+    labels = model.runtime.meta.labels
+    results = []
+    for image, logits in zip(images, done.value, strict=True):
+        preds = [Prediction(index=p.index, label=p.label, probability=p.probability)
+                 for p in top_k(logits, k, labels)]  # fmt: skip
+        timing = Timing(queue_ms=done.queue_seconds * 1000, preprocess_ms=image.seconds * 1000,
+                        inference_ms=done.run_seconds * 1000, batch_size=done.batch_rows)  # fmt: skip
+        results.append(ImageResult(predictions=preds, timing=timing))
+    return results
 
 
 async def _predict(state: AppState, request: Request, name: str | None, k: int) -> PredictResponse:
     name = name or state.settings.default_model
-    served = frozenset(state.repository.models)
-    async with observe_request(state.metrics, "predict", name, served):
+    async with observe_request(state.metrics, "predict", name, state.repository.configured):
         if not 1 <= k <= min(state.settings.max_top_k, 1000):
             raise InvalidParameter(f"top_k must be in 1..{min(state.settings.max_top_k, 1000)}")
-        model = state.repository.get(name)
+        model = state.repository.get_ready(name)
         images = await read_images(request, state.settings.max_images_per_request)
         pre = await state.pipeline.preprocess_many(model, images)
-        work = asyncio.gather(*(_classify(state, model, p, k) for p in pre))
-        results = await cancel_on_disconnect(request, work)
+        size = model.config.max_batch_size
+        chunks = [pre[i : i + size] for i in range(0, len(pre), size)]
+        work = all_or_none(_classify(state, model, c, k) for c in chunks)
+        results = [r for chunk in await cancel_on_disconnect(request, work) for r in chunk]
         meta = model.runtime.meta
         return PredictResponse(model=model.name, model_version=model.version,
                                weights=meta.weights, random_weights=meta.random_weights,
-                               results=list(results))  # fmt: skip
+                               results=results)  # fmt: skip
 
 
 TopK = Annotated[int, Query(description="number of classes to return, 1..1000")]

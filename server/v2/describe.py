@@ -32,13 +32,18 @@ def server_metadata() -> ServerMetadata:
     return ServerMetadata(name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS))
 
 
-def model_at(state: AppState, name: str, version: str | None) -> ServedModel:
+def model_at(
+    state: AppState, name: str, version: str | None, *, ready: bool = False
+) -> ServedModel:
     """The served model ``name``; ``version`` None or empty means its only version, "1".
+    With ``ready``, the model must also be ready for inference.
 
     Raises:
         UnknownModel: no such model, or no such version of it (404).
+        NotReady: the model is loading (or, with ``ready``, not ready) (503).
     """
-    model = state.repository.get(name)
+    repo = state.repository
+    model = repo.get_ready(name) if ready else repo.get(name)
     if version and version != model.version:
         raise UnknownModel(
             f"unknown version {version[:32]!r} of model {name!r}; versions: [{model.version!r}]"

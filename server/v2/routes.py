@@ -157,9 +157,8 @@ async def infer(
     header: HeaderLength = None,
 ) -> Response:  # fmt: skip
     """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
-    served = frozenset(state.repository.models)
-    async with observe_request(state.metrics, "v2_infer", model, served):
-        m = describe.model_at(state, model, version)
+    async with observe_request(state.metrics, "v2_infer", model, state.repository.configured):
+        m = describe.model_at(state, model, version, ready=True)
         body = await request.body()
         out, json_len = await cancel_on_disconnect(request, inference.infer(state, m, body, header))
     if json_len is None:

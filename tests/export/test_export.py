@@ -264,3 +264,26 @@ def test_cli_fp16(tmp_path: Path) -> None:
     assert parse_metadata(session.get_modelmeta().custom_metadata_map).precision == "fp16"
     (logits,) = session.run(None, {"images": random_images(2, 224, seed=0)})
     assert logits.dtype == np.float32
+
+
+def test_a_model_that_fails_verification_never_replaces_the_served_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import export.cli
+
+    served = tmp_path / "resnet18.onnx"
+    served.write_bytes(b"the good model already being served")
+
+    def failing_verify(path: Path, *args: object, **kwargs: object) -> Report:
+        report = Report(path)
+        report.add("max |ort - torch|", False, "1.0e+00 (bound 1e-04)")
+        return report
+
+    monkeypatch.setattr(export.cli, "verify", failing_verify)
+    code = export.cli.main(["resnet18", "--weights", "random", "--out-dir", str(tmp_path)])
+    assert code == export.cli.EXIT_VERIFY
+    assert served.read_bytes() == b"the good model already being served"
+    rejected = tmp_path / "resnet18.onnx.unverified"
+    assert rejected.stat().st_size > 1_000_000
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["resnet18.onnx"]
+    assert "verification failed" in capsys.readouterr().out

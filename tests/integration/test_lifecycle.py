@@ -18,6 +18,7 @@ def test_readiness_is_503_until_models_are_warm(model_dir: Path, tmp_path: Path)
                        default_model="resnet50", warmup_batch_sizes="1,2,4,8,16")  # fmt: skip
     try:
         seen: list[tuple[int, str]] = []
+        predicted_while_loading = False
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -28,12 +29,22 @@ def test_readiness_is_503_until_models_are_warm(model_dir: Path, tmp_path: Path)
             seen.append((r.status_code, r.text))
             if r.status_code == 200:
                 break
+            if not predicted_while_loading:
+                p = httpx.post(srv.url + "/predict", content=jpeg(), timeout=30,
+                               headers={"content-type": "image/jpeg"})  # fmt: skip
+                if httpx.get(srv.url + "/readyz", timeout=5).status_code == 503:
+                    # Still loading: a configured model answers 503 (retry), not 404.
+                    assert p.status_code == 503, p.text
+                    assert p.json()["code"] == "not_ready"
+                    assert p.headers["retry-after"] == "1"
+                    predicted_while_loading = True
             time.sleep(0.05)
         assert seen[-1][0] == 200
         not_ready = [body for code, body in seen if code == 503]
         assert not_ready, "readiness must be 503 while models load and warm up"
         assert '"code":"not_ready"' in not_ready[0] and "loading models" in not_ready[0]
         assert httpx.get(srv.url + "/healthz").status_code == 200
+        assert predicted_while_loading
     finally:
         assert srv.stop() == 0
 
@@ -70,3 +81,19 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(model_dir: Path, tmp_p
     except httpx.ConnectError:
         pass
     assert "draining" in srv.log
+
+
+def test_a_model_that_fails_to_load_stops_the_server(model_dir: Path, tmp_path: Path) -> None:
+    """Like Triton by default: a broken model file is fatal, not a process that never gets ready."""
+    broken = tmp_path / "models"
+    broken.mkdir()
+    (broken / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
+    (broken / "zz_broken.onnx").write_bytes(b"this is not an ONNX file")
+    srv = start_server(broken, tmp_path, wait=False)
+    try:
+        rc = srv.proc.wait(60)
+    finally:
+        srv.stop()
+    assert rc == 1
+    assert "model load failed" in srv.log
+    assert "exiting: model load failed" in srv.log

@@ -74,6 +74,21 @@ def test_multipart_several_images_in_order(server: ServerProcess, model_dir: Pat
         ].tolist()
 
 
+def test_more_images_than_a_batch_are_answered_in_order(
+    server: ServerProcess, model_dir: Path
+) -> None:
+    """10 images with max_batch_size 8: two batcher items, one answer per image, in order."""
+    datas = [jpeg(200 + 10 * i, 180, seed=40 + i) for i in range(10)]
+    files = [("file", (f"{i}.jpg", d, "image/jpeg")) for i, d in enumerate(datas)]
+    r = server.client().post("/predict/resnet18?top_k=1", files=files)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [res["predictions"][0]["index"] for res in results] == [
+        int(np.argmax(direct_probs(model_dir, "resnet18", d))) for d in datas
+    ]
+    assert sorted({res["timing"]["batch_size"] for res in results}) == [2, 8]
+
+
 def test_concurrent_requests_are_batched_and_answered_individually(
     server: ServerProcess, model_dir: Path
 ) -> None:

@@ -16,6 +16,7 @@ import pytest
 from server.runtime import ModelRuntime
 from server.settings import Settings
 from tests.conftest import ServerProcess, start_server
+from tests.imagegen import jpeg
 from tests.integration.test_predict import metric
 
 
@@ -41,6 +42,13 @@ def test_cuda_fallback_is_loud_and_gates_readiness(
         else:
             assert ready.status_code == 503
             assert "fell back to CPU" in ready.json()["error"]
+            # ... and inference refuses too: the model is not on its intended provider.
+            r = srv.client().post(
+                "/predict", content=jpeg(), headers={"content-type": "image/jpeg"}
+            )
+            assert r.status_code == 503
+            assert r.json()["code"] == "not_ready"
+            assert "fell back to CPU" in r.json()["error"]
     finally:
         srv.stop()
 
