@@ -80,7 +80,15 @@ async def infer(
     if rows is None:
         rows = await _preprocess(state, model, prepared.encoded)
     done = await state.pipeline.infer(model, rows)
-    tensors = [_output(model, o, done.value) for o in prepared.outputs]
+    if len(rows) == 1 and all(o.binary for o in prepared.outputs):
+        return respond(model, prepared, done.value)
+    # JSON of N x 1000 floats (or N x K classification strings) takes milliseconds of CPU.
+    return await asyncio.to_thread(respond, model, prepared, done.value)
+
+
+def respond(model: ServedModel, prepared: Prepared, logits: np.ndarray) -> tuple[bytes, int | None]:
+    """Encode the requested outputs of ``logits`` (float32 ``[N, classes]``). Blocking (CPU)."""
+    tensors = [_output(model, o, logits) for o in prepared.outputs]
     return codec.encode_response(model.name, model.version, prepared.request_id, tensors)
 
 
