@@ -19,12 +19,9 @@ _LATENCY_BUCKETS = (
 
 
 def _batch_buckets(max_batch_size: int) -> tuple[float, ...]:
-    edges, b = [], 1
-    while b < max_batch_size:
-        edges.append(float(b))
-        b *= 2
-    edges.append(float(max_batch_size))
-    return tuple(edges)
+    """One bucket per batch size (at most 256, one series set per model): exact counts per
+    size, which Triton's statistics report (``batch_stats``) and operators tune with."""
+    return tuple(float(b) for b in range(1, max_batch_size + 1))
 
 
 class Metrics:

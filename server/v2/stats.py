@@ -11,8 +11,8 @@ Mapping (all per model, every endpoint: ``/predict`` and v2 alike):
   ``resnet_preprocess_seconds`` (one per encoded image); ``compute_infer``:
   ``resnet_inference_seconds`` (one per batch execution, not per request as in Triton);
   ``compute_output``, ``cache_hit``, ``cache_miss``: 0.
-- ``batch_stats``: ``resnet_batch_size`` buckets; ``batch_size`` is a bucket's upper edge
-  (executions of sizes in (previous edge, edge]), only ``compute_infer.count`` is known.
+- ``batch_stats``: ``resnet_batch_size`` has one bucket per size, so each entry is the exact
+  number of executions of that size; only ``compute_infer.count`` is known (ns is 0).
 - ``last_inference``: ``resnet_last_inference_timestamp_seconds`` in ms (0 before the first).
 """
 

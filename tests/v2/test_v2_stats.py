@@ -44,11 +44,11 @@ def test_stats_count_exactly_what_was_sent_and_match_metrics(server: ServerProce
     assert inf["compute_infer"]["ns"] == round(
         metric(server, "resnet_inference_seconds_sum", model="resnet50") * 1e9
     )
-    # batch_stats: executions by batch-size bucket (edges 1, 2, 4, 8 at max_batch_size 8).
+    # batch_stats: executions by exact batch size.
     sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
     old = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
     delta = {k: v - old.get(k, 0) for k, v in sizes.items() if v != old.get(k, 0)}
-    assert delta == {1: 1, 2: 1, 4: 1, 8: 1}  # sizes 1, 2 (jpegs), 3 (-> bucket 4), 8
+    assert delta == {1: 1, 2: 1, 3: 1, 8: 1}  # sizes 1, 2 (the two jpegs), 3, 8
 
 
 def test_failures_are_counted_and_all_models_listed(server: ServerProcess) -> None:
