@@ -68,6 +68,7 @@ def create_app(
 def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.pipeline.start()
         # Load in the background so liveness and readiness (503 "loading") answer meanwhile.
         loading = asyncio.create_task(_load(state))
         try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batcher import Completed
-from .errors import QueueFull, QueueTimeout, ShuttingDown
+from .errors import NotReady, QueueFull, QueueTimeout, ShuttingDown
 from .metrics import Metrics
 from .modelmeta import Preprocessing
 from .preprocess import DecodeLimits, preprocess
@@ -42,10 +42,17 @@ class Pipeline:
         self._limits = DecodeLimits(
             max_pixels=settings.max_image_pixels, fast_jpeg=settings.fast_jpeg_decode
         )
-        self._pool = ThreadPoolExecutor(settings.pool_threads, thread_name_prefix="preprocess")
+        self._threads = settings.pool_threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Create the preprocessing threads (in the lifespan, so every run gets fresh ones)."""
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="preprocess")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def preprocess(self, model: ServedModel, data: bytes) -> Preprocessed:
         """Decode and transform one encoded image.
@@ -54,6 +61,8 @@ class Pipeline:
             InvalidImage, UnsupportedImageFormat, ImageTooLarge: from ``preprocess``.
         """
         spec = model.runtime.meta.preprocessing
+        if self._pool is None:
+            raise NotReady("server is not running")
         done = await asyncio.get_running_loop().run_in_executor(
             self._pool, _timed_preprocess, data, spec, self._limits
         )
