@@ -39,20 +39,6 @@ class Target:
         return head.encode() + self.body
 
 
-def multipart(jpeg: bytes, field_name: str = "file") -> tuple[bytes, str]:
-    """A multipart/form-data body holding ``jpeg`` as one file part; (body, content type)."""
-    boundary = "benchboundary7d3f9a"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; '
-            f'filename="image.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
-        ).encode()
-        + jpeg
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 @dataclass
 class PhaseResult:
     """One load phase. Latencies are seconds; rates are per second; ``client_cpu`` is cores."""

@@ -28,6 +28,12 @@ def _axes(n: int) -> tuple[Figure, list[Axes]]:
     return fig, list(axes[0])
 
 
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def throughput(res: Results, path: Path) -> None:
     """Closed-loop requests/s vs concurrency per target, with the in-process ceiling."""
     fig, axes = _axes(len(res.cfg.models))
@@ -44,9 +50,7 @@ def throughput(res: Results, path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def latency(res: Results, path: Path) -> None:
@@ -64,9 +68,7 @@ def latency(res: Results, path: Path) -> None:
                ylabel="latency, ms")  # fmt: skip
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def breakdown_parts(res: Results, model: str, level: float) -> list[float] | None:
@@ -96,9 +98,7 @@ def time_breakdown(res: Results, path: Path) -> None:
                ylabel="ms")  # fmt: skip
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def batch_cost(res: Results, path: Path) -> None:
@@ -114,9 +114,7 @@ def batch_cost(res: Results, path: Path) -> None:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_all(res: Results, out_dir: Path) -> list[Path]:

@@ -15,7 +15,6 @@ from .config import BenchConfig
 from .hw import CpuInfo, cpu_info, load_average
 from .images import photos
 from .load import PhaseResult
-from .metrics import Breakdown
 from .paired import Paired, paired_latency
 from .sweep import Breakdowns, measure
 from .targets import (
@@ -183,11 +182,6 @@ def run_all(res: Results, model_dir: Path, log_dir: Path) -> Results:
     res.duration_s = time.monotonic() - t0
     res.load_after = load_average()
     return res
-
-
-def breakdown_of(res: Results, model: str, level: float) -> Breakdown | None:
-    """Our server's breakdown at closed-loop concurrency ``level`` (first repeat)."""
-    return res.breakdowns.get((model, SERVER, "closed", level, 0))
 
 
 __all__ = ["LITSERVE", "NAIVE", "SERVER", "Results", "cpu_info", "run_all"]

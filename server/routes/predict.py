@@ -143,8 +143,8 @@ async def _classify(
 async def _predict(state: AppState, request: Request, name: str | None, k: int) -> PredictResponse:
     name = name or state.settings.default_model
     async with observe_request(state.metrics, "predict", name, state.repository.configured):
-        if not 1 <= k <= min(state.settings.max_top_k, 1000):
-            raise InvalidParameter(f"top_k must be in 1..{min(state.settings.max_top_k, 1000)}")
+        if not 1 <= k <= state.settings.max_top_k:  # max_top_k <= 1000 (settings)
+            raise InvalidParameter(f"top_k must be in 1..{state.settings.max_top_k}")
         model = state.repository.get_ready(name)
         images = await read_images(request, state.settings.max_images_per_request)
         pre = await state.pipeline.preprocess_many(model, images)
