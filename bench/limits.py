@@ -18,11 +18,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from server.modelmeta import ModelMetadata, parse_metadata
+from server.cpuinfo import read_cpuinfo
+from server.engines import EngineOptions, open_engine
+from server.modelmeta import ModelMetadata
 from server.preprocess import DecodeLimits, preprocess
-from server.runtime import _provider_list, _session_options, requested_provider
+from server.repository import resolve_provider
 from server.settings import Settings
 
 from .images import Photo
@@ -81,22 +82,17 @@ class PipelinePoint:
 
 
 class Model:
-    """One ONNX Runtime session created exactly as the server creates its sessions."""
+    """One engine opened exactly as the server opens its engines (one instance)."""
 
-    def __init__(self, path: Path, settings: Settings) -> None:
-        providers = _provider_list(requested_provider(settings), settings)
-        self.session = ort.InferenceSession(
-            str(path), sess_options=_session_options(settings), providers=providers
-        )
-        self.meta: ModelMetadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map)
-        self.providers: list[str] = list(self.session.get_providers())
+    def __init__(self, path: Path, settings: Settings, precision: str | None = None) -> None:
+        options = EngineOptions(resolve_provider(settings), precision, settings.threads)
+        self.engine = open_engine(path, options, read_cpuinfo())
+        self.meta: ModelMetadata = self.engine.meta
+        self.providers: list[str] = list(self.engine.report.devices)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, 224, 224, 3]`` -> float32 logits ``[N, 1000]``."""
-        out: np.ndarray = self.session.run([self.meta.output_name], {self.meta.input_name: images})[
-            0
-        ]
-        return out
+        return self.engine.run(0, images)
 
 
 def crops(model: Model, photos: list[Photo]) -> np.ndarray:

@@ -11,13 +11,15 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from . import __version__
+from .cpuinfo import CpuInfo, read_cpuinfo
 from .errors import install_handlers
 from .limits import LimitsMiddleware
 from .metrics import Metrics
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
-from .repository import InferFn, ModelRepository
+from .repository import ModelRepository
 from .routes import health, metrics, predict
+from .runner import EngineRun
 from .settings import Settings
 from .state import AppState
 from .v2 import routes as v2
@@ -31,18 +33,19 @@ def create_app(
     settings: Settings,
     *,
     registry: CollectorRegistry | None = None,
-    infer_wrapper: Callable[[InferFn], InferFn] | None = None,
+    run_wrapper: Callable[[EngineRun], EngineRun] | None = None,
+    cpu: CpuInfo | None = None,
 ) -> FastAPI:
     """Build the app. Nothing is loaded here: models load and warm up in the lifespan.
 
-    ``infer_wrapper`` wraps each model's blocking run function; tests use it to inject
-    faults into a real server.
+    ``run_wrapper`` wraps each model's blocking ``Engine.run``; tests use it to inject
+    faults into a real server. ``cpu``: the CPU's features (default: read from the machine).
     """
     metrics_ = Metrics(registry or CollectorRegistry(), settings.max_batch_size)
     state = AppState(
         settings=settings,
         metrics=metrics_,
-        repository=ModelRepository(settings, metrics_, infer_wrapper),
+        repository=ModelRepository(settings, metrics_, cpu or read_cpuinfo(), run_wrapper),
         pipeline=Pipeline(settings, metrics_),
     )
     app = FastAPI(

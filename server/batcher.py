@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-RunFn: TypeAlias = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
-"""Takes the payloads of one batch, returns one result per payload, in the same order."""
+RunFn: TypeAlias = Callable[[Sequence[T]], Awaitable[Sequence[R | Exception]]]
+"""Takes the payloads of one batch, returns one result per payload, in the same order; an
+exception in place of a result fails that item alone (InferenceFailed), not its batch."""
 
 
 @dataclass(frozen=True)
@@ -306,23 +307,28 @@ class Batcher(Generic[T, R]):
         else:
             run_seconds = self._clock() - start
             for item, value in zip(batch, results, strict=True):
-                if not item.future.done():
-                    item.future.set_result(
-                        Completed(value, item.dispatched - item.enqueued, run_seconds, rows)
-                    )
+                if item.future.done():
+                    continue
+                if isinstance(value, Exception):  # this item failed, the rest of its batch not
+                    log.error("batcher %r: one item of a batch failed: %s", self._name, value)
+                    item.future.set_exception(self._failure(value))
+                    continue
+                item.future.set_result(
+                    Completed(value, item.dispatched - item.enqueued, run_seconds, rows)
+                )
         finally:
             self._in_flight -= rows
             self._notify()
 
     def _fail_batch(self, batch: list[_Item[T, R]], exc: BaseException, rows: int) -> None:
         log.exception("batcher %r: batch of %d rows failed", self._name, rows, exc_info=exc)
+        self._fail(batch, lambda: self._failure(exc))
 
-        def error() -> InferenceFailed:
-            err = InferenceFailed(f"inference failed: {type(exc).__name__}")
-            err.__cause__ = exc
-            return err
-
-        self._fail(batch, error)
+    @staticmethod
+    def _failure(exc: BaseException) -> InferenceFailed:
+        err = InferenceFailed(f"inference failed: {type(exc).__name__}")
+        err.__cause__ = exc
+        return err
 
     def _fail(self, batch: list[_Item[T, R]], error: Callable[[], Exception]) -> None:
         for item in batch:

@@ -78,7 +78,7 @@ class Metrics:
         )  # fmt: skip
         self.model_info = Gauge(
             "resnet_model_info", "Served model; provider is what the session actually uses.",
-            ["model", "architecture", "weights", "random_weights", "provider",
+            ["model", "architecture", "weights", "random_weights", "precision", "provider",
              "requested_provider", "fallback"], registry=r,
         )  # fmt: skip
 

@@ -60,7 +60,7 @@ class Pipeline:
         Raises:
             InvalidImage, UnsupportedImageFormat, ImageTooLarge: from ``preprocess``.
         """
-        spec = model.runtime.meta.preprocessing
+        spec = model.meta.preprocessing
         if self._pool is None:
             raise NotReady("server is not running")
         done = await asyncio.get_running_loop().run_in_executor(

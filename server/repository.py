@@ -4,35 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .batcher import BatchConfig, Batcher, RunFn
+from .batcher import BatchConfig, Batcher
+from .cpuinfo import CpuInfo
+from .engines import Engine, EngineOptions, auto_provider, open_engine
 from .errors import NotReady, UnknownModel
 from .metrics import Metrics
-from .runtime import ModelRuntime
+from .modelmeta import ModelMetadata
+from .onnxfile import read_metadata_props
+from .runner import EngineRun, Runner
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# (instance, images uint8 [N,H,W,3]) -> logits float32 [N,C]; blocking.
-InferFn = Callable[[int, np.ndarray], np.ndarray]
+BF16_SUFFIX = "-bf16"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to serve: its name, its file, and ``precision`` None (the file's own) or
+    ``bf16`` (an fp32 file run with the bf16 hint)."""
+
+    name: str
+    path: Path
+    precision: str | None = None
 
 
 @dataclass
 class ServedModel:
-    """One model as served: its runtime, its batcher, and whether it may take traffic."""
+    """One model as served: its engine, its batcher, and whether it may take traffic."""
 
     name: str
-    runtime: ModelRuntime
+    engine: Engine
     batcher: Batcher[np.ndarray, np.ndarray]
     config: BatchConfig
-    executors: list[ThreadPoolExecutor] = field(default_factory=list)
+    runners: list[Runner] = field(default_factory=list)
     load_seconds: float = 0.0
     ready: bool = False
     not_ready_reason: str = "loading"
@@ -41,11 +54,15 @@ class ServedModel:
     def version(self) -> str:
         return "1"
 
+    @property
+    def meta(self) -> ModelMetadata:
+        return self.engine.meta
+
 
 def batch_config(settings: Settings, provider: str) -> BatchConfig:
     """``auto`` batching is eager on CPU (waiting buys no throughput there, see
     docs/BATCHING.md) and delay-based on GPU, where fuller batches are much cheaper per image."""
-    eager = settings.batching == "eager" or (settings.batching == "auto" and provider == "cpu")
+    eager = settings.batching == "eager" or (settings.batching == "auto" and provider != "cuda")
     return BatchConfig(
         max_batch_size=settings.max_batch_size,
         max_queue_delay=settings.max_queue_delay_ms / 1000,
@@ -55,44 +72,47 @@ def batch_config(settings: Settings, provider: str) -> BatchConfig:
     )
 
 
-def discover(settings: Settings) -> dict[str, Path]:
-    """Model name -> file. ``settings.models`` empty means every ``*.onnx`` in the directory.
+def resolve_provider(settings: Settings) -> str:
+    return auto_provider() if settings.provider == "auto" else settings.provider
+
+
+def wants_bf16(settings: Settings, provider: str, cpu: CpuInfo) -> bool:
+    """Whether every fp32 model also gets a ``-bf16`` variant (see ``bf16_variants``)."""
+    if settings.bf16_variants == "auto":
+        return provider == "openvino" and cpu.bf16
+    return settings.bf16_variants == "on"
+
+
+def discover(settings: Settings, bf16: bool = False) -> dict[str, ModelSpec]:
+    """Model name -> spec. ``settings.models`` empty means every ``*.onnx`` in the directory,
+    plus ``<name>-bf16`` for each fp32 file if ``bf16``. A listed ``<name>-bf16`` with no file
+    of that name is the bf16 variant of ``<name>.onnx``.
 
     Raises:
         FileNotFoundError: a named model has no file, or the directory holds none.
     """
     found = {p.stem: p for p in sorted(settings.model_dir.glob("*.onnx"))}
     wanted = settings.models or list(found)
-    missing = [m for m in wanted if m not in found]
-    if missing or not wanted:
+    specs: dict[str, ModelSpec] = {}
+    for name in wanted:
+        base = name.removesuffix(BF16_SUFFIX)
+        if name in found:
+            specs[name] = ModelSpec(name, found[name])
+        elif name != base and base in found:
+            specs[name] = ModelSpec(name, found[base], "bf16")
+    missing = [m for m in wanted if m not in specs]
+    if missing or not specs:
         raise FileNotFoundError(
             f"no model file for {missing or 'any model'} in {settings.model_dir}; export with "
             f"`python -m export resnet18 resnet50 --out-dir {settings.model_dir}`"
         )
-    return {m: found[m] for m in wanted}
-
-
-def _make_runner(
-    name: str, infer: InferFn, instance: int, executor: ThreadPoolExecutor, metrics: Metrics
-) -> RunFn[np.ndarray, np.ndarray]:
-    def execute(payloads: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
-        # In the instance's thread: the concatenation copy stays off the event loop, and the
-        # time measured is the run itself, not the wait for the thread.
-        batch = payloads[0] if len(payloads) == 1 else np.concatenate(payloads)
-        start = time.monotonic()
-        logits = infer(instance, batch)
-        seconds = time.monotonic() - start
-        if not np.isfinite(logits).all():
-            raise FloatingPointError(f"model {name} produced non-finite logits")
-        return logits, seconds
-
-    async def run(payloads: Sequence[np.ndarray]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        logits, seconds = await loop.run_in_executor(executor, execute, payloads)
-        metrics.observe_batch(name, len(logits), seconds)
-        return np.split(logits, np.cumsum([len(p) for p in payloads[:-1]]))
-
-    return run
+    if bf16 and not settings.models:
+        for name, spec in list(specs.items()):
+            if read_metadata_props(spec.path).get("precision", "fp32") == "fp32":
+                specs.setdefault(
+                    name + BF16_SUFFIX, ModelSpec(name + BF16_SUFFIX, spec.path, "bf16")
+                )
+    return specs
 
 
 class ModelRepository:
@@ -102,11 +122,17 @@ class ModelRepository:
         self,
         settings: Settings,
         metrics: Metrics,
-        infer_wrapper: Callable[[InferFn], InferFn] | None,
+        cpu: CpuInfo,
+        run_wrapper: Callable[[EngineRun], EngineRun] | None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._wrap = infer_wrapper
+        self._wrap = run_wrapper
+        self.cpu = cpu
+        self.provider = ""
+        # Engine runs at once across all models: with `threads` intra-op threads each, the
+        # inference threads never outnumber the cores given to them (docs/TUNING.md).
+        self._compute = threading.Semaphore(settings.compute_slots)
         self.models: dict[str, ServedModel] = {}
         self.configured: frozenset[str] = frozenset()
         """names that will be served (known from the start of loading): metric labels, and
@@ -138,57 +164,72 @@ class ModelRepository:
         return bool(self.models) and all(m.ready for m in self.models.values())
 
     async def load_all(self) -> None:
-        found = discover(self._settings)
-        self.configured = frozenset(found)
-        for name, path in found.items():
-            self.models[name] = await self._load(name, path)
+        """Discover, load and warm up every model, one after the other.
 
-    async def _load(self, name: str, path: Path) -> ServedModel:
-        s, start = self._settings, time.monotonic()
-        runtime = await asyncio.to_thread(ModelRuntime, name, path, s)
-        infer: InferFn = runtime.run if self._wrap is None else self._wrap(runtime.run)
-        executors = [
-            ThreadPoolExecutor(1, thread_name_prefix=f"{name}-infer{i}")
-            for i in range(runtime.instances)
-        ]
+        Raises whatever loading raises (EngineUnavailable, MetadataError, OSError, ...).
+        """
+        self.provider = resolve_provider(self._settings)
+        bf16 = wants_bf16(self._settings, self.provider, self.cpu)
+        specs = await asyncio.to_thread(discover, self._settings, bf16)
+        self.configured = frozenset(specs)
+        for spec in specs.values():
+            self.models[spec.name] = await self._load(spec)
+
+    def _options(self, spec: ModelSpec) -> EngineOptions:
+        s = self._settings
+        return EngineOptions(
+            provider=self.provider, precision=spec.precision, threads=s.threads,
+            instances=s.instances, cuda_device_id=s.cuda_device_id,
+        )  # fmt: skip
+
+    async def _load(self, spec: ModelSpec) -> ServedModel:
+        s, start, name = self._settings, time.monotonic(), spec.name
+        engine = await asyncio.to_thread(open_engine, spec.path, self._options(spec), self.cpu)
+        run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
         runners = [
-            _make_runner(name, infer, i, ex, self._metrics) for i, ex in enumerate(executors)
-        ]
-        config = batch_config(s, runtime.provider.actual)
+            Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
+                   metrics=self._metrics, compute=self._compute)
+            for i in range(engine.instances)
+        ]  # fmt: skip
+        config = batch_config(s, engine.report.provider)
         batcher: Batcher[np.ndarray, np.ndarray] = Batcher(runners, config, name=name)
-        model = ServedModel(name, runtime, batcher, config, executors)
-        await asyncio.to_thread(runtime.warmup, s.warmup_sizes)
+        model = ServedModel(name, engine, batcher, config, runners)
+        await asyncio.to_thread(engine.warmup, s.warmup_sizes)
         await batcher.start()
         model.load_seconds = time.monotonic() - start
         self._publish(model)
-        if runtime.provider.fallback and not s.allow_cpu_fallback:
-            model.not_ready_reason = "CUDA requested but the session fell back to CPU"
+        report = engine.report
+        if report.fallback:
+            log.error("model %s: %s (devices %s)", name, report.fallback_reason, report.devices)
+        if report.fallback and not s.allow_cpu_fallback:
+            model.not_ready_reason = f"{report.fallback_reason} (allow_cpu_fallback is off)"
         else:
             model.ready, model.not_ready_reason = True, ""
         log.info(
-            "model %s loaded: %s weights=%s provider=%s in %.2fs (warm-up sizes %s)",
-            name, runtime.meta.architecture, runtime.meta.weights, runtime.provider.actual,
-            model.load_seconds, s.warmup_sizes,
+            "model %s loaded: %s %s weights=%s provider=%s (%s) in %.2fs (warm-up sizes %s)",
+            name, engine.meta.architecture, report.precision, engine.meta.weights,
+            report.provider, report.runtime, model.load_seconds, s.warmup_sizes,
         )  # fmt: skip
-        if runtime.meta.random_weights:
+        if engine.meta.random_weights:
             log.warning(
                 "model %s has RANDOM weights (%s): its predictions are meaningless; export "
                 "ImageNet weights with `python -m export %s --weights imagenet`",
-                name, runtime.meta.weights_detail, runtime.meta.architecture,
+                name, engine.meta.weights_detail, engine.meta.architecture,
             )  # fmt: skip
         return model
 
     def _publish(self, model: ServedModel) -> None:
-        m, rt = self._metrics, model.runtime
+        m, meta, report = self._metrics, model.meta, model.engine.report
         m.model_load.labels(model.name).set(model.load_seconds)
         m.model_info.labels(
             model=model.name,
-            architecture=rt.meta.architecture,
-            weights=rt.meta.weights,
-            random_weights=str(rt.meta.random_weights).lower(),
-            provider=rt.provider.actual,
-            requested_provider=rt.provider.requested,
-            fallback=str(rt.provider.fallback).lower(),
+            architecture=meta.architecture,
+            weights=meta.weights,
+            random_weights=str(meta.random_weights).lower(),
+            precision=report.precision,
+            provider=report.provider,
+            requested_provider=report.requested_provider,
+            fallback=str(report.fallback).lower(),
         ).set(1)
         batcher = model.batcher
         m.track_queue_depth(model.name, lambda: batcher.queue_depth)
@@ -199,5 +240,5 @@ class ModelRepository:
             m.ready, m.not_ready_reason = False, "shutting down"
         await asyncio.gather(*(m.batcher.stop(drain_timeout) for m in self.models.values()))
         for m in self.models.values():
-            for ex in m.executors:
-                ex.shutdown(wait=False, cancel_futures=True)
+            for runner in m.runners:
+                runner.close()

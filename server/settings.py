@@ -65,7 +65,18 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
 
     # Runtime
-    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    provider: Literal["auto", "cpu", "openvino", "cuda"] = Field(
+        "auto",
+        description="cpu: ONNX Runtime's CPU provider; openvino: the OpenVINO runtime (bf16, "
+        "INT8 on the CPU's matrix units); cuda: ONNX Runtime's CUDA provider; auto: cuda if "
+        "available, else openvino if installed, else cpu",
+    )
+    bf16_variants: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="also serve every fp32 model as <name>-bf16 (OpenVINO, bf16 hint): auto = "
+        "where the CPU has bf16 units and the provider is openvino; on = always (fails to start "
+        "where it cannot run)",
+    )
     allow_cpu_fallback: bool = True
     intra_op_threads: int = Field(0, ge=0, description="0 = CPUs available to this process")
     inter_op_threads: int = Field(1, ge=1)
@@ -128,6 +139,11 @@ class Settings(BaseSettings):
     @property
     def threads(self) -> int:
         return self.intra_op_threads or available_cpus()
+
+    @property
+    def compute_slots(self) -> int:
+        """Engine runs allowed at once across all models: cores / threads per run, >= 1."""
+        return max(1, available_cpus() // self.threads)
 
     @property
     def pool_threads(self) -> int:

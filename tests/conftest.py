@@ -112,8 +112,11 @@ def start_server(
     """Start a server with ``settings`` as RESNET_* environment variables."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_")}
+    # provider cpu unless a test asks for another: most suites compare answers with a direct
+    # ONNX Runtime session bit for bit; tests/integration/test_engines.py covers openvino.
     env.update(RESNET_MODEL_DIR=str(model_dir), RESNET_PORT=str(port), RESNET_HOST="127.0.0.1",
-               RESNET_INTRA_OP_THREADS="2", RESNET_LOG_LEVEL="info")  # fmt: skip
+               RESNET_INTRA_OP_THREADS="2", RESNET_LOG_LEVEL="info",
+               RESNET_PROVIDER="cpu")  # fmt: skip
     env.update({f"RESNET_{k.upper()}": str(v) for k, v in settings.items()})
     log_path = tmp_path / f"server-{port}.log"
     with log_path.open("wb") as out:

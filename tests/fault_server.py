@@ -2,7 +2,7 @@
 
 Run as ``python -m tests.fault_server`` (``start_server(..., module="tests.fault_server")``);
 it takes the same settings as ``python -m server``. The wrapped run function (warm-up calls
-the runtime directly, so it is not affected) looks at the crops of each batch:
+the engine directly, so it is not affected) looks at the crops of each batch:
 
 - a *poison* crop (every pixel 0: an all-black image) makes the run raise ``RuntimeError``,
   so exactly the batch holding it fails;
@@ -22,10 +22,10 @@ import numpy as np
 
 from server import cli
 from server.app import create_app
-from server.repository import InferFn
+from server.runner import EngineRun
 
 
-def faulty(run: InferFn) -> InferFn:
+def faulty(run: EngineRun) -> EngineRun:
     slow_s = float(os.environ.get("FAULT_SLOW_S", "1.0"))
 
     def wrapped(instance: int, images: np.ndarray) -> np.ndarray:
@@ -41,7 +41,7 @@ def faulty(run: InferFn) -> InferFn:
 
 def main() -> None:
     def faulty_app(*args: Any, **kwargs: Any) -> Any:
-        return create_app(*args, infer_wrapper=faulty, **kwargs)
+        return create_app(*args, run_wrapper=faulty, **kwargs)
 
     with mock.patch.object(cli, "create_app", faulty_app):
         cli.main([])

@@ -1,4 +1,4 @@
-"""What every peer shares with the server: session creation, preprocessing, the response."""
+"""What every peer shares with the server: the engine, preprocessing, the response."""
 
 from __future__ import annotations
 
@@ -7,31 +7,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from server.classify import top_k
-from server.modelmeta import ModelMetadata, parse_metadata
-from server.runtime import _session_options
-from server.settings import Settings
+from server.cpuinfo import read_cpuinfo
+from server.engines import Engine, EngineOptions, open_engine
+from server.modelmeta import ModelMetadata
+from server.settings import available_cpus
 
 
 def parse_args(description: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model-path", type=Path, required=True)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads; 0 = CPUs")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads; 0 = CPUs")
+    p.add_argument("--provider", default="cpu", choices=["cpu", "openvino", "cuda"])
+    p.add_argument("--precision", default=None, help="bf16: run the fp32 file with a bf16 hint")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-timeout-ms", type=float, default=5.0)
     return p.parse_args()
 
 
-def load(path: Path, threads: int) -> tuple[ort.InferenceSession, ModelMetadata]:
-    """One CPU session with exactly the server's session options."""
-    settings = Settings.model_validate({"model_dir": path.parent, "intra_op_threads": threads})
-    session = ort.InferenceSession(
-        str(path), sess_options=_session_options(settings), providers=["CPUExecutionProvider"]
-    )
-    return session, parse_metadata(session.get_modelmeta().custom_metadata_map)
+def load(args: argparse.Namespace) -> Engine:
+    """The server's engine for ``args.model_path`` (one instance: callers serialise runs)."""
+    options = EngineOptions(args.provider, args.precision, args.threads or available_cpus())
+    return open_engine(args.model_path, options, read_cpuinfo())
 
 
 def response(logits: np.ndarray, meta: ModelMetadata, k: int = 5) -> dict[str, Any]:

@@ -26,10 +26,11 @@ ARGS = parse_args(__doc__ or "")
 
 
 class ResNetAPI(ls.LitAPI):  # type: ignore[misc]
-    """One ONNX Runtime session in LitServe's worker process."""
+    """The server's engine (same provider and precision) in LitServe's worker process."""
 
     def setup(self, device: str) -> None:
-        self.session, self.meta = load(ARGS.model_path, ARGS.threads)
+        self.engine = load(ARGS)
+        self.meta = self.engine.meta
 
     def decode_request(self, request: Request) -> np.ndarray:
         # LitServe hands over ``await request.json()`` (a dict) for a Request annotation.
@@ -40,8 +41,7 @@ class ResNetAPI(ls.LitAPI):  # type: ignore[misc]
         return np.stack(inputs)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.session.run([self.meta.output_name], {self.meta.input_name: x})[0]
-        return out
+        return self.engine.run(0, x)
 
     def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
         return list(output)

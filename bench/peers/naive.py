@@ -1,15 +1,17 @@
 """The naive peer: FastAPI + ONNX Runtime, no batching.
 
-One global session is created at start-up (creating one per request would cost ~50-300 ms
-per request and is not what anyone ships); each request's handler decodes the body and calls
-``session.run`` on a batch of one. The handler is a plain ``def``, so FastAPI runs it in its
-thread pool: requests preprocess and infer concurrently, but never share a batch.
+One global engine (the server's own, same provider and precision) is created at start-up;
+each request's handler decodes the body and runs the engine on a batch of one. The handler is
+a plain ``def``, so FastAPI runs it in its thread pool: requests preprocess concurrently and
+take turns on the engine (one lock, as one OpenVINO infer request or one ORT session would
+serve them), but never share a batch.
 
 Run: ``python -m bench.peers.naive --model-path models/resnet18.onnx --port 8100``.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated, Any
 
 import numpy as np
@@ -18,6 +20,8 @@ from fastapi import Depends, FastAPI, Request
 
 from server.preprocess import preprocess
 
+from server.engines import Engine
+
 from .common import load, parse_args, response
 
 
@@ -25,8 +29,9 @@ async def _body(request: Request) -> bytes:
     return await request.body()
 
 
-def create_app(session: Any, meta: Any) -> FastAPI:
+def create_app(engine: Engine) -> FastAPI:
     app = FastAPI()
+    meta, lock = engine.meta, threading.Lock()
     name = meta.architecture
 
     @app.get("/healthz")
@@ -36,7 +41,8 @@ def create_app(session: Any, meta: Any) -> FastAPI:
     @app.post(f"/predict/{name}")
     def predict(body: Annotated[bytes, Depends(_body)]) -> dict[str, Any]:
         pixels = preprocess(body, meta.preprocessing)[np.newaxis]
-        logits = session.run([meta.output_name], {meta.input_name: pixels})[0]
+        with lock:
+            logits = engine.run(0, pixels)
         return response(logits[0], meta)
 
     return app
@@ -44,8 +50,7 @@ def create_app(session: Any, meta: Any) -> FastAPI:
 
 def main() -> None:
     args = parse_args(__doc__ or "")
-    session, meta = load(args.model_path, args.threads)
-    uvicorn.run(create_app(session, meta), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(create_app(load(args)), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ..errors import NotReady, error_body, error_headers
 from ..repository import ServedModel
@@ -31,11 +31,18 @@ class ModelInfo(BaseModel):
     weights_sha256: str
     random_weights: bool
     accuracy: dict[str, float]
-    precision: str
-    provider: str
+    precision: str = Field(
+        description="precision the convolutions execute in: fp32, bf16, int8, fp16"
+    )
+    file_precision: str = Field(description="precision of the model file (bf16 runs an fp32 file)")
+    provider: str = Field(description="where the model actually runs: cpu, openvino or cuda")
     requested_provider: str
     provider_fallback: bool
     session_providers: list[str]
+    engine: dict[str, Any] = Field(
+        description="runtime, devices, nodes that fell back to the CPU provider, and layers by "
+        "the precision they execute in"
+    )
     instances: int
     input: dict[str, Any]
     output: dict[str, Any]
@@ -47,6 +54,7 @@ class ModelInfo(BaseModel):
 class ModelList(BaseModel):
     models: list[ModelInfo]
     default_model: str
+    cpu: dict[str, Any] = Field(description="the CPU's vendor, model and matrix-unit features")
 
 
 @router.get("/healthz", response_model=Status)
@@ -77,9 +85,8 @@ def _reason(state: AppState) -> str:
     return f"models not ready: {bad}"
 
 
-def model_info(m: ServedModel, state: AppState) -> ModelInfo:
-    rt, meta = m.runtime, m.runtime.meta
-    cfg = m.config
+def model_info(m: ServedModel) -> ModelInfo:
+    meta, report, cfg = m.meta, m.engine.report, m.config
     crop = meta.preprocessing.crop_size
     return ModelInfo(
         name=m.name,
@@ -92,12 +99,14 @@ def model_info(m: ServedModel, state: AppState) -> ModelInfo:
         weights_sha256=meta.weights_sha256,
         random_weights=meta.random_weights,
         accuracy=meta.accuracy,
-        precision=meta.precision,
-        provider=rt.provider.actual,
-        requested_provider=rt.provider.requested,
-        provider_fallback=rt.provider.fallback,
-        session_providers=list(rt.provider.session_providers),
-        instances=rt.instances,
+        precision=report.precision,
+        file_precision=meta.precision,
+        provider=report.provider,
+        requested_provider=report.requested_provider,
+        provider_fallback=report.fallback,
+        session_providers=list(report.devices),
+        engine=report.describe(),
+        instances=m.engine.instances,
         input={"name": meta.input_name, "dtype": meta.input_dtype, "layout": meta.input_layout,
                "shape": [-1, crop, crop, 3]},
         output={"name": meta.output_name, "dtype": "float32",
@@ -115,5 +124,9 @@ def model_info(m: ServedModel, state: AppState) -> ModelInfo:
 @router.get("/models", response_model=ModelList)
 async def models(state: State) -> ModelList:
     """What is served: architecture, weights, provider actually in use, batching, input contract."""
-    infos = [model_info(m, state) for m in state.repository.models.values()]
-    return ModelList(models=infos, default_model=state.settings.default_model)
+    infos = [model_info(m) for m in state.repository.models.values()]
+    return ModelList(
+        models=infos,
+        default_model=state.settings.default_model,
+        cpu=state.repository.cpu.describe(),
+    )

@@ -129,7 +129,7 @@ async def _classify(
     """One batcher item for ``images`` (at most max_batch_size), so they are accepted or
     refused together and run in one execution."""
     done = await state.pipeline.infer(model, np.stack([im.pixels for im in images]))
-    labels = model.runtime.meta.labels
+    labels = model.meta.labels
     results = []
     for image, logits in zip(images, done.value, strict=True):
         preds = [Prediction(index=p.index, label=p.label, probability=p.probability)
@@ -152,7 +152,7 @@ async def _predict(state: AppState, request: Request, name: str | None, k: int) 
         chunks = [pre[i : i + size] for i in range(0, len(pre), size)]
         work = all_or_none(_classify(state, model, c, k) for c in chunks)
         results = [r for chunk in await cancel_on_disconnect(request, work) for r in chunk]
-        meta = model.runtime.meta
+        meta = model.meta
         return PredictResponse(model=model.name, model_version=model.version,
                                weights=meta.weights, random_weights=meta.random_weights,
                                results=results)  # fmt: skip

@@ -52,7 +52,7 @@ def model_at(
 
 
 def model_metadata(model: ServedModel) -> ModelMetadata:
-    meta = model.runtime.meta
+    meta = model.meta
     return ModelMetadata(
         name=model.name,
         versions=[model.version],
@@ -69,12 +69,12 @@ def model_metadata(model: ServedModel) -> ModelMetadata:
 
 def model_config(state: AppState, model: ServedModel) -> ModelConfig:
     """Triton's model configuration. Eager batching shows as a zero queue delay."""
-    meta, cfg, rt = model.runtime.meta, model.config, model.runtime
-    gpu = rt.provider.actual == "cuda"
+    meta, cfg, report = model.meta, model.config, model.engine.report
+    gpu = report.provider == "cuda"
     return ModelConfig(
         name=model.name,
         platform=PLATFORM,
-        backend="onnxruntime",
+        backend="openvino" if report.provider == "openvino" else "onnxruntime",
         version_policy={"latest": {"num_versions": 1}},
         max_batch_size=cfg.max_batch_size,
         input=[
@@ -105,7 +105,7 @@ def model_config(state: AppState, model: ServedModel) -> ModelConfig:
             InstanceGroup(
                 name=f"{model.name}_0",
                 kind="KIND_GPU" if gpu else "KIND_CPU",
-                count=rt.instances,
+                count=model.engine.instances,
                 gpus=[state.settings.cuda_device_id] if gpu else [],
             )
         ],
@@ -115,8 +115,8 @@ def model_config(state: AppState, model: ServedModel) -> ModelConfig:
                 "architecture": meta.architecture,
                 "weights": meta.weights,
                 "random_weights": str(meta.random_weights).lower(),
-                "precision": meta.precision,
-                "provider": rt.provider.actual,
+                "precision": report.precision,
+                "provider": report.provider,
                 "batching": "eager" if cfg.eager else "delay",
                 "output_meaning": "logits",
             }.items()

@@ -58,7 +58,7 @@ class Prepared:
 
 
 def image_shape(model: ServedModel) -> tuple[int, int, int]:
-    crop = model.runtime.meta.preprocessing.crop_size
+    crop = model.meta.preprocessing.crop_size
     return (crop, crop, 3)
 
 
@@ -108,7 +108,7 @@ def prepare(model: ServedModel, body: bytes, header_length: str | None) -> Prepa
 
 
 def _inputs_help(model: ServedModel) -> str:
-    meta = model.runtime.meta
+    meta = model.meta
     shape = codec.format_shape([-1, *image_shape(model)])
     return (
         f"give exactly one of {meta.input_name!r} (UINT8 {shape}) or {IMAGE_BYTES!r} "
@@ -119,7 +119,7 @@ def _inputs_help(model: ServedModel) -> str:
 def _the_input(model: ServedModel, parsed: ParsedRequest) -> tuple[int, RequestInput]:
     """The request's one input and its index. Raises BadRequest: unknown, none, or two."""
     names = [i.name for i in parsed.header.inputs]
-    known = {model.runtime.meta.input_name, IMAGE_BYTES}
+    known = {model.meta.input_name, IMAGE_BYTES}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise BadRequest(
@@ -191,19 +191,19 @@ async def _preprocess(state: AppState, model: ServedModel, images: list[bytes]) 
 def _outputs(model: ServedModel, parsed: ParsedRequest) -> list[Output]:
     req = parsed.header
     default = _flag(req.parameters.get("binary_data_output", False), "binary_data_output")
-    name = model.runtime.meta.output_name
+    name = model.meta.output_name
     if req.outputs is None:
         return [Output(default, 0)]
     if len(req.outputs) != 1 or req.outputs[0].name != name:
         got = ", ".join(repr(o.name[:64]) for o in req.outputs) or "none"
         raise BadRequest(
             f"requested outputs {got}; model {model.name!r} has one output, {name!r} "
-            f"(FP32 [-1,{model.runtime.meta.num_classes}])"
+            f"(FP32 [-1,{model.meta.num_classes}])"
         )
     params = req.outputs[0].parameters
     binary = _flag(params.get("binary_data", default), "binary_data")
     k = params.get("classification", 0)
-    classes = model.runtime.meta.num_classes
+    classes = model.meta.num_classes
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= classes:
         raise BadRequest(
             f"classification must be an integer in 1..{classes} (0: raw logits), got {k!r}"
@@ -218,10 +218,10 @@ def _flag(value: object, name: str) -> bool:
 
 
 def _output(model: ServedModel, out: Output, logits: np.ndarray) -> OutputTensor:
-    name = model.runtime.meta.output_name
+    name = model.meta.output_name
     if not out.classes:
         return OutputTensor(name, "FP32", logits, out.binary)
-    return OutputTensor(name, "BYTES", classify(logits, out.classes, model.runtime.meta.labels),
+    return OutputTensor(name, "BYTES", classify(logits, out.classes, model.meta.labels),
                         out.binary)  # fmt: skip
 
 

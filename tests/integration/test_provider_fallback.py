@@ -13,8 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from server.runtime import ModelRuntime
-from server.settings import Settings
+from server.cpuinfo import read_cpuinfo
+from server.engines import EngineOptions, open_engine
+from server.engines.ort_engine import OrtEngine
 from tests.conftest import ServerProcess, start_server
 from tests.imagegen import jpeg
 from tests.integration.test_predict import metric
@@ -33,22 +34,26 @@ def test_cuda_fallback_is_loud_and_gates_readiness(
         assert info["provider"] == "cpu"
         assert info["provider_fallback"] is True
         assert info["session_providers"] == ["CPUExecutionProvider"]
+        assert info["engine"]["runtime"].startswith("onnxruntime ")
         labels = {"model": "resnet18", "provider": "cpu", "requested_provider": "cuda",
-                  "fallback": "true"}  # fmt: skip
+                  "fallback": "true", "precision": "fp32"}  # fmt: skip
         assert metric(srv, "resnet_model_info", **labels) == 1.0
-        assert "CUDA was requested but the session runs on cpu" in srv.log
+        assert "model resnet18: cuda was requested but the model runs on cpu" in srv.log
         if allow:
             assert ready.status_code == 200
         else:
             assert ready.status_code == 503
-            assert "fell back to CPU" in ready.json()["error"]
+            assert (
+                "cuda was requested but the model runs on cpu (allow_cpu_fallback is off)"
+                in (ready.json()["error"])
+            )
             # ... and inference refuses too: the model is not on its intended provider.
             r = srv.client().post(
                 "/predict", content=jpeg(), headers={"content-type": "image/jpeg"}
             )
             assert r.status_code == 503
             assert r.json()["code"] == "not_ready"
-            assert "fell back to CPU" in r.json()["error"]
+            assert "the model runs on cpu" in r.json()["error"]
     finally:
         srv.stop()
 
@@ -69,10 +74,12 @@ def _first_loaded_model(srv: ServerProcess) -> dict[str, object]:
 
 def test_iobinding_path_gives_the_same_logits(model_dir: Path) -> None:
     """The GPU path uses IO binding; the same binding API runs on a CPU session here."""
-    settings = Settings(model_dir=model_dir, provider="cpu", intra_op_threads=2)
-    rt = ModelRuntime("resnet18", model_dir / "resnet18.onnx", settings)
+    engine = open_engine(
+        model_dir / "resnet18.onnx", EngineOptions("cpu", threads=2), read_cpuinfo()
+    )
+    assert isinstance(engine, OrtEngine)
     x = np.random.default_rng(1).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
-    plain = rt.run(0, x)
-    bound = rt._run_iobinding(rt.sessions[0], x)
+    plain = engine.run(0, x)
+    bound = engine._run_iobinding(engine.sessions[0], x)
     assert bound.shape == (3, 1000) and bound.dtype == np.float32
     np.testing.assert_array_equal(plain, bound)

@@ -1,0 +1,137 @@
+"""Engines on this machine's real CPU: ONNX Runtime's CPU provider and the OpenVINO runtime.
+
+Nothing is mocked. Where a behaviour depends on the CPU (bf16 units), the test reads the CPU's
+flags and checks the behaviour this CPU must show.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.cpuinfo import read_cpuinfo
+from server.engines import EngineOptions, EngineUnavailable, open_engine, served_precision
+from server.preprocess import preprocess
+from server.repository import discover
+from server.settings import Settings
+from tests.conftest import start_server
+from tests.imagegen import jpeg
+from tests.integration.test_predict import metric
+
+CPU = read_cpuinfo()
+
+
+def _crops(n: int = 4) -> np.ndarray:
+    """Crops of photo-like JPEGs, as the server preprocesses them: uint8 [n, 224, 224, 3]."""
+    from server.modelmeta import Preprocessing
+
+    spec = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return np.stack([preprocess(jpeg(480, 360, seed=s), spec) for s in range(n)])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_openvino_fp32_agrees_with_onnxruntime(model_dir: Path, name: str) -> None:
+    path = model_dir / f"{name}.onnx"
+    ort_engine = open_engine(path, EngineOptions("cpu", threads=2), CPU)
+    ov_engine = open_engine(path, EngineOptions("openvino", threads=2), CPU)
+    x = _crops()
+    ref, got = ort_engine.run(0, x), ov_engine.run(0, x)
+    assert got.dtype == np.float32 and got.shape == (4, 1000)
+    # Both are float32 implementations of the same graph: their difference is float32
+    # rounding (measured: 6e-6 / 6e-5 for logits of about +-180), far below 1e-5 of the scale.
+    assert float(np.abs(got - ref).max()) <= 1e-5 * float(np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_openvino_reports_what_runs(model_dir: Path) -> None:
+    engine = open_engine(model_dir / "resnet18.onnx", EngineOptions("openvino", threads=1), CPU)
+    r = engine.report
+    assert (r.provider, r.requested_provider, r.precision, r.fallback) == (
+        "openvino", "openvino", "fp32", False,
+    )  # fmt: skip
+    assert r.runtime.startswith("openvino 2026.")
+    assert r.devices == ("OpenVINO CPU",)
+    assert r.layers == {"f32": 21}  # ResNet18: 20 convolutions + the classifier
+
+
+def test_bf16_runs_only_where_the_cpu_has_it(model_dir: Path) -> None:
+    path = model_dir / "resnet18.onnx"
+    if not CPU.bf16:
+        with pytest.raises(EngineUnavailable, match=r"bf16 needs a CPU with bf16 units") as e:
+            open_engine(path, EngineOptions("openvino", "bf16"), CPU)
+        assert "serve fp32, or an INT8 model" in str(e.value)
+        return
+    engine = open_engine(path, EngineOptions("openvino", "bf16", threads=2), CPU)
+    assert engine.report.precision == "bf16"
+    assert set(engine.report.layers) == {"bf16"}
+
+
+def test_bf16_is_refused_by_onnxruntime(model_dir: Path) -> None:
+    with pytest.raises(EngineUnavailable, match="bf16 runs on the OpenVINO runtime only"):
+        open_engine(model_dir / "resnet18.onnx", EngineOptions("cpu", "bf16"), CPU)
+
+
+def test_precision_a_file_cannot_give() -> None:
+    assert served_precision("fp32", None) == "fp32"
+    assert served_precision("fp32", "bf16") == "bf16"
+    assert served_precision("int8", None) == "int8"
+    with pytest.raises(EngineUnavailable, match="a int8 model file cannot be served as bf16"):
+        served_precision("int8", "bf16")
+
+
+def test_missing_openvino_names_the_fix(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(EngineUnavailable, match=r"pip install 'resnet-server\[openvino\]'"):
+        open_engine(model_dir / "resnet18.onnx", EngineOptions("openvino"), CPU)
+
+
+def test_discover_adds_bf16_variants_of_fp32_files(model_dir: Path, tmp_path: Path) -> None:
+    settings = Settings(model_dir=model_dir)
+    assert {n: s.precision for n, s in discover(settings, bf16=True).items()} == {
+        "resnet18": None, "resnet50": None, "resnet18-bf16": "bf16", "resnet50-bf16": "bf16",
+    }  # fmt: skip
+    assert set(discover(settings, bf16=False)) == {"resnet18", "resnet50"}
+    named = Settings(model_dir=model_dir, models=["resnet50-bf16"])
+    spec = discover(named)["resnet50-bf16"]
+    assert (spec.path.name, spec.precision) == ("resnet50.onnx", "bf16")
+    with pytest.raises(FileNotFoundError, match=r"no model file for \['resnet34-bf16'\]"):
+        discover(Settings(model_dir=model_dir, models=["resnet34-bf16"]))
+
+
+def test_server_on_openvino(model_dir: Path, tmp_path: Path) -> None:
+    srv = start_server(model_dir, tmp_path, models="resnet18", provider="openvino",
+                       warmup_batch_sizes="1,2")  # fmt: skip
+    try:
+        body = srv.client().get("/models").json()
+        info = body["models"][0]
+        assert (info["provider"], info["precision"], info["provider_fallback"]) == (
+            "openvino", "fp32", False,
+        )  # fmt: skip
+        assert info["engine"]["layers_by_precision"] == {"f32": 21}
+        assert body["cpu"]["int8_units"] == CPU.int8_units
+        assert body["cpu"]["bf16"] is CPU.bf16
+        data = jpeg(500, 375, seed=5)
+        r = srv.client().post("/predict?top_k=3", content=data,
+                              headers={"content-type": "image/jpeg"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        engine = open_engine(model_dir / "resnet18.onnx", EngineOptions("openvino", threads=2), CPU)
+        logits = engine.run(0, preprocess(data, engine.meta.preprocessing)[np.newaxis])[0]
+        expected = np.argsort(-logits, kind="stable")[:3].tolist()
+        assert [p["index"] for p in r.json()["results"][0]["predictions"]] == expected
+        labels = {"model": "resnet18", "provider": "openvino", "precision": "fp32"}
+        assert metric(srv, "resnet_model_info", **labels) == 1.0
+    finally:
+        srv.stop()
+
+
+def test_server_refuses_bf16_it_cannot_run(model_dir: Path, tmp_path: Path) -> None:
+    if CPU.bf16:
+        pytest.skip("this CPU has bf16 units; the refusal is for CPUs without them")
+    srv = start_server(model_dir, tmp_path, wait=False, models="resnet18-bf16",
+                       provider="openvino")  # fmt: skip
+    code = srv.proc.wait(120)
+    assert code == 1
+    assert "model load failed: bf16 needs a CPU with bf16 units" in srv.log
