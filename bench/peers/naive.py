@@ -18,9 +18,8 @@ import numpy as np
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 
-from server.preprocess import preprocess
-
 from server.engines import Engine
+from server.preprocess import preprocess
 
 from .common import load, parse_args, response
 
