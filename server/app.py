@@ -11,10 +11,12 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from . import __version__
+from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo, read_cpuinfo
 from .errors import install_handlers
 from .limits import LimitsMiddleware
 from .metrics import Metrics
+from .observe import record_refusal
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
 from .repository import ModelRepository
@@ -42,11 +44,12 @@ def create_app(
     faults into a real server. ``cpu``: the CPU's features (default: read from the machine).
     """
     metrics_ = Metrics(registry or CollectorRegistry(), settings.max_batch_size)
+    budget = CpuBudget(settings.budget_cores)
     state = AppState(
         settings=settings,
         metrics=metrics_,
-        repository=ModelRepository(settings, metrics_, cpu or read_cpuinfo(), run_wrapper),
-        pipeline=Pipeline(settings, metrics_),
+        repository=ModelRepository(settings, metrics_, cpu or read_cpuinfo(), budget, run_wrapper),
+        pipeline=Pipeline(settings, metrics_, budget),
     )
     app = FastAPI(
         title="resnet-server",
@@ -64,6 +67,10 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
         max_concurrent=settings.max_concurrent_requests,
+        max_bytes_in_flight=settings.max_body_bytes_in_flight,
+        on_refusal=lambda scope, err: record_refusal(
+            metrics_, scope, state.repository.configured, settings.default_model, err
+        ),
     )
     return app
 

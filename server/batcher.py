@@ -155,13 +155,19 @@ class Batcher(Generic[T, R]):
             for i, run in enumerate(self._runners)
         ]
 
-    async def submit(self, payload: T, rows: int = 1) -> Completed[R]:
+    async def submit(
+        self, payload: T, rows: int = 1, deadline: float | None = None
+    ) -> Completed[R]:
         """Queue ``payload`` (``rows`` images) and wait for its result.
 
+        ``deadline``: event-loop time by which the item must be dispatched (for a deadline
+        that began before the item reached the queue); the earlier of it and
+        ``queue_timeout`` from now applies.
+
         Raises ValueError (rows outside 1..max_batch_size), ShuttingDown (not running),
-        QueueFull (no room; nothing queued), QueueTimeout (not dispatched within
-        ``queue_timeout``; never run), InferenceFailed (its batch failed). If the caller is
-        cancelled while queued, the item leaves the queue and is never run.
+        QueueFull (no room; nothing queued), QueueTimeout (not dispatched by its deadline;
+        never run), InferenceFailed (its batch failed, or its own result was an exception).
+        If the caller is cancelled while queued, the item leaves the queue and is never run.
         """
         cfg = self._config
         if not 1 <= rows <= cfg.max_batch_size:
@@ -172,8 +178,13 @@ class Batcher(Generic[T, R]):
             raise QueueFull(f"queue of {self._name!r} is full ({cfg.max_queue_size} images)")
         loop = asyncio.get_running_loop()
         now = loop.time()
+        expires = (
+            now + cfg.queue_timeout if deadline is None else min(deadline, now + cfg.queue_timeout)
+        )
+        if expires <= now:
+            raise QueueTimeout(f"deadline passed before {self._name!r} could queue it; dropped")
         item: _Item[T, R] = _Item(payload, rows, loop.create_future(), self._clock(), now)
-        item.timer = loop.call_at(now + cfg.queue_timeout, self._expire, item)
+        item.timer = loop.call_at(expires, self._expire, item)
         self._queue.append(item)
         self._queued_rows += rows
         self._notify()
@@ -231,7 +242,10 @@ class Batcher(Generic[T, R]):
             self._remove(item)
             if not item.future.done():
                 item.future.set_exception(
-                    QueueTimeout(f"not run within {self._config.queue_timeout} s; dropped")
+                    QueueTimeout(
+                        f"not run within its deadline (queue_timeout {self._config.queue_timeout:g}"
+                        " s); dropped"
+                    )
                 )
 
     def _head_is_full(self) -> bool:

@@ -1,12 +1,14 @@
 """ASGI middleware that protects the inference endpoints before any route code runs:
 body size (by header, then counted while streaming), a deadline for the whole body (slow
-clients), and a cap on concurrent inference requests (fast 503 with ``Retry-After`` instead of
-piling up)."""
+clients), a cap on concurrent inference requests and on the body bytes they hold in memory
+(fast 503 with ``Retry-After`` instead of piling up). Refusals made here are counted by the
+``on_refusal`` callback, since no route sees them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,40 +31,72 @@ async def send_error(send: Send, err: ServerError) -> None:
 
 
 class LimitsMiddleware:
-    """Applies to POST inference paths only; health, metrics and metadata always get through."""
+    """Applies to POST inference paths only; health, metrics and metadata always get through.
+
+    Body bytes in flight: a request reserves its declared ``Content-Length`` at the door
+    (refused if the reservation would pass ``max_bytes_in_flight``), and a body without one
+    reserves as it arrives; the reservation is returned when the response is sent.
+    """
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float, max_concurrent: int
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        max_concurrent: int,
+        max_bytes_in_flight: int,
+        on_refusal: Callable[[Scope, ServerError], None] = lambda scope, err: None,
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.timeout = body_timeout_s
         self.max_concurrent = max_concurrent
+        self.max_bytes = max_bytes_in_flight
+        self.on_refusal = on_refusal
         self.active = 0
+        self.bytes_in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not _is_inference(scope):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            await send_error(send, self._too_large())
-            return
-        if self.active >= self.max_concurrent:
-            await send_error(send, Overloaded(f"server busy: {self.active} requests in flight"))
+        header = dict(scope["headers"]).get(b"content-length", b"")
+        declared = int(header) if header.isdigit() else 0
+        refusal = self._refusal(declared)
+        if refusal is not None:
+            self.on_refusal(scope, refusal)
+            await send_error(send, refusal)
             return
         self.active += 1
+        reservation = [declared]  # grows if the body turns out longer than declared
+        self.bytes_in_flight += declared
         try:
             deadline = asyncio.get_running_loop().time() + self.timeout
-            await self.app(scope, self._guarded(receive, deadline), send)
+            await self.app(scope, self._guarded(receive, deadline, reservation), send)
         finally:
             self.active -= 1
+            self.bytes_in_flight -= reservation[0]
+
+    def _refusal(self, declared: int) -> ServerError | None:
+        if declared > self.max_body:
+            return self._too_large()
+        if self.active >= self.max_concurrent:
+            return Overloaded(f"server busy: {self.active} requests in flight")
+        if self.bytes_in_flight + declared > self.max_bytes:
+            return self._bytes_busy()
+        return None
 
     def _too_large(self) -> BodyTooLarge:
         return BodyTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
 
-    def _guarded(self, receive: Receive, deadline: float) -> Receive:
-        """``receive`` with the size limit and one deadline (loop time) for the whole body.
+    def _bytes_busy(self) -> Overloaded:
+        return Overloaded(
+            f"server busy: {self.bytes_in_flight} body bytes in flight (limit {self.max_bytes})"
+        )
+
+    def _guarded(self, receive: Receive, deadline: float, reservation: list[int]) -> Receive:
+        """``receive`` with the size limits and one deadline (loop time) for the whole body.
 
         A per-chunk timeout would let a client trickling 1 byte every 100 ms hold a slot and
         a socket for as long as it likes.
@@ -86,6 +120,12 @@ class LimitsMiddleware:
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             if received > self.max_body:
                 raise self._too_large()
+            if received > reservation[0]:  # undeclared (chunked) or longer than declared
+                extra = received - reservation[0]
+                if self.bytes_in_flight + extra > self.max_bytes:
+                    raise self._bytes_busy()
+                self.bytes_in_flight += extra
+                reservation[0] = received
             return message
 
         return guarded

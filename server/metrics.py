@@ -6,8 +6,6 @@ from the served set (``UNKNOWN_MODEL`` otherwise) and outcomes from error codes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 UNKNOWN_MODEL = "_unknown"
@@ -68,8 +66,22 @@ class Metrics:
         self.queue_depth = Gauge(
             "resnet_queue_depth", "Images waiting in the batch queue.", ["model"], registry=r
         )
+        self.in_flight = Gauge(
+            "resnet_images_in_flight",
+            "Images admitted and not finished: body read, decoding, queued or running. The "
+            "load signal to scale on.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.decode_backlog = Gauge(
+            "resnet_decode_backlog",
+            "Images admitted whose body is being read or decoded (not yet queued).",
+            ["model"], registry=r,
+        )  # fmt: skip
         self.rejected = Counter(
-            "resnet_rejected_requests", "Requests refused by the batcher, by reason.",
+            "resnet_rejected_requests",
+            "Requests refused for capacity or time, by reason: queue_full (admission or batch "
+            "queue), queue_timeout (deadline passed), shutting_down, overloaded (too many "
+            "requests or body bytes in flight).",
             ["model", "reason"], registry=r,
         )  # fmt: skip
         self.model_load = Gauge(
@@ -81,10 +93,6 @@ class Metrics:
             ["model", "architecture", "weights", "random_weights", "precision", "provider",
              "requested_provider", "fallback"], registry=r,
         )  # fmt: skip
-
-    def track_queue_depth(self, model: str, depth: Callable[[], float]) -> None:
-        """Read the queue depth from the batcher at scrape time (no bookkeeping per request)."""
-        self.queue_depth.labels(model).set_function(depth)
 
     def observe_batch(self, model: str, rows: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(rows)

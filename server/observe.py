@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qs
+
+from starlette.types import Scope
 
 from .errors import ServerError
 from .metrics import UNKNOWN_MODEL, Metrics
@@ -29,6 +33,31 @@ async def observe_request(
     except Exception:
         outcome = "internal_error"
         raise
+    except asyncio.CancelledError:  # the server cancelled it (shutdown): not an answer
+        outcome = "cancelled"
+        raise
     finally:
         metrics.requests.labels(label, endpoint, outcome).inc()
         metrics.request_duration.labels(label, endpoint).observe(time.monotonic() - start)
+
+
+def record_refusal(
+    metrics: Metrics, scope: Scope, served: Collection[str], default_model: str, error: ServerError
+) -> None:
+    """Count a request refused before it reached its route (the limits middleware): the same
+    ``resnet_requests_total`` series a route would have counted, with the model the path or
+    query names (``_unknown`` if it is not served)."""
+    path: str = scope.get("path", "")
+    if path.startswith("/predict"):
+        endpoint, model = "predict", path.removeprefix("/predict").strip("/")
+        if not model:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            model = query.get("model", [default_model])[0]
+    else:  # /v2/models/{model}[/versions/{v}]/infer
+        parts = path.split("/")
+        endpoint, model = "v2_infer", parts[3] if len(parts) > 3 else ""
+    label = model if model in served else UNKNOWN_MODEL
+    metrics.requests.labels(label, endpoint, error.code).inc()
+    metrics.request_duration.labels(label, endpoint).observe(0.0)
+    if error.status == 503:
+        metrics.rejected.labels(label, error.code).inc()

@@ -1,5 +1,15 @@
-"""The request path shared by ``/predict`` and the v2 protocol: preprocess off the event
-loop in a bounded pool, then queue rows on the model's batcher, counting what happens."""
+"""The request path shared by ``/predict`` and the v2 protocol.
+
+1. **admit** (before the body is read): the model's image budget (:mod:`server.admission`)
+   says yes, or the request gets a fast 503 having cost nothing;
+2. **decode** in the preprocessing pool, each crop written straight into the request's
+   ``[n, H, W, 3]`` array;
+3. **submit** the rows to the model's batcher, which runs them (with other requests' rows)
+   on an engine and scores them (:mod:`server.runner`).
+
+One deadline, set at admission, covers steps 2 and 3: a request not dispatched by then is
+dropped with 503 ``queue_timeout``.
+"""
 
 from __future__ import annotations
 
@@ -10,35 +20,57 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .admission import Ticket
 from .batcher import Completed
-from .errors import NotReady, QueueFull, QueueTimeout, ShuttingDown
+from .cpubudget import CpuBudget
+from .decode import DecodeLimits
+from .errors import (
+    ImageTooLarge,
+    InvalidImage,
+    NotReady,
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+    UnsupportedImageFormat,
+)
 from .metrics import Metrics
 from .modelmeta import Preprocessing
-from .preprocess import DecodeLimits, preprocess
+from .preprocess import preprocess
 from .repository import ServedModel
+from .runner import Job
+from .scores import Scores
 from .settings import Settings
 
 
 @dataclass(frozen=True)
-class Preprocessed:
-    """One image as the model takes it: uint8 ``[H, W, 3]``; ``seconds`` spent decoding it."""
+class Decoded:
+    """A request's images as the model takes them: uint8 ``pixels`` ``[n, H, W, 3]``, and the
+    seconds each took to decode and transform (float64 ``[n]``)."""
 
     pixels: np.ndarray
-    seconds: float
+    seconds: np.ndarray
 
 
-def _timed_preprocess(data: bytes, spec: Preprocessing, limits: DecodeLimits) -> Preprocessed:
-    """Runs in the pool; timed here so waiting for a free thread is not counted as decoding."""
-    start = time.monotonic()
-    pixels = preprocess(data, spec, limits)
-    return Preprocessed(pixels, time.monotonic() - start)
+def _decode_into(
+    data: bytes, spec: Preprocessing, limits: DecodeLimits, out: np.ndarray, metrics: Metrics,
+    model: str, budget: CpuBudget,
+) -> float:  # fmt: skip
+    """Runs in the pool, on one core of the budget; timed once it has the core, so waiting
+    for a thread or a core is not counted as decoding."""
+    with budget.hold(1):
+        start = time.monotonic()
+        preprocess(data, spec, limits, out)
+        seconds = time.monotonic() - start
+    metrics.preprocess.labels(model).observe(seconds)
+    return seconds
 
 
 class Pipeline:
     """Owns the preprocessing thread pool; stateless otherwise."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, budget: CpuBudget) -> None:
         self._metrics = metrics
+        self._budget = budget
         self._limits = DecodeLimits(
             max_pixels=settings.max_image_pixels, fast_jpeg=settings.fast_jpeg_decode
         )
@@ -54,37 +86,89 @@ class Pipeline:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    async def preprocess(self, model: ServedModel, data: bytes) -> Preprocessed:
-        """Decode and transform one encoded image.
+    def admit(self, model: ServedModel, images: int = 1) -> Ticket:
+        """Take ``images`` from ``model``'s budget before reading anything.
 
         Raises:
-            InvalidImage, UnsupportedImageFormat, ImageTooLarge: from ``preprocess``.
+            QueueFull: the model has no room (503 + Retry-After; counted as rejected).
         """
-        spec = model.meta.preprocessing
+        try:
+            return model.admission.admit(images)
+        except QueueFull as e:
+            self._metrics.rejected.labels(model.name, e.code).inc()
+            raise
+
+    def grow(self, model: ServedModel, ticket: Ticket, images: int) -> None:
+        """The request holds ``images`` more than admitted. Raises QueueFull as ``admit``."""
+        try:
+            ticket.grow(images)
+        except QueueFull as e:
+            self._metrics.rejected.labels(model.name, e.code).inc()
+            raise
+
+    async def decode(
+        self, model: ServedModel, ticket: Ticket, items: list[bytes], element: str = ""
+    ) -> Decoded:
+        """Decode and transform ``items`` in parallel into one ``[n, H, W, 3]`` array.
+
+        ``element``: a message prefix naming the failing item, formatted with its index
+        ``i`` (e.g. ``"input 'image_bytes' element {i}: "``).
+
+        Raises:
+            InvalidImage, UnsupportedImageFormat, ImageTooLarge: from ``preprocess`` (the
+                first failing image; the others are cancelled or discarded).
+            QueueTimeout: the deadline passed while decoding.
+        """
         if self._pool is None:
             raise NotReady("server is not running")
-        done = await asyncio.get_running_loop().run_in_executor(
-            self._pool, _timed_preprocess, data, spec, self._limits
-        )
-        self._metrics.preprocess.labels(model.name).observe(done.seconds)
-        return done
+        spec = model.meta.preprocessing
+        pixels = np.empty((len(items), *model.engine.input_shape), dtype=np.uint8)
+        loop = asyncio.get_running_loop()
+        futures = [
+            loop.run_in_executor(self._pool, _decode_into, data, spec, self._limits, pixels[i],
+                                 self._metrics, model.name, self._budget)
+            for i, data in enumerate(items)
+        ]  # fmt: skip
+        try:
+            async with asyncio.timeout_at(ticket.deadline):
+                seconds = await asyncio.gather(*futures)
+        except (InvalidImage, UnsupportedImageFormat, ImageTooLarge) as e:
+            if not element:
+                raise
+            i = next(i for i, f in enumerate(futures) if f.done() and f.exception() is e)
+            raise type(e)(element.format(i=i) + e.message) from None
+        except TimeoutError:
+            self._count_timeout(model)
+            raise QueueTimeout(
+                f"not decoded and queued within {model.admission.timeout:g} s; dropped"
+            ) from None
+        finally:
+            for f in futures:  # a failure or timeout: what has not started never will
+                f.cancel()
+        return Decoded(pixels, np.asarray(seconds, dtype=np.float64))
 
-    async def preprocess_many(self, model: ServedModel, items: list[bytes]) -> list[Preprocessed]:
-        return list(await asyncio.gather(*(self.preprocess(model, d) for d in items)))
-
-    async def infer(self, model: ServedModel, rows: np.ndarray) -> Completed[np.ndarray]:
-        """Queue ``rows`` (uint8 ``[N, H, W, 3]``, N <= max batch) and wait for their logits.
+    async def submit(
+        self, model: ServedModel, ticket: Ticket, rows: np.ndarray, top_k: int
+    ) -> Completed[Scores]:
+        """Queue ``rows`` (uint8 ``[N, H, W, 3]``, N <= max batch) and wait for their scores.
 
         Raises:
             QueueFull, QueueTimeout, ShuttingDown: the request was not run (503).
-            InferenceFailed: the batch failed (500).
+            InferenceFailed: the batch failed, or these rows gave non-finite logits (500).
         """
+        ticket.queued()
         try:
-            done = await model.batcher.submit(rows, rows=len(rows))
+            done = await model.batcher.submit(Job(rows, top_k), len(rows), ticket.deadline)
         except (QueueFull, QueueTimeout, ShuttingDown) as e:
-            self._metrics.rejected.labels(model.name, e.code).inc()
-            if isinstance(e, QueueTimeout):  # it did wait: keep overload visible in the histogram
-                self._metrics.queue_wait.labels(model.name).observe(model.config.queue_timeout)
+            if isinstance(e, QueueTimeout):
+                self._count_timeout(model)
+            else:
+                self._metrics.rejected.labels(model.name, e.code).inc()
             raise
         self._metrics.queue_wait.labels(model.name).observe(done.queue_seconds)
         return done
+
+    def _count_timeout(self, model: ServedModel) -> None:
+        self._metrics.rejected.labels(model.name, QueueTimeout.code).inc()
+        # It did wait: keep overload visible in the histogram.
+        self._metrics.queue_wait.labels(model.name).observe(model.admission.timeout)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from .admission import Admission
 from .batcher import BatchConfig, Batcher
+from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo
 from .engines import Engine, EngineOptions, auto_provider, open_engine
 from .errors import NotReady, UnknownModel
 from .metrics import Metrics
 from .modelmeta import ModelMetadata
 from .onnxfile import read_metadata_props
-from .runner import EngineRun, Runner
+from .runner import EngineRun, Job, Runner
+from .scores import Scores
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ class ServedModel:
 
     name: str
     engine: Engine
-    batcher: Batcher[np.ndarray, np.ndarray]
+    batcher: Batcher[Job, Scores]
     config: BatchConfig
+    admission: Admission
     runners: list[Runner] = field(default_factory=list)
     load_seconds: float = 0.0
     ready: bool = False
@@ -123,6 +125,7 @@ class ModelRepository:
         settings: Settings,
         metrics: Metrics,
         cpu: CpuInfo,
+        budget: CpuBudget,
         run_wrapper: Callable[[EngineRun], EngineRun] | None,
     ) -> None:
         self._settings = settings
@@ -130,9 +133,7 @@ class ModelRepository:
         self._wrap = run_wrapper
         self.cpu = cpu
         self.provider = ""
-        # Engine runs at once across all models: with `threads` intra-op threads each, the
-        # inference threads never outnumber the cores given to them (docs/TUNING.md).
-        self._compute = threading.Semaphore(settings.compute_slots)
+        self._budget = budget
         self.models: dict[str, ServedModel] = {}
         self.configured: frozenset[str] = frozenset()
         """names that will be served (known from the start of loading): metric labels, and
@@ -188,12 +189,18 @@ class ModelRepository:
         run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
         runners = [
             Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
-                   metrics=self._metrics, compute=self._compute)
+                   metrics=self._metrics, budget=self._budget, threads=s.threads)
             for i in range(engine.instances)
         ]  # fmt: skip
         config = batch_config(s, engine.report.provider)
-        batcher: Batcher[np.ndarray, np.ndarray] = Batcher(runners, config, name=name)
-        model = ServedModel(name, engine, batcher, config, runners)
+        # Images waiting (decoding or queued) plus one full batch per instance running. The
+        # batch queue holds up to all of them (an eager batch may run with one image), so
+        # it never refuses what admission took.
+        capacity = config.max_queue_size + engine.instances * config.max_batch_size
+        admission = Admission(name, capacity, config.queue_timeout)
+        queue_config = dataclasses.replace(config, max_queue_size=capacity)
+        batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
+        model = ServedModel(name, engine, batcher, config, admission, runners)
         await asyncio.to_thread(engine.warmup, s.warmup_sizes)
         await batcher.start()
         model.load_seconds = time.monotonic() - start
@@ -231,8 +238,10 @@ class ModelRepository:
             requested_provider=report.requested_provider,
             fallback=str(report.fallback).lower(),
         ).set(1)
-        batcher = model.batcher
-        m.track_queue_depth(model.name, lambda: batcher.queue_depth)
+        batcher, admission = model.batcher, model.admission
+        m.queue_depth.labels(model.name).set_function(lambda: batcher.queue_depth)
+        m.in_flight.labels(model.name).set_function(lambda: admission.in_flight)
+        m.decode_backlog.labels(model.name).set_function(lambda: admission.decoding)
 
     async def stop(self, drain_timeout: float) -> None:
         """Drain every batcher concurrently (bounded), then release the inference threads."""

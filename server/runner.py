@@ -1,26 +1,41 @@
-"""The batcher's run function for one engine instance: concatenate, run, split.
+"""The batcher's run function for one engine instance: concatenate, run, score, split.
 
 One :class:`Runner` per engine instance, each with its own thread, so the event loop never
 blocks on inference and two instances of a model can run at once. Everything per image
-happens here, in that thread, as array operations: one copy of the crops into a batch buffer
-allocated once, one engine run, a finiteness check per row, one metrics update per batch.
+happens here, in that thread, as array operations over the whole batch: one copy of the crops
+into a batch buffer allocated once, one engine run, a finiteness check per row, softmax and
+top-k for every row at once, one metrics update per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
+from .cpubudget import CpuBudget
 from .metrics import Metrics
+from .scores import Scores, score
 
 #: (instance, uint8 [N, H, W, 3]) -> float32 logits [N, C]; blocking. ``Engine.run``, or a
 #: wrapper around it that tests use to inject faults.
 EngineRun = Callable[[int, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's share of a batch: uint8 ``rows`` ``[n, H, W, 3]`` (C-contiguous) and the
+    number of top classes it wants scored (0: logits only)."""
+
+    rows: np.ndarray
+    top_k: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class NonFiniteLogits(FloatingPointError):
@@ -28,11 +43,12 @@ class NonFiniteLogits(FloatingPointError):
 
 
 class Runner:
-    """Runs batches of payloads (uint8 ``[n_i, H, W, 3]`` each) on one engine instance.
+    """Runs batches of :class:`Job` on one engine instance.
 
-    Awaiting the runner returns one float32 ``[n_i, C]`` array per payload, or, for a payload
-    with a non-finite logit, a :class:`NonFiniteLogits` in its place (the other payloads of
-    the batch are unaffected). An exception from the engine fails the whole batch.
+    Awaiting the runner returns one :class:`~server.scores.Scores` per job (its ``top_k``
+    classes scored), or, for a job with a non-finite logit, a :class:`NonFiniteLogits` in its
+    place (the other jobs of the batch are unaffected). An exception from the engine fails
+    the whole batch.
     ``compute`` bounds how many engine runs execute at once across every model of the
     process, so inference threads never outnumber the cores budgeted for them.
     """
@@ -46,42 +62,46 @@ class Runner:
         max_rows: int,
         input_shape: tuple[int, int, int],
         metrics: Metrics,
-        compute: threading.Semaphore,
+        budget: CpuBudget,
+        threads: int,
     ) -> None:
         self._model = model
         self._run = run
         self._instance = instance
         self._metrics = metrics
-        self._compute = compute
+        self._budget = budget
+        self._threads = threads
         self._buffer = np.empty((max_rows, *input_shape), dtype=np.uint8)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{model}-run{instance}")
 
-    async def __call__(self, payloads: Sequence[np.ndarray]) -> list[np.ndarray | Exception]:
+    async def __call__(self, jobs: Sequence[Job]) -> list[Scores | Exception]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._run_batch, payloads)
+        return await loop.run_in_executor(self._thread, self._run_batch, jobs)
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
-    def _run_batch(self, payloads: Sequence[np.ndarray]) -> list[np.ndarray | Exception]:
-        rows = sum(len(p) for p in payloads)
-        if len(payloads) == 1:
-            batch = payloads[0]
+    def _run_batch(self, jobs: Sequence[Job]) -> list[Scores | Exception]:
+        rows = sum(len(j) for j in jobs)
+        if len(jobs) == 1:
+            batch = jobs[0].rows
         else:  # the one copy: every crop into the reused buffer
-            batch = np.concatenate(payloads, out=self._buffer[:rows])
-        with self._compute:
+            batch = np.concatenate([j.rows for j in jobs], out=self._buffer[:rows])
+        with self._budget.hold(self._threads):
             start = time.monotonic()
             logits = self._run(self._instance, batch)
             seconds = time.monotonic() - start
         self._metrics.observe_batch(self._model, rows, seconds)
         finite = np.asarray(np.isfinite(logits).all(axis=1))
-        results: list[np.ndarray | Exception] = []
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are dropped below
+            scores = score(logits, max(j.top_k for j in jobs) or 1)
+        results: list[Scores | Exception] = []
         offset = 0
-        for payload in payloads:
-            part = logits[offset : offset + len(payload)]
-            if finite[offset : offset + len(payload)].all():
-                results.append(part)
+        for job in jobs:
+            end = offset + len(job)
+            if finite[offset:end].all():
+                results.append(scores.rows(offset, end).top(job.top_k))
             else:
                 results.append(NonFiniteLogits(f"model {self._model} produced non-finite logits"))
-            offset += len(payload)
+            offset = end
         return results

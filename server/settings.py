@@ -78,7 +78,15 @@ class Settings(BaseSettings):
         "where it cannot run)",
     )
     allow_cpu_fallback: bool = True
-    intra_op_threads: int = Field(0, ge=0, description="0 = CPUs available to this process")
+    cores: int = Field(
+        0,
+        ge=0,
+        description="cores shared by engine runs and image decodes (a run holds intra_op_threads "
+        "of them, a decode one); 0 = CPUs available to this process",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="threads of one engine run; 0 = cores / instances"
+    )
     inter_op_threads: int = Field(1, ge=1)
     instances: int = Field(1, ge=1, le=16, description="ONNX Runtime sessions per model")
     cuda_device_id: int = Field(0, ge=0)
@@ -94,13 +102,18 @@ class Settings(BaseSettings):
     )
 
     # Preprocessing and limits
-    preprocess_threads: int = Field(0, ge=0, description="0 = CPUs available")
+    preprocess_threads: int = Field(0, ge=0, description="decode threads; 0 = cores")
     fast_jpeg_decode: bool = False
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(32, ge=1)
     max_top_k: int = Field(1000, ge=1, le=1000)
     max_concurrent_requests: int = Field(512, ge=1, description="inference requests in flight")
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="request body bytes held in memory at once, all requests together",
+    )
     body_timeout_s: float = Field(
         10.0,
         gt=0,
@@ -137,17 +150,18 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def threads(self) -> int:
-        return self.intra_op_threads or available_cpus()
+    def budget_cores(self) -> int:
+        return self.cores or available_cpus()
 
     @property
-    def compute_slots(self) -> int:
-        """Engine runs allowed at once across all models: cores / threads per run, >= 1."""
-        return max(1, available_cpus() // self.threads)
+    def threads(self) -> int:
+        """Intra-op threads of one engine run (at most the budget: more could never run)."""
+        return min(self.intra_op_threads or max(1, self.budget_cores // self.instances),
+                   self.budget_cores)  # fmt: skip
 
     @property
     def pool_threads(self) -> int:
-        return self.preprocess_threads or available_cpus()
+        return self.preprocess_threads or self.budget_cores
 
     @property
     def warmup_sizes(self) -> list[int]:

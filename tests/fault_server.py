@@ -8,7 +8,9 @@ the engine directly, so it is not affected) looks at the crops of each batch:
   so exactly the batch holding it fails;
 - a *slow* crop (every pixel 255: an all-white image) makes the run sleep
   ``FAULT_SLOW_S`` seconds (environment, default 1.0) first, holding the runner busy so that
-  later requests wait in the queue.
+  later requests wait in the queue;
+- a *NaN* crop (every pixel 128: a mid-grey image) gets NaN logits in its row only, as a
+  numerically broken model would give.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ def faulty(run: EngineRun) -> EngineRun:
             raise RuntimeError("poison image in batch (injected fault)")
         if bool((flat.min(axis=1) == 255).any()):
             time.sleep(slow_s)
-        return run(instance, images)
+        logits = run(instance, images)
+        grey = (flat.min(axis=1) == 128) & (flat.max(axis=1) == 128)
+        logits[grey] = np.nan
+        return logits
 
     return wrapped
 

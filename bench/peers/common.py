@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from server.classify import top_k
 from server.cpuinfo import read_cpuinfo
 from server.engines import Engine, EngineOptions, open_engine
 from server.modelmeta import ModelMetadata
+from server.scores import score
 from server.settings import available_cpus
 
 
@@ -34,10 +34,11 @@ def load(args: argparse.Namespace) -> Engine:
 
 
 def response(logits: np.ndarray, meta: ModelMetadata, k: int = 5) -> dict[str, Any]:
-    """The top-``k`` classes as the server computes them (softmax over all classes)."""
-    preds = top_k(logits, k, meta.labels)
+    """The top-``k`` classes of one row of logits, as the server computes them."""
+    top = score(logits[np.newaxis], k)
     return {
         "predictions": [
-            {"index": p.index, "label": p.label, "probability": p.probability} for p in preds
+            {"index": i, "label": meta.labels[i], "probability": p}
+            for i, p in zip(top.indices[0].tolist(), top.probabilities[0].tolist(), strict=True)
         ]
     }

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
-import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from ..auth import require_api_key
-from ..classify import top_k
+from ..batcher import Completed
 from ..disconnect import all_or_none, cancel_on_disconnect
 from ..errors import BadRequest, InvalidParameter, UnsupportedImageFormat
 from ..observe import observe_request
-from ..pipeline import Preprocessed
+from ..pipeline import Decoded
 from ..repository import ServedModel
+from ..scores import Scores
 from ..state import AppState, get_state
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
@@ -123,39 +125,57 @@ async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
         await form.close()
 
 
-async def _classify(
-    state: AppState, model: ServedModel, images: list[Preprocessed], k: int
-) -> list[ImageResult]:
-    """One batcher item for ``images`` (at most max_batch_size), so they are accepted or
-    refused together and run in one execution."""
-    done = await state.pipeline.infer(model, np.stack([im.pixels for im in images]))
-    labels = model.meta.labels
-    results = []
-    for image, logits in zip(images, done.value, strict=True):
-        preds = [Prediction(index=p.index, label=p.label, probability=p.probability)
-                 for p in top_k(logits, k, labels)]  # fmt: skip
-        timing = Timing(queue_ms=done.queue_seconds * 1000, preprocess_ms=image.seconds * 1000,
-                        inference_ms=done.run_seconds * 1000, batch_size=done.batch_rows)  # fmt: skip
-        results.append(ImageResult(predictions=preds, timing=timing))
-    return results
+_OFFLOAD_ENTRIES = 2000  # predictions above which encoding the body leaves the event loop
 
 
-async def _predict(state: AppState, request: Request, name: str | None, k: int) -> PredictResponse:
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def encode(
+    model: ServedModel, decoded: Decoded, parts: list[tuple[slice, Completed[Scores]]]
+) -> bytes:
+    """The ``PredictResponse`` JSON, built from arrays (no per-prediction objects)."""
+    meta, labels = model.meta, model.meta.labels
+    results: list[dict[str, Any]] = []
+    for rows, done in parts:
+        scores = done.value
+        queue_ms, inference_ms = done.queue_seconds * 1000, done.run_seconds * 1000
+        columns = zip(scores.indices.tolist(), scores.probabilities.tolist(),
+                      (decoded.seconds[rows] * 1000).tolist(), strict=True)  # fmt: skip
+        for idx, probs, preprocess_ms in columns:
+            results.append({
+                "predictions": [{"index": i, "label": labels[i], "probability": p}
+                                for i, p in zip(idx, probs, strict=True)],
+                "timing": {"queue_ms": queue_ms, "preprocess_ms": preprocess_ms,
+                           "inference_ms": inference_ms, "batch_size": done.batch_rows},
+            })  # fmt: skip
+    return orjson.dumps({
+        "model": model.name, "model_version": model.version, "weights": meta.weights,
+        "random_weights": meta.random_weights, "results": results,
+    })  # fmt: skip
+
+
+async def _predict(state: AppState, request: Request, name: str | None, k: int) -> Response:
     name = name or state.settings.default_model
     async with observe_request(state.metrics, "predict", name, state.repository.configured):
         if not 1 <= k <= state.settings.max_top_k:  # max_top_k <= 1000 (settings)
             raise InvalidParameter(f"top_k must be in 1..{state.settings.max_top_k}")
         model = state.repository.get_ready(name)
-        images = await read_images(request, state.settings.max_images_per_request)
-        pre = await state.pipeline.preprocess_many(model, images)
-        size = model.config.max_batch_size
-        chunks = [pre[i : i + size] for i in range(0, len(pre), size)]
-        work = all_or_none(_classify(state, model, c, k) for c in chunks)
-        results = [r for chunk in await cancel_on_disconnect(request, work) for r in chunk]
-        meta = model.meta
-        return PredictResponse(model=model.name, model_version=model.version,
-                               weights=meta.weights, random_weights=meta.random_weights,
-                               results=results)  # fmt: skip
+        pipeline = state.pipeline
+        with pipeline.admit(model) as ticket:  # before a byte of the body is read
+            images = await read_images(request, state.settings.max_images_per_request)
+            pipeline.grow(model, ticket, len(images) - 1)
+            decoded = await pipeline.decode(model, ticket, images)
+            # Chunks of at most one batch, accepted or refused together (all_or_none).
+            chunks = _chunks(len(images), model.config.max_batch_size)
+            work = all_or_none(pipeline.submit(model, ticket, decoded.pixels[c], k) for c in chunks)
+            parts = list(zip(chunks, await cancel_on_disconnect(request, work), strict=True))
+        if len(images) * k > _OFFLOAD_ENTRIES:
+            body = await asyncio.to_thread(encode, model, decoded, parts)
+        else:
+            body = encode(model, decoded, parts)
+        return Response(body, media_type="application/json")
 
 
 TopK = Annotated[int, Query(description="number of classes to return, 1..1000")]
@@ -166,15 +186,13 @@ TopK = Annotated[int, Query(description="number of classes to return, 1..1000")]
 async def predict(
     request: Request, state: State, top_k: TopK = 5,
     model: Annotated[str | None, Query(max_length=128)] = None,
-) -> PredictResponse:  # fmt: skip
+) -> Response:  # fmt: skip
     """Classify one or more images with ``model`` (default from settings)."""
     return await _predict(state, request, model, top_k)
 
 
 @router.post("/predict/{model}", response_model=PredictResponse, responses=_ERRORS,
              openapi_extra=_IMAGE_BODY)  # fmt: skip
-async def predict_model(
-    request: Request, state: State, model: str, top_k: TopK = 5
-) -> PredictResponse:
+async def predict_model(request: Request, state: State, model: str, top_k: TopK = 5) -> Response:
     """Classify one or more images with the model named in the path."""
     return await _predict(state, request, model, top_k)

@@ -26,9 +26,10 @@ from typing import Final
 
 import numpy as np
 
-from ..errors import BadRequest, ImageTooLarge, InvalidImage, UnsupportedImageFormat
-from ..pipeline import Preprocessed
+from ..admission import Ticket
+from ..errors import BadRequest
 from ..repository import ServedModel
+from ..scores import Scores
 from ..state import AppState
 from . import codec
 from .codec import OutputTensor, ParsedRequest
@@ -62,10 +63,12 @@ def image_shape(model: ServedModel) -> tuple[int, int, int]:
     return (crop, crop, 3)
 
 
-async def infer(
-    state: AppState, model: ServedModel, body: bytes, header_length: str | None
+async def handle(
+    state: AppState, model: ServedModel, ticket: Ticket, body: bytes, header_length: str | None
 ) -> tuple[bytes, int | None]:
-    """Run one v2 inference request; returns ``codec.encode_response``'s body and length.
+    """Run one admitted v2 inference request; returns ``codec.encode_response``'s body and
+    length. ``ticket`` was taken for one image before the body was read; it grows to the
+    request's batch size here.
 
     Raises:
         BadRequest: anything malformed in the request (400).
@@ -76,19 +79,23 @@ async def infer(
         prepared = await asyncio.to_thread(prepare, model, body, header_length)
     else:
         prepared = prepare(model, body, header_length)
+    n = len(prepared.rows) if prepared.rows is not None else len(prepared.encoded)
+    state.pipeline.grow(model, ticket, n - 1)
     rows = prepared.rows
     if rows is None:
-        rows = await _preprocess(state, model, prepared.encoded)
-    done = await state.pipeline.infer(model, rows)
+        element = f"input {IMAGE_BYTES!r} element {{i}}: "
+        rows = (await state.pipeline.decode(model, ticket, prepared.encoded, element)).pixels
+    k = max(o.classes for o in prepared.outputs)
+    done = await state.pipeline.submit(model, ticket, rows, k)
     if len(rows) == 1 and all(o.binary for o in prepared.outputs):
         return respond(model, prepared, done.value)
     # JSON of N x 1000 floats (or N x K classification strings) takes milliseconds of CPU.
     return await asyncio.to_thread(respond, model, prepared, done.value)
 
 
-def respond(model: ServedModel, prepared: Prepared, logits: np.ndarray) -> tuple[bytes, int | None]:
-    """Encode the requested outputs of ``logits`` (float32 ``[N, classes]``). Blocking (CPU)."""
-    tensors = [_output(model, o, logits) for o in prepared.outputs]
+def respond(model: ServedModel, prepared: Prepared, scores: Scores) -> tuple[bytes, int | None]:
+    """Encode the requested outputs of ``scores``. Blocking (CPU)."""
+    tensors = [_output(model, o, scores) for o in prepared.outputs]
     return codec.encode_response(model.name, model.version, prepared.request_id, tensors)
 
 
@@ -151,7 +158,7 @@ def _image_rows(model: ServedModel, inp: RequestInput, raw: memoryview | None) -
             f"{codec.format_shape([-1, *expected])} (NHWC, RGB)"
         )
     _batch(model, inp)
-    return codec.numeric(inp, raw, np.dtype(np.uint8))
+    return codec.uint8_tensor(inp, raw)
 
 
 def _encoded_images(model: ServedModel, inp: RequestInput, raw: memoryview | None) -> list[bytes]:
@@ -175,17 +182,6 @@ def _image(name: str, i: int, element: bytes | str) -> bytes:
             f"input {name!r} element {i}: JSON BYTES elements must be base64-encoded images "
             f"(send raw bytes with the binary tensor data extension instead)"
         ) from None
-
-
-async def _preprocess(state: AppState, model: ServedModel, images: list[bytes]) -> np.ndarray:
-    async def one(i: int, data: bytes) -> Preprocessed:
-        try:
-            return await state.pipeline.preprocess(model, data)
-        except (InvalidImage, UnsupportedImageFormat, ImageTooLarge) as e:
-            raise type(e)(f"input {IMAGE_BYTES!r} element {i}: {e.message}") from None
-
-    done = await asyncio.gather(*(one(i, d) for i, d in enumerate(images)))
-    return np.stack([p.pixels for p in done])
 
 
 def _outputs(model: ServedModel, parsed: ParsedRequest) -> list[Output]:
@@ -217,22 +213,22 @@ def _flag(value: object, name: str) -> bool:
     return value
 
 
-def _output(model: ServedModel, out: Output, logits: np.ndarray) -> OutputTensor:
+def _output(model: ServedModel, out: Output, scores: Scores) -> OutputTensor:
     name = model.meta.output_name
     if not out.classes:
-        return OutputTensor(name, "FP32", logits, out.binary)
-    return OutputTensor(name, "BYTES", classify(logits, out.classes, model.meta.labels),
-                        out.binary)  # fmt: skip
+        return OutputTensor(name, "FP32", scores.logits, out.binary)
+    top = scores.top(out.classes)
+    return OutputTensor(name, "BYTES", triton_classification(top, model.meta.labels), out.binary)
 
 
-def classify(logits: np.ndarray, k: int, labels: tuple[str, ...]) -> np.ndarray:
-    """Triton's classification: object array ``[N, k]`` of ``b"<logit>:<index>:<label>"``,
-    highest logit first (ties: lower index first). ``logits``: float ``[N, C]``."""
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+def triton_classification(scores: Scores, labels: tuple[str, ...]) -> np.ndarray:
+    """Triton's classification output: object array ``[N, k]`` of ``b"<logit>:<index>:<label>"``,
+    highest logit first (ties: lower index first), from the indices the runner ranked."""
+    values = np.take_along_axis(scores.logits, scores.indices, axis=1)
     rows = [
-        [f"{row[i]:f}:{i}:{labels[i]}".encode() for i in idx]
-        for row, idx in zip(logits, top, strict=True)
+        [f"{v:f}:{i}:{labels[i]}".encode() for v, i in zip(vals, idx, strict=True)]
+        for vals, idx in zip(values.tolist(), scores.indices.tolist(), strict=True)
     ]
-    out = np.empty((len(rows), k), dtype=object)
+    out = np.empty((len(rows), scores.indices.shape[1]), dtype=object)
     out[:] = rows
     return out

@@ -159,8 +159,10 @@ async def infer(
     """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
     async with observe_request(state.metrics, "v2_infer", model, state.repository.configured):
         m = describe.model_at(state, model, version, ready=True)
-        body = await request.body()
-        out, json_len = await cancel_on_disconnect(request, inference.infer(state, m, body, header))
+        with state.pipeline.admit(m) as ticket:  # before a byte of the body is read
+            body = await request.body()
+            work = inference.handle(state, m, ticket, body, header)
+            out, json_len = await cancel_on_disconnect(request, work)
     if json_len is None:
         return Response(out, media_type="application/json")
     return Response(out, media_type="application/octet-stream",

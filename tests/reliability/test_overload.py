@@ -52,7 +52,14 @@ async def burst(srv: ServerProcess, n: int) -> list[Outcome]:
         return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-def check_burst(srv: ServerProcess, outcomes: list[Outcome]) -> dict[str, float]:
+def fast_answers(srv: ServerProcess) -> float:
+    """/predict requests the server answered within 50 ms, by its own histogram."""
+    return metric(srv, "resnet_request_duration_seconds_bucket", endpoint="predict", le="0.05")
+
+
+def check_burst(
+    srv: ServerProcess, outcomes: list[Outcome], fast_before: float
+) -> dict[str, float]:
     ok = sorted(o.seconds for o in outcomes if o.status == 200)
     rejected = [o for o in outcomes if o.status != 200]
     assert ok, "some requests must be served"
@@ -61,11 +68,20 @@ def check_burst(srv: ServerProcess, outcomes: list[Outcome]) -> dict[str, float]
         assert o.status == 503, o.response.text
         assert_error(o.response, 503, o.response.json()["code"])
         assert o.response.json()["code"] in {"queue_full", "overloaded", "queue_timeout"}
+    # Refused at the door, before their bodies were read or decoded: each cost the server
+    # < 50 ms by its own clock. (queue_timeout ones were admitted and waited, by definition.)
+    at_door = [o for o in rejected if o.response.json()["code"] != "queue_timeout"]
+    assert fast_answers(srv) - fast_before >= len(at_door)
+    # On the client's clock every answer also carries the cost of opening hundreds of
+    # connections on the same two cores; the median refusal measures that overhead.
+    overhead = sorted(o.seconds for o in rejected)[len(rejected) // 2]
     p99 = ok[min(len(ok) - 1, int(len(ok) * 0.99))]
-    assert p99 < QUEUE_TIMEOUT_S, f"accepted p99 {p99:.2f}s"
-    assert max(o.seconds for o in rejected) < QUEUE_TIMEOUT_S + 1
+    assert p99 < QUEUE_TIMEOUT_S + overhead, f"accepted p99 {p99:.2f}s, overhead {overhead:.2f}s"
+    assert max(o.seconds for o in at_door) < overhead + 1
+    timed_out = [o.seconds for o in rejected if o not in at_door]
+    assert max(timed_out, default=0) < overhead + QUEUE_TIMEOUT_S + 1
     codes = Counter(o.response.json()["code"] for o in rejected)
-    return {"ok": len(ok), **codes, "p99_ok_s": round(p99, 3),
+    return {"ok": len(ok), **codes, "p99_ok_s": round(p99, 3), "overhead_s": round(overhead, 3),
             "max_rejected_s": round(max(o.seconds for o in rejected), 3)}  # fmt: skip
 
 
@@ -74,12 +90,12 @@ def test_burst_of_10x_capacity_is_answered_quickly_and_memory_does_not_grow(
 ) -> None:
     n = 10 * HOLDS
     asyncio.run(burst(srv, n))  # warm-up: connection handling, allocator arenas
-    t0 = time.monotonic()
-    small = check_burst(srv, asyncio.run(burst(srv, n)))
+    t0, fast = time.monotonic(), fast_answers(srv)
+    small = check_burst(srv, asyncio.run(burst(srv, n)), fast)
     small_s = time.monotonic() - t0
     rss_n = srv.rss_bytes()
-    t0 = time.monotonic()
-    large = check_burst(srv, asyncio.run(burst(srv, 4 * n)))
+    t0, fast = time.monotonic(), fast_answers(srv)
+    large = check_burst(srv, asyncio.run(burst(srv, 4 * n)), fast)
     large_s = time.monotonic() - t0
     rss_4n = srv.rss_bytes()
     print(f"\nburst {n}: {small} in {small_s:.2f}s; burst {4 * n}: {large} in {large_s:.2f}s; "

@@ -1,4 +1,4 @@
-"""server.preprocess: torchvision-exact resize/crop, decoding of every mode, hostile input.
+"""server.decode / transform / preprocess: torchvision-exact resize/crop, decoding of every mode, hostile input.
 
 Real photos come from scikit-image's bundled sample data (a test-only dependency).
 The numeric reference is PIL's antialiased bilinear filter re-implemented in float64 numpy.
@@ -19,17 +19,11 @@ import numpy.typing as npt
 import pytest
 from PIL import Image, ImageFile, features
 
+from server.decode import SUPPORTED_FORMATS, DecodeLimits, decode
 from server.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
 from server.modelmeta import Preprocessing
-from server.preprocess import (
-    SUPPORTED_FORMATS,
-    DecodeLimits,
-    center_crop_box,
-    decode,
-    preprocess,
-    resized_size,
-    transform,
-)
+from server.preprocess import preprocess
+from server.transform import center_crop_box, resized_size, transform
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -250,7 +244,7 @@ def test_decode_then_transform_equals_preprocess() -> None:
     img = decode(data, DecodeLimits())
     assert img.mode == "RGB"
     assert img.size == (640, 427)
-    np.testing.assert_array_equal(transform(img, SPEC, DecodeLimits()), preprocess(data, SPEC))
+    np.testing.assert_array_equal(transform(img, SPEC), preprocess(data, SPEC))
 
 
 # --- EXIF orientation ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from server.classify import softmax, top_k
+from server.scores import score, softmax, top_k_indices
 from server.settings import Settings, available_cpus
 
 
@@ -45,24 +45,34 @@ def test_bad_settings_fail_fast(tmp_path: Path, kw: dict[str, object], match: st
         Settings(model_dir=tmp_path, **kw)  # type: ignore[arg-type]
 
 
-def test_softmax_and_top_k_match_a_direct_computation() -> None:
-    logits = np.random.default_rng(0).normal(size=1000).astype(np.float32) * 5
-    probs = np.exp(logits.astype(np.float64) - logits.max())
-    probs /= probs.sum()
-    labels = [f"class{i}" for i in range(1000)]
-    got = top_k(logits, 5, labels)
-    want = np.argsort(-probs)[:5]
-    assert [s.index for s in got] == want.tolist()
-    assert [s.label for s in got] == [f"class{i}" for i in want]
-    np.testing.assert_allclose([s.probability for s in got], probs[want], rtol=1e-12)
-    assert softmax(logits[None]).sum() == pytest.approx(1.0)
-    assert len(top_k(logits, 1000, labels)) == 1000
+def test_scores_match_a_direct_computation() -> None:
+    logits = np.random.default_rng(0).normal(size=(6, 1000)).astype(np.float32) * 5
+    probs = np.exp(logits.astype(np.float64) - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    got = score(logits, 5)
+    want = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(got.indices, want)
+    np.testing.assert_allclose(got.probabilities, np.take_along_axis(probs, want, 1), rtol=1e-12)
+    np.testing.assert_allclose(softmax(logits).sum(1), 1.0)
+    full = score(logits, 1000)
+    np.testing.assert_array_equal(full.indices, np.argsort(-logits, axis=1, kind="stable"))
+    assert got.top(2).indices.shape == (6, 2) and got.rows(1, 3).logits.shape == (2, 1000)
 
 
-def test_top_k_ties_keep_lower_index_first() -> None:
-    logits = np.zeros(10, np.float32)
-    logits[[7, 3]] = 2.0
-    assert [s.index for s in top_k(logits, 3, [str(i) for i in range(10)])] == [3, 7, 0]
+@pytest.mark.parametrize("k", [1, 3, 5, 999])
+def test_top_k_ties_keep_lower_index_first(k: int) -> None:
+    """Ties across the k-th place and inside the top k: the stable full sort's order."""
+    rng = np.random.default_rng(k)
+    logits = rng.integers(0, 4, size=(16, 1000)).astype(np.float32)  # thousands of ties
+    logits[0, [7, 3]] = 9.0
+    got = top_k_indices(logits, k)
+    np.testing.assert_array_equal(got, np.argsort(-logits, axis=1, kind="stable")[:, :k])
+    assert got[0, :2].tolist() == [3, 7][:k]
+
+
+def test_top_k_of_distinct_logits_takes_the_partial_sort() -> None:
+    logits = np.random.default_rng(1).permutation(1000).astype(np.float32)[None]
+    assert top_k_indices(logits, 3).tolist() == [[int(i) for i in np.argsort(-logits[0])[:3]]]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from server import __version__
-from server.classify import softmax
+from server.scores import softmax
 from tests.conftest import ServerProcess
 from tests.imagegen import jpeg
 from tests.v2.helpers import (
