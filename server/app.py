@@ -17,7 +17,7 @@ from .metrics import Metrics
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
 from .repository import InferFn, ModelRepository
-from .routes import health, metrics, predict
+from .routes import health, metrics, predict, ui
 from .settings import Settings
 from .state import AppState
 from .v2 import routes as v2
@@ -54,7 +54,10 @@ def create_app(
     app.state.server = state
     app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
     install_handlers(app)
-    for router in (health.router, predict.router, metrics.router, v2.router):
+    routers = [health.router, predict.router, metrics.router, v2.router]
+    if settings.ui:
+        routers.append(ui.router)
+    for router in routers:
         app.include_router(router)
     app.add_middleware(
         LimitsMiddleware,
