@@ -40,11 +40,20 @@ models: $(foreach m,$(MODELS),models/$(m).onnx)
 serve: models
 	$(BIN)/python -m server --model-dir models --host $(HOST) --port $(PORT)
 
-# Tools the tests drive for real: promtool/prometheus (Debian), installed when missing.
+# Tools the tests drive for real, from Debian, installed when missing: promtool/prometheus
+# (tests/deploy, tests/monitoring), chromium + chromedriver (tests/browser). One apt-get for all;
+# the lock timeout lets it wait for another apt-get on a shared machine instead of failing.
 test-tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
-	  else echo "promtool missing: sudo apt-get install prometheus"; exit 1; fi; }
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null; \
+	  else echo "missing tools: sudo apt-get install$$missing"; exit 1; fi; fi
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -20,7 +20,7 @@ from .observe import record_refusal
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
 from .repository import ModelRepository
-from .routes import health, metrics, predict
+from .routes import health, metrics, predict, ui
 from .runner import EngineRun
 from .settings import Settings
 from .state import AppState
@@ -60,7 +60,10 @@ def create_app(
     app.state.server = state
     app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
     install_handlers(app)
-    for router in (health.router, predict.router, metrics.router, v2.router):
+    routers = [health.router, predict.router, metrics.router, v2.router]
+    if settings.ui:
+        routers.append(ui.router)
+    for router in routers:
         app.include_router(router)
     app.add_middleware(
         LimitsMiddleware,

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api_key: SecretStr | None = None
+    ui: bool = Field(
+        True,
+        description="serve the demo page at / (it calls the API like any client); false = API only",
+    )
 
     # Runtime
     provider: Literal["auto", "cpu", "openvino", "cuda"] = Field(
