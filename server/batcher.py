@@ -1,10 +1,10 @@
-"""Dynamic batching: many concurrent requests, few calls to the run function.
+"""Dynamic batching: many concurrent requests, few calls to a runner.
 
 Callers ``await batcher.submit(payload, rows)``; each item waits in one FIFO queue until a
 worker (one per runner, i.e. per model instance) takes a batch of items from the head and
-awaits its run function once for all of them. The batcher is plain asyncio: it imports no web
-framework and no runtime, and never blocks the event loop (the run function is awaited; the
-real one hands ``session.run`` to a thread).
+awaits its runner once for all of them. The batcher is plain asyncio: it imports no web
+framework and no runtime, and never blocks the event loop (the runner is awaited; the real
+one, :class:`server.runner.Runner`, hands the engine run to a thread).
 
 Timing: deadlines (``max_queue_delay``, ``queue_timeout``) are scheduled on the event loop's
 monotonic clock; reported durations (:class:`Completed`) come from the injected ``clock``.
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-RunFn: TypeAlias = Callable[[Sequence[T]], Awaitable[Sequence[R | Exception]]]
+Runner: TypeAlias = Callable[[Sequence[T]], Awaitable[Sequence[R | Exception]]]
 """Takes the payloads of one batch, returns one result per payload, in the same order; an
 exception in place of a result fails that item alone (InferenceFailed), not its batch."""
 
@@ -109,13 +109,13 @@ class Batcher(Generic[T, R]):
 
     def __init__(
         self,
-        runners: Sequence[RunFn[T, R]],
+        runners: Sequence[Runner[T, R]],
         config: BatchConfig,
         *,
         name: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``runners``: one run function per instance (>= 1, else ValueError)."""
+        """``runners``: one runner per instance (>= 1, else ValueError)."""
         if not runners:
             raise ValueError("Batcher needs at least one runner")
         self._runners = list(runners)
@@ -151,8 +151,8 @@ class Batcher(Generic[T, R]):
             raise RuntimeError(f"batcher {self._name!r} already started")
         self._state = _State.RUNNING
         self._workers = [
-            asyncio.create_task(self._work(run), name=f"batcher-{self._name}-{i}")
-            for i, run in enumerate(self._runners)
+            asyncio.create_task(self._work(runner), name=f"batcher-{self._name}-{i}")
+            for i, runner in enumerate(self._runners)
         ]
 
     async def submit(
@@ -291,31 +291,31 @@ class Batcher(Generic[T, R]):
         self._in_flight += rows
         return batch
 
-    async def _work(self, run: RunFn[T, R]) -> None:
+    async def _work(self, runner: Runner[T, R]) -> None:
         while True:
             try:
                 batch = await self._next_batch()
                 if batch:
-                    await self._execute(run, batch)
+                    await self._dispatch(runner, batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the loop die: later callers would wait forever
                 log.exception("batcher %r: unexpected error in worker loop", self._name)
                 await asyncio.sleep(0)
 
-    async def _execute(self, run: RunFn[T, R], batch: list[_Item[T, R]]) -> None:
+    async def _dispatch(self, runner: Runner[T, R], batch: list[_Item[T, R]]) -> None:
         rows = sum(item.rows for item in batch)
         start = self._clock()
         try:
-            results = await run([item.payload for item in batch])
+            results = await runner([item.payload for item in batch])
             if len(results) != len(batch):
-                raise ValueError(f"run returned {len(results)} results for {len(batch)} payloads")
+                raise ValueError(f"runner returned {len(results)} results for {len(batch)} payloads")
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # we are being stopped
                 self._fail(batch, lambda: ShuttingDown(f"batcher {self._name!r} stopped"))
                 raise
-            self._fail_batch(batch, exc, rows)  # the run function cancelled itself
+            self._fail_batch(batch, exc, rows)  # the runner cancelled itself
         except Exception as exc:
             self._fail_batch(batch, exc, rows)
         else:

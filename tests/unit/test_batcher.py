@@ -412,3 +412,55 @@ def test_config_rejects_bad_values(config: dict[str, Any]) -> None:
 def test_batcher_needs_a_runner() -> None:
     with pytest.raises(ValueError, match="runner"):
         Batcher([], BatchConfig())
+
+
+class PerItemFailures(Recorder):
+    """A runner whose result for a negative payload is an exception (its own failure)."""
+
+    def compute(self, payloads: Sequence[int]) -> Sequence[Any]:
+        return [ValueError(f"bad {p}") if p < 0 else p * 2 for p in payloads]
+
+
+@pytest.mark.asyncio
+async def test_an_exception_result_fails_only_its_own_item() -> None:
+    rec = PerItemFailures(held=True)
+    async with started([rec], eager=True, max_batch_size=8) as b:
+        blocker = submit(b, 0)
+        await until(lambda: b.in_flight == 1)
+        good, bad, other = submit(b, 1), submit(b, -1), submit(b, 2)
+        await until(lambda: b.queue_depth == 3)
+        rec.gate.set()
+        assert (await blocker).value == 0
+        assert (await good).value == 2 and (await other).value == 4
+        with pytest.raises(InferenceFailed, match="inference failed: ValueError") as e:
+            await bad
+        assert isinstance(e.value.__cause__, ValueError)
+        assert rec.batches == [[0], [1, -1, 2]]
+
+
+@pytest.mark.asyncio
+async def test_an_earlier_deadline_than_queue_timeout_applies() -> None:
+    rec = Recorder(held=True)
+    async with started([rec], eager=True, queue_timeout=HUGE) as b:
+        blocker = submit(b, 0)
+        await until(lambda: b.in_flight == 1)
+        loop = asyncio.get_running_loop()
+        late = asyncio.create_task(b.submit(1, 1, deadline=loop.time() + 0.1))
+        done, _ = await asyncio.wait([late], timeout=1)
+        assert done, "the item must expire at its own deadline, not queue_timeout"
+        with pytest.raises(QueueTimeout, match="not run within its deadline"):
+            await late
+        assert b.queue_depth == 0
+        rec.gate.set()
+        await blocker
+        assert rec.batches == [[0]]
+
+
+@pytest.mark.asyncio
+async def test_a_deadline_already_past_is_refused_without_queueing() -> None:
+    rec = Recorder()
+    async with started([rec]) as b:
+        past = asyncio.get_running_loop().time() - 1
+        with pytest.raises(QueueTimeout, match="deadline passed before 't' could queue it"):
+            await b.submit(1, 1, deadline=past)
+        assert b.queue_depth == 0 and rec.batches == []
