@@ -212,5 +212,5 @@ def test_gpu_overlay() -> None:
     values = yaml.safe_load((REPO / "deploy" / "prometheus-adapter" / "values.yaml").read_text())
     served = {r["name"]["as"]: r for r in values["rules"]["custom"]}
     assert name in served
-    assert served[name]["seriesQuery"].startswith("resnet_queue_depth{")
+    assert served[name]["seriesQuery"].startswith("resnet_images_in_flight{")
     assert set(served[name]["resources"]["overrides"]) == {"namespace", "pod"}
