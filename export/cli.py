@@ -198,10 +198,10 @@ def _calibration(
 
 def _export_int8(
     path: Path, model: nn.Module, weights: ResolvedWeights, meta: dict[str, str],
-    opts: ExportOptions, target: Target,
+    opts: ExportOptions, target: Target, calibration: tuple[np.ndarray, CalibrationRecord],
 ) -> Report:  # fmt: skip
     """Export fp32, verify it, quantise it on calibration photos, return the INT8 report."""
-    inputs, record = _calibration(opts, weights)
+    inputs, record = calibration
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "fp32.onnx"
         _export_float(base, model, weights, {**meta, "precision": "fp32"}, opts)
@@ -233,11 +233,13 @@ def export_one(architecture: str, path: Path, opts: ExportOptions) -> Report:
     model = build(architecture)
     load_into(model, weights.state_dict)
     model.eval()
+    # Calibration photos first: a corrupt one fails before any slow step.
+    calibration = _calibration(opts, weights) if opts.precision == "int8" else None
     data = verification_data(model, weights.preprocessing)
     meta = build_metadata(architecture, weights, opts.precision, opts.opset, _reference(data))
     target = Target(data, providers, floors, read_cpuinfo())
-    if opts.precision == "int8":
-        report = _export_int8(path, model, weights, meta, opts, target)
+    if calibration is not None:
+        report = _export_int8(path, model, weights, meta, opts, target, calibration)
     else:
         _export_float(path, model, weights, meta, opts)
         report = verify(path, target, opts.precision)
