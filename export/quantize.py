@@ -50,7 +50,7 @@ class Recipe:
 
 
 #: The recipe chosen by measurement (docs/PRECISION.md).
-DEFAULT_RECIPE = Recipe()
+DEFAULT_RECIPE = Recipe(reduce_range=True)
 
 
 class _Samples(q.CalibrationDataReader):  # type: ignore[misc]

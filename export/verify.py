@@ -166,7 +166,7 @@ def _top1_mismatches(ref: NDArray[np.float64], got: NDArray[np.float64], tie: fl
 
 def _describe(a: Agreement) -> str:
     return (
-        f"top-1 {round(a.top1 * a.photos)}/{a.photos}, top-5 overlap {a.top5_overlap:.3f}, "
+        f"top-1 {a.top1_count}, top-5 overlap {a.top5_overlap:.3f}, "
         f"softmax L1 max {a.softmax_l1_max:.2e} mean {a.softmax_l1_mean:.2e}, max |prob diff| "
         f"{a.max_probability_diff:.2e}, max rel logit error {a.max_rel_logit_error:.2e}"
     )

@@ -42,6 +42,12 @@ class Agreement:
     max_probability_diff: float
     max_rel_logit_error: float
 
+    @property
+    def top1_count(self) -> str:
+        """``"6/7"``: photos whose top-1 agrees, of all (``"nan/7"`` for NaN logits)."""
+        agreeing = "nan" if math.isnan(self.top1) else str(round(self.top1 * self.photos))
+        return f"{agreeing}/{self.photos}"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -150,7 +156,7 @@ def violations(agreement: Agreement, floors: Floors) -> list[str]:
     a, f, out = agreement, floors, []
     if not a.top1 >= f.min_top1:
         out.append(
-            f"top-1 agreement {a.top1:.3f} ({round(a.top1 * a.photos)}/{a.photos} photos) "
+            f"top-1 agreement {a.top1:.3f} ({a.top1_count} photos) "
             f"is below the floor {f.min_top1:.3f}"
         )
     if not a.top5_overlap >= f.min_top5_overlap:

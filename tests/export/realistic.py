@@ -13,6 +13,8 @@ them), and a few channels per BatchNorm get the tiny running variances trained n
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
@@ -36,7 +38,7 @@ def _conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     pairs = []
     for module in model.modules():
         kids = list(module.children())
-        for conv, bn in zip(kids, kids[1:], strict=False):
+        for conv, bn in itertools.pairwise(kids):
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 pairs.append((conv, bn))
     return pairs
