@@ -95,5 +95,6 @@ def quantize(
         )  # fmt: skip
         model = onnx.load(str(staged))
     del model.metadata_props[:]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     return model

@@ -20,8 +20,7 @@ from export.verify import Report, Target, VerificationData, random_images, verif
 from export.weights import file_weights, imagenet_transform, random_weights
 from server.agreement import DEFAULT_FLOORS
 from server.cpuinfo import read_cpuinfo
-
-from .realistic import realistic_state_dict
+from tests.export.realistic import realistic_state_dict
 
 SPEC = imagenet_transform()
 
@@ -43,7 +42,7 @@ def realistic_exports(
     out = tmp_path_factory.mktemp("realistic-models")
     result = {}
     for arch, weights in realistic_files.items():
-        opts = ExportOptions(str(weights), None, 0, out, "fp32", 17, None)
+        opts = ExportOptions(str(weights), None, 0, out, "fp32", 17, None, provider="cpu")
         path = out / f"{arch}.onnx"
         with torch.no_grad():
             result[arch] = (path, export_one(arch, path, opts))
