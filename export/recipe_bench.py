@@ -5,8 +5,9 @@
 photos (``export/calibration.py``, 4 samples per photo), and compares the INT8 file with the
 fp32 file on the verification photos, 10 crops each (the 4 corners and centre of the 256
 resize, and their mirror images: 70 held-out inputs, never used for calibration), on ONNX
-Runtime's CPU provider and on OpenVINO. ``--speed`` also times fp32 and INT8 at batch 1 and 8
-(interleaved runs, medians). The numbers go to docs/PRECISION.md.
+Runtime's CPU provider and on OpenVINO. ``--speed`` also times fp32 and INT8 on both engines at
+batch 1 and 8, the four interleaved round by round (images/s of the median round). The numbers
+go to docs/PRECISION.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from numpy.typing import NDArray
 
@@ -36,6 +38,7 @@ from server.modelmeta import Preprocessing
 from server.photos import verification_photos
 from server.preprocess import decode
 
+ENGINES = ("cpu", "openvino")
 RECIPES: dict[str, Recipe] = {
     "minmax-pc-u8s8": Recipe(),
     "minmax-pc-u8s8-reduce": Recipe(reduce_range=True),
@@ -75,7 +78,9 @@ def _time(engine: Engine, batch: NDArray[np.uint8]) -> float:
 
 
 def speed(engines: dict[str, Engine], images: NDArray[np.uint8], repeats: int) -> dict[str, float]:
-    """Images per second (median of interleaved runs) per engine at batch len(images)."""
+    """Images per second per engine at batch ``len(images)``: one untimed run each, then
+    ``repeats`` rounds in which every engine runs once in turn (so a change of machine load
+    hits all of them alike); the median round of each engine."""
     for e in engines.values():
         e.run(0, images)
     times: dict[str, list[float]] = {k: [] for k in engines}
@@ -90,6 +95,9 @@ def main() -> None:
     p.add_argument("architectures", nargs="+")
     p.add_argument("--recipes", default=",".join(RECIPES))
     p.add_argument("--speed", action="store_true")
+    p.add_argument(
+        "--rounds", type=int, default=20, help="--speed: timed rounds at batch 1 (half at 8)"
+    )
     p.add_argument("--per-photo", type=int, default=4)
     p.add_argument("--noise-calibration", action="store_true", help="calibrate on noise instead")
     args = p.parse_args()
@@ -119,7 +127,7 @@ def main() -> None:
             calib = samples(skimage_photos().photos, spec, per_photo=args.per_photo)
         base = {
             prov: open_engine(fp32, EngineOptions(provider=prov, threads=threads), cpu)
-            for prov in ("cpu", "openvino")
+            for prov in ENGINES
         }
         ref = {prov: e.run(0, held_out) for prov, e in base.items()}
         for name in args.recipes.split(","):
@@ -129,28 +137,33 @@ def main() -> None:
             for k, v in meta.items():
                 entry = model_int8.metadata_props.add()
                 entry.key, entry.value = k, (v if k != "precision" else "int8")
-            import onnx
-
             onnx.save(model_int8, str(path))
             seconds = time.perf_counter() - start
-            for prov in ("cpu", "openvino"):
+            int8: dict[str, Engine] = {}
+            for prov in ENGINES:
                 try:
                     eng = open_engine(path, EngineOptions(provider=prov, threads=threads), cpu)
                 except Exception as e:  # report and go on with the next recipe
                     print(json.dumps({"arch": arch, "recipe": name, "engine": prov,
                                       "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)  # fmt: skip
                     continue
+                int8[prov] = eng
                 a = compare(ref[prov], eng.run(0, held_out))
                 line = {"arch": arch, "recipe": name, "engine": prov, "calib_samples": len(calib),
                         "quantize_s": round(seconds, 1), **a.to_dict(),
                         "executed": eng.report.precision, "layers": eng.report.layers}  # fmt: skip
-                if args.speed:
-                    for b in (1, 8):
-                        s = speed(
-                            {"fp32": base[prov], "int8": eng}, held_out[:b], 20 if b == 1 else 8
-                        )
-                        line[f"ips_b{b}"] = {k: round(v, 1) for k, v in s.items()}
                 print(json.dumps(line), flush=True)
+            if args.speed:
+                timed = {
+                    f"{p} {k}": e for p in int8 for k, e in (("fp32", base[p]), ("int8", int8[p]))
+                }
+                for batch, rounds in ((1, args.rounds), (8, max(3, args.rounds // 2))):
+                    ips = speed(timed, held_out[:batch], rounds)
+                    ratio = {p: round(ips[f"{p} int8"] / ips[f"{p} fp32"], 2) for p in int8}
+                    print(json.dumps({"arch": arch, "recipe": name, "batch": batch,
+                                      "rounds": rounds, "threads": threads,
+                                      "images_per_s": {k: round(v, 1) for k, v in ips.items()},
+                                      "int8_over_fp32": ratio}), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
