@@ -1,27 +1,60 @@
 """Command line: ``python -m export resnet18 resnet50 --weights {imagenet,random,PATH}``.
 
-Exit codes: 0 exported and verified; 1 verification failed; 2 bad arguments or weights
-file; 3 published weights could not be downloaded (no silent fallback).
+``--precision fp32|fp16|int8`` (files ``<arch>.onnx``, ``<arch>-fp16.onnx``,
+``<arch>-int8.onnx``), checked on ``--provider`` (the engine that will serve the file) and on
+ONNX Runtime's CPU provider. Exit codes: 0 exported and verified; 1 verification failed
+(below the bound or an agreement floor); 2 bad arguments, weights file, provider or
+calibration photos; 3 published weights could not be downloaded (no silent fallback).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import torch
+from torch import nn
 
+from export.calibration import (
+    CalibrationError,
+    check_disjoint,
+    folder_photos,
+    samples,
+    skimage_photos,
+)
 from export.fold import fuse_conv_bn
-from export.onnx_export import DEFAULT_OPSET, NHWCUint8Classifier, build_metadata, export_onnx
+from export.onnx_export import (
+    DEFAULT_OPSET,
+    NHWCUint8Classifier,
+    build_metadata,
+    export_onnx,
+    set_metadata,
+)
+from export.quantize import DEFAULT_RECIPE, quantize
 from export.resnet import ARCHITECTURES, build
-from export.verify import Report, verify
-from export.weights import WeightsDownloadError, WeightsError, load_into, resolve
+from export.verify import Report, Target, VerificationData, verification_data, verify
+from export.weights import ResolvedWeights, WeightsDownloadError, WeightsError, load_into, resolve
+from server.agreement import AgreementRecord, default_floors
+from server.cpuinfo import read_cpuinfo
+from server.engines import PROVIDERS, auto_provider, openvino_installed
+from server.modelmeta import CalibrationRecord, ReferenceLogits
 
 EXIT_VERIFY, EXIT_USAGE, EXIT_DOWNLOAD = 1, 2, 3
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Calibration samples per photo: the centre crop, its mirror image, 2 random crops.
+SAMPLES_PER_PHOTO = 4
+
+
+class ProviderUnavailable(Exception):
+    """The provider asked for cannot run on this machine; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +66,9 @@ class ExportOptions:
     precision: str
     opset: int
     cache_dir: Path | None
+    provider: str = "auto"
+    calibration_dir: Path | None = None
+    floors: dict[str, float] = field(default_factory=dict)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,7 +85,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--name", help="served model name, file <out-dir>/<name>.onnx (one architecture only)"
     )
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="fp32 (default), fp16, or int8 (static QDQ, calibrated on real photos)",
+    )  # fmt: skip
+    p.add_argument(
+        "--provider", choices=["auto", *PROVIDERS], default="auto",
+        help="the engine that will serve the file; verification runs there and on ONNX "
+        "Runtime's CPU provider (auto: cuda if available, else openvino if installed, else cpu)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration-dir", type=Path,
+        help="int8: folder of calibration photos (default: scikit-image's data photos)",
+    )  # fmt: skip
+    p.add_argument(
+        "--floor", action="append", default=[], metavar="NAME=VALUE",
+        help="override an agreement floor of fp16/int8 (min_top1, min_top5_overlap, "
+        "max_softmax_l1, max_rel_logit_error); repeatable",
+    )  # fmt: skip
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument(
         "--cache-dir",
@@ -60,14 +113,119 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.name and len(args.architectures) > 1:
         p.error("--name needs exactly one architecture")
+    try:
+        args.floors = _parse_floors(args.floor)
+        default_floors(args.precision).with_overrides(args.floors)
+    except ValueError as e:
+        p.error(str(e))
     return args
+
+
+def _parse_floors(items: list[str]) -> dict[str, float]:
+    floors = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            floors[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--floor {item!r}: expected NAME=NUMBER, e.g. min_top1=0.9")
+    return floors
+
+
+def default_file_name(architecture: str, precision: str) -> str:
+    """``resnet50.onnx`` for fp32, ``resnet50-int8.onnx`` for the others."""
+    return f"{architecture}.onnx" if precision == "fp32" else f"{architecture}-{precision}.onnx"
+
+
+def serving_providers(requested: str) -> list[str]:
+    """The serving provider first, then ONNX Runtime CPU when different.
+
+    Raises ``ProviderUnavailable`` naming the fix when the provider cannot run here.
+    """
+    provider = auto_provider() if requested == "auto" else requested
+    if provider == "openvino" and not openvino_installed():
+        raise ProviderUnavailable(
+            "--provider openvino needs the OpenVINO runtime: pip install "
+            "'resnet-server[openvino]'; or use --provider cpu"
+        )
+    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ProviderUnavailable(
+            "--provider cuda needs onnxruntime-gpu with a CUDA device; this onnxruntime offers "
+            f"{ort.get_available_providers()}: use --provider cpu or openvino"
+        )
+    return [provider] if provider == "cpu" else [provider, "cpu"]
+
+
+def _reference(data: VerificationData) -> ReferenceLogits:
+    photos = tuple((p.name, p.sha256) for p in data.photos)
+    logits = data.reference[data.photo_rows].astype(np.float32)
+    how = f"torch {torch.__version__}, float64, unfused model, photos by server.preprocess"
+    return ReferenceLogits(photos, logits, how)
+
+
+def _export_float(
+    path: Path,
+    model: nn.Module,
+    weights: ResolvedWeights,
+    meta: dict[str, str],
+    opts: ExportOptions,
+) -> None:
+    pre = weights.preprocessing
+    half = opts.precision == "fp16"
+    wrapped = NHWCUint8Classifier(fuse_conv_bn(model), pre.mean, pre.std, half=half)
+    export_onnx(wrapped, path, crop_size=pre.crop_size, opset=opts.opset, meta=meta)
+
+
+def _calibration(
+    opts: ExportOptions, weights: ResolvedWeights
+) -> tuple[np.ndarray, CalibrationRecord]:
+    chosen = folder_photos(opts.calibration_dir) if opts.calibration_dir else skimage_photos()
+    check_disjoint(chosen.photos)
+    inputs = samples(chosen.photos, weights.preprocessing, per_photo=SAMPLES_PER_PHOTO)
+    recipe = DEFAULT_RECIPE
+    record = CalibrationRecord(
+        method=recipe.method, per_channel=recipe.per_channel,
+        activation_type=recipe.activation_type, weight_type=recipe.weight_type,
+        reduce_range=recipe.reduce_range, quant_format="QDQ", photos=len(chosen.photos),
+        samples=len(inputs), source=chosen.source,
+        options={"op_types": recipe.describe()["op_types"], **recipe.options,
+                 "samples_per_photo": SAMPLES_PER_PHOTO},
+    )  # fmt: skip
+    return inputs, record
+
+
+def _export_int8(
+    path: Path, model: nn.Module, weights: ResolvedWeights, meta: dict[str, str],
+    opts: ExportOptions, target: Target, calibration: tuple[np.ndarray, CalibrationRecord],
+) -> Report:  # fmt: skip
+    """Export fp32, verify it, quantise it on calibration photos, return the INT8 report."""
+    inputs, record = calibration
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "fp32.onnx"
+        _export_float(base, model, weights, {**meta, "precision": "fp32"}, opts)
+        # The fp32 base is checked on ONNX Runtime CPU only: the INT8 file is what will serve.
+        base_target = Target(target.data, ["cpu"], target.floors, target.cpu)
+        base_report = verify(base, base_target, "fp32")
+        if not base_report.ok:
+            base_report.path = path
+            return base_report
+        quantize(base, path, inputs, DEFAULT_RECIPE)
+    set_metadata(path, {**meta, "calibration": json.dumps(record.to_dict())})
+    return verify(path, target, "int8")
 
 
 def export_one(architecture: str, path: Path, opts: ExportOptions) -> Report:
     """Build, load weights, fold, export, verify one model; returns the verification report.
 
-    Raises ``WeightsError`` / ``WeightsDownloadError`` when weights cannot be had.
+    Reduced precisions get their ``agreement`` metadata whether they pass or not (a rejected
+    file is kept for inspection, never published).
+    Raises ``WeightsError`` / ``WeightsDownloadError`` when weights cannot be had,
+    ``ProviderUnavailable`` and ``CalibrationError`` with the fix in the message.
     """
+    providers = serving_providers(opts.provider)
+    floors = default_floors(opts.precision).with_overrides(opts.floors)
     weights = resolve(
         architecture, opts.weights, weights_name=opts.weights_name, seed=opts.seed,
         cache_dir=opts.cache_dir,
@@ -75,13 +233,20 @@ def export_one(architecture: str, path: Path, opts: ExportOptions) -> Report:
     model = build(architecture)
     load_into(model, weights.state_dict)
     model.eval()
-    pre = weights.preprocessing
-    half = opts.precision == "fp16"
-    wrapped = NHWCUint8Classifier(fuse_conv_bn(model), pre.mean, pre.std, half=half)
-    meta = build_metadata(architecture, weights, opts.precision, opts.opset)
-    export_onnx(wrapped, path, crop_size=pre.crop_size, opset=opts.opset, meta=meta)
-    reference = NHWCUint8Classifier(model, pre.mean, pre.std)
-    return verify(path, reference, precision=opts.precision, crop_size=pre.crop_size)
+    # Calibration photos first: a corrupt one fails before any slow step.
+    calibration = _calibration(opts, weights) if opts.precision == "int8" else None
+    data = verification_data(model, weights.preprocessing)
+    meta = build_metadata(architecture, weights, opts.precision, opts.opset, _reference(data))
+    target = Target(data, providers, floors, read_cpuinfo())
+    if calibration is not None:
+        report = _export_int8(path, model, weights, meta, opts, target, calibration)
+    else:
+        _export_float(path, model, weights, meta, opts)
+        report = verify(path, target, opts.precision)
+    if opts.precision != "fp32" and report.measurements:
+        record = AgreementRecord(opts.precision, providers[0], floors, tuple(report.measurements))
+        set_metadata(path, {"agreement": json.dumps(record.to_dict())})
+    return report
 
 
 def _run(architecture: str, path: Path, opts: ExportOptions) -> int:
@@ -94,7 +259,7 @@ def _run(architecture: str, path: Path, opts: ExportOptions) -> int:
     except WeightsDownloadError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DOWNLOAD
-    except WeightsError as e:
+    except (WeightsError, ProviderUnavailable, CalibrationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     seconds = time.perf_counter() - start
@@ -113,12 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     opts = ExportOptions(
         args.weights, args.weights_name, args.seed, args.out_dir, args.precision, args.opset,
-        args.cache_dir,
+        args.cache_dir, args.provider, args.calibration_dir, args.floors,
     )  # fmt: skip
     torch.set_grad_enabled(False)
     code = 0
     for architecture in args.architectures:
-        path = opts.out_dir / f"{args.name or architecture}.onnx"
+        name = f"{args.name}.onnx" if args.name else default_file_name(architecture, opts.precision)
+        path = opts.out_dir / name
         if args.skip_existing and path.exists():
             print(f"skip {path}: exists")
             continue

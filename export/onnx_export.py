@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from export.labels import imagenet_classes
 from export.weights import ResolvedWeights
+from server.modelmeta import ReferenceLogits
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "images"
@@ -66,10 +67,17 @@ def project_version() -> str:
 
 
 def build_metadata(
-    architecture: str, weights: ResolvedWeights, precision: str, opset: int
+    architecture: str,
+    weights: ResolvedWeights,
+    precision: str,
+    opset: int,
+    reference: ReferenceLogits | None = None,
 ) -> dict[str, str]:
-    """All ``metadata_props`` of docs/DESIGN.md, as strings (JSON where the contract says so)."""
-    return {
+    """All ``metadata_props`` of docs/DESIGN.md, as strings (JSON where the contract says so).
+
+    ``agreement`` and ``calibration`` are added later by the steps that measure them.
+    """
+    meta = {
         "resnet_server.format": "1",
         "architecture": architecture,
         "weights": weights.name,
@@ -88,6 +96,26 @@ def build_metadata(
         "project_version": project_version(),
         "opset": str(opset),
     }
+    if reference is not None:
+        meta["reference"] = json.dumps(reference.to_dict())
+    return meta
+
+
+def set_metadata(path: Path, updates: dict[str, str]) -> None:
+    """Add or replace ``metadata_props`` entries of the file at ``path`` (graph unchanged).
+
+    Written to a temporary file and renamed, so ``path`` is never half-written.
+    """
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props} | updates
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def count_ops(model: onnx.ModelProto, op_type: str) -> int:

@@ -6,8 +6,10 @@ Three sources, chosen by one string (``--weights``):
   checked the way torchvision checks them (the sha256 of the file starts with the hex prefix
   in its name). Each entry carries its own preprocessing and published accuracy as data.
 * a path to a ``state_dict`` file (``torch.save(model.state_dict())``, torchvision's included).
-* ``random``: seeded torchvision-style init, then BatchNorm statistics calibrated on seeded
-  Gaussian noise so that the BatchNorms are not identities (folding is exercised for real).
+* ``random``: seeded torchvision-style init, random BatchNorm affine parameters, and running
+  statistics measured on real photos (the default calibration photos), so that the BatchNorms
+  are not identities (folding is exercised for real) and the logits on photos have the scale
+  of a network whose statistics match its inputs.
 """
 
 from __future__ import annotations
@@ -218,8 +220,19 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
         raise WeightsError(f"state_dict does not fit: {e}") from e
 
 
-def _calibrate_bn(model: nn.Module, seed: int) -> None:
-    """Give every BatchNorm non-trivial affine params and running stats from Gaussian noise."""
+def calibration_batch(spec: Preprocessing) -> Tensor:
+    """The default calibration photos (``export.calibration``), centre-cropped as the server
+    does and normalised: float32 ``[10, 3, crop, crop]``."""
+    from export.calibration import samples, skimage_photos
+    from export.reference import to_tensor_normalize
+
+    images = samples(skimage_photos().photos, spec, per_photo=1)
+    return to_tensor_normalize(images, spec, torch.float32)
+
+
+def _calibrate_bn(model: nn.Module, seed: int, batch: Tensor) -> None:
+    """Give every BatchNorm random affine parameters and running statistics measured on
+    ``batch`` (real photos) in train mode, as training would leave them."""
     gen = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     with torch.no_grad():
@@ -228,7 +241,7 @@ def _calibrate_bn(model: nn.Module, seed: int) -> None:
             bn.bias.copy_((torch.rand(bn.num_features, generator=gen) - 0.5) * 0.2)
             bn.momentum = None  # cumulative average: one batch sets the stats exactly
         model.train()
-        model(torch.randn(8, 3, 128, 128, generator=gen))
+        model(batch)
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
@@ -242,13 +255,15 @@ def _sha256_state_dict(state_dict: Mapping[str, Tensor]) -> str:
 
 def random_weights(architecture: str, seed: int) -> ResolvedWeights:
     """Seeded random weights (reproducible for a given torch version and seed)."""
+    spec = imagenet_transform()
+    batch = calibration_batch(spec)
     torch.manual_seed(seed)
     model = build(architecture)
-    _calibrate_bn(model, seed)
+    _calibrate_bn(model, seed, batch)
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return ResolvedWeights(
         state_dict, "random", "random", f"seed={seed}", _sha256_state_dict(state_dict),
-        imagenet_transform(), {},
+        spec, {},
     )  # fmt: skip
 
 

@@ -309,7 +309,9 @@ class Batcher(Generic[T, R]):
         try:
             results = await runner([item.payload for item in batch])
             if len(results) != len(batch):
-                raise ValueError(f"runner returned {len(results)} results for {len(batch)} payloads")
+                raise ValueError(
+                    f"runner returned {len(results)} results for {len(batch)} payloads"
+                )
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # we are being stopped

@@ -7,10 +7,18 @@ parses and validates it; it needs no ONNX or torch import: callers pass the
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from server.agreement import AgreementRecord
+
+T = TypeVar("T")
 
 FORMAT_KEY = "resnet_server.format"
 SUPPORTED_FORMATS = frozenset({"1"})
@@ -57,6 +65,100 @@ class Preprocessing:
         }
 
 
+@dataclass(frozen=True, eq=False)
+class ReferenceLogits:
+    """Metadata ``reference``: the fp32 model's logits on the verification photos.
+
+    ``logits``: float32 ``[len(photos), classes]``, computed by the float64 unfused PyTorch
+    model on the photos as ``server.preprocess`` prepares them. ``photos``: ``(name, sha256)``
+    of each photo, row order; ``computed_with``: how (torch version, dtype).
+    """
+
+    photos: tuple[tuple[str, str], ...]
+    logits: npt.NDArray[np.float32] = field(repr=False)
+    computed_with: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = np.ascontiguousarray(self.logits, dtype="<f4").tobytes()
+        return {
+            "photos": [{"name": n, "sha256": h} for n, h in self.photos],
+            "dtype": "float32",
+            "shape": list(self.logits.shape),
+            "logits_b64": base64.b64encode(data).decode("ascii"),
+            "computed_with": self.computed_with,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReferenceLogits:
+        """Raises ``MetadataError`` when the shape, dtype or data do not fit together."""
+        photos = tuple((str(p["name"]), str(p["sha256"])) for p in d["photos"])
+        shape = tuple(int(x) for x in d["shape"])
+        if d.get("dtype") != "float32" or len(shape) != 2 or shape[0] != len(photos):
+            raise MetadataError(
+                f"reference logits must be float32 [photos, classes] for {len(photos)} photos, "
+                f"got {d.get('dtype')} {list(shape)}"
+            )
+        raw = base64.b64decode(d["logits_b64"], validate=True)
+        if len(raw) != 4 * shape[0] * shape[1]:
+            raise MetadataError(
+                f"reference logits hold {len(raw)} bytes, not {list(shape)} float32"
+            )
+        logits = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
+        return cls(photos, logits, str(d.get("computed_with", "")))
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """Metadata ``calibration`` of an INT8 file: the quantisation recipe and its photos.
+
+    ``method``: ONNX Runtime calibration method (``MinMax``, ``Entropy``, ``Percentile``);
+    ``per_channel``: per-output-channel weight scales; ``activation_type`` /
+    ``weight_type``: ``QUInt8`` / ``QInt8``; ``reduce_range``: 7-bit weights;
+    ``quant_format``: ``QDQ``; ``photos``: distinct photos, ``samples``: crops fed to the
+    calibrator; ``source``: where the photos came from; ``options``: any other setting.
+    """
+
+    method: str
+    per_channel: bool
+    activation_type: str
+    weight_type: str
+    reduce_range: bool
+    quant_format: str
+    photos: int
+    samples: int
+    source: str
+    options: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "per_channel": self.per_channel,
+            "activation_type": self.activation_type,
+            "weight_type": self.weight_type,
+            "reduce_range": self.reduce_range,
+            "quant_format": self.quant_format,
+            "photos": self.photos,
+            "samples": self.samples,
+            "source": self.source,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CalibrationRecord:
+        return cls(
+            method=str(d["method"]),
+            per_channel=bool(d["per_channel"]),
+            activation_type=str(d["activation_type"]),
+            weight_type=str(d["weight_type"]),
+            reduce_range=bool(d["reduce_range"]),
+            quant_format=str(d["quant_format"]),
+            photos=int(d["photos"]),
+            samples=int(d["samples"]),
+            source=str(d["source"]),
+            options=dict(d.get("options", {})),
+        )
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """Everything the server needs to serve a model, read from the file itself."""
@@ -77,6 +179,12 @@ class ModelMetadata:
     precision: str
     project_version: str
     opset: str
+    reference: ReferenceLogits | None = None
+    """Reference logits on the verification photos (files exported before it: None)."""
+    agreement: AgreementRecord | None = None
+    """Agreement measured at export (reduced precisions only)."""
+    calibration: CalibrationRecord | None = None
+    """INT8 calibration recipe (int8 only)."""
 
     @property
     def num_classes(self) -> int:
@@ -133,4 +241,21 @@ def parse_metadata(props: Mapping[str, str]) -> ModelMetadata:
         precision=props.get("precision", "fp32"),
         project_version=props.get("project_version", "unknown"),
         opset=props.get("opset", ""),
+        reference=_optional(props, "reference", ReferenceLogits.from_dict),
+        agreement=_optional(props, "agreement", AgreementRecord.from_dict),
+        calibration=_optional(props, "calibration", CalibrationRecord.from_dict),
     )
+
+
+def _optional(props: Mapping[str, str], key: str, parse: Callable[[Any], T]) -> T | None:
+    """Parse an optional JSON key; None when absent, MetadataError naming it when malformed."""
+    if key not in props:
+        return None
+    try:
+        return parse(json.loads(props[key]))
+    except MetadataError as e:
+        raise MetadataError(f"model metadata {key!r} is malformed: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSONDecodeError included
+        raise MetadataError(
+            f"model metadata {key!r} is malformed: {type(e).__name__} {e}"
+        ) from None

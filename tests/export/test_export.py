@@ -31,7 +31,10 @@ from export.weights import (
     lookup,
     random_weights,
 )
+from server.agreement import DEFAULT_FLOORS, compare
+from server.cpuinfo import read_cpuinfo
 from server.modelmeta import parse_metadata
+from server.photos import photo_batch, verification_photos
 
 Exported = dict[str, tuple[Path, Report]]
 ARCHS = ("resnet18", "resnet50")
@@ -120,12 +123,17 @@ def test_ort_matches_pytorch(exported: Exported, arch: str) -> None:
     report = exported[arch][1]
     assert report.ok, report.format()
     names = {c.name for c in report.checks}
-    assert {
-        "max |ort - torch|",
-        "top-1 identical",
-        "BatchNormalization nodes",
-        "onnx.checker",
-    } <= names
+    assert {"BatchNormalization nodes", "onnx.checker"} <= names
+    # verified on the serving engine (auto: OpenVINO here) and on ONNX Runtime CPU
+    for engine in ("openvino (openvino", "cpu (onnxruntime"):
+        checks = [c for c in report.checks if c.name.startswith(engine)]
+        assert [c.name.split(": ", 1)[1] for c in checks] == [
+            "batch 1 = row of batch 7",
+            "max |file - float64 torch|",
+            "top-1 identical",
+            "photos",
+        ]
+        assert "top-1 7/7, top-5 overlap 1.000" in checks[3].detail
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -149,6 +157,15 @@ def test_metadata_round_trip(exported: Exported, arch: str) -> None:
     assert (meta.input_name, meta.input_layout, meta.input_dtype) == ("images", "NHWC", "uint8")
     assert (meta.output_name, meta.precision, meta.opset) == ("logits", "fp32", "17")
     assert meta.accuracy == {}
+    assert meta.reference is not None
+    assert meta.reference.photos == tuple((p.name, p.sha256) for p in verification_photos())
+    assert meta.reference.logits.shape == (7, 1000)
+    assert meta.reference.computed_with.startswith("torch 2.13.0")
+    assert (meta.agreement, meta.calibration) == (None, None)
+    # the server's own engine on the server's own preprocessing reproduces the reference
+    photos = photo_batch(verification_photos(), meta.preprocessing)
+    logits = session.run(None, {"images": photos})[0]
+    assert compare(meta.reference.logits, logits).max_rel_logit_error < 1e-5
 
 
 def test_published_weights_carry_their_preprocessing() -> None:
@@ -234,10 +251,14 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_cli_exports_random_resnet18(tmp_path: Path) -> None:
-    result = _cli("resnet18", "--weights", "random", "--out-dir", str(tmp_path), "--name", "r18")
+    result = _cli(
+        "resnet18", "--weights", "random", "--out-dir", str(tmp_path), "--name", "r18",
+        "--provider", "cpu",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"verify {tmp_path / 'r18.onnx'}: OK" in result.stdout
-    assert "max |ort - torch|" in result.stdout
+    assert "[ok] cpu (onnxruntime 1.32.0, fp32): max |file - float64 torch|" in result.stdout
+    assert "openvino" not in result.stdout
     assert (tmp_path / "r18.onnx").is_file()
 
 
@@ -254,14 +275,23 @@ def test_cli_no_network_exit_code_3(tmp_path: Path) -> None:
 
 def test_cli_fp16(tmp_path: Path) -> None:
     result = _cli(
-        "resnet18", "--weights", "random", "--precision", "fp16", "--out-dir", str(tmp_path)
-    )
+        "resnet18", "--weights", "random", "--precision", "fp16", "--out-dir", str(tmp_path),
+        "--provider", "cpu",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
-    assert "top-1 agreement" in result.stdout
+    assert "[ok] cpu (onnxruntime 1.32.0, fp16): agreement on 7 photos: top-1 7/7" in result.stdout
     session = ort.InferenceSession(
-        str(tmp_path / "resnet18.onnx"), providers=["CPUExecutionProvider"]
+        str(tmp_path / "resnet18-fp16.onnx"), providers=["CPUExecutionProvider"]
     )
-    assert parse_metadata(session.get_modelmeta().custom_metadata_map).precision == "fp16"
+    meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
+    assert meta.precision == "fp16"
+    assert meta.agreement is not None
+    assert (meta.agreement.precision, meta.agreement.serving_provider) == ("fp16", "cpu")
+    assert meta.agreement.floors == DEFAULT_FLOORS["fp16"]
+    (measured,) = meta.agreement.measurements
+    assert (measured.provider, measured.executed_precision) == ("cpu", "fp16")
+    assert measured.agreement.top1 == 1.0
+    assert measured.cpu == read_cpuinfo().describe()
     (logits,) = session.run(None, {"images": random_images(2, 224, seed=0)})
     assert logits.dtype == np.float32
 
@@ -276,7 +306,7 @@ def test_a_model_that_fails_verification_never_replaces_the_served_one(
 
     def failing_verify(path: Path, *args: object, **kwargs: object) -> Report:
         report = Report(path)
-        report.add("max |ort - torch|", False, "1.0e+00 (bound 1e-04)")
+        report.add("cpu: max |file - float64 torch|", False, "1.0e+00 (bound 1e-04)")
         return report
 
     monkeypatch.setattr(export.cli, "verify", failing_verify)
