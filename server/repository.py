@@ -16,6 +16,7 @@ from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo
 from .engines import Engine, EngineOptions, auto_provider, open_engine
 from .errors import NotReady, UnknownModel
+from .fidelity import LoadAgreement, check_agreement
 from .metrics import Metrics
 from .modelmeta import ModelMetadata
 from .onnxfile import read_metadata_props
@@ -48,6 +49,8 @@ class ServedModel:
     config: BatchConfig
     admission: Admission
     runners: list[Runner] = field(default_factory=list)
+    agreement: LoadAgreement | None = None
+    """the load-time agreement check; None when off or the file carries no reference"""
     load_seconds: float = 0.0
     ready: bool = False
     not_ready_reason: str = "loading"
@@ -186,6 +189,9 @@ class ModelRepository:
     async def _load(self, spec: ModelSpec) -> ServedModel:
         s, start, name = self._settings, time.monotonic(), spec.name
         engine = await asyncio.to_thread(open_engine, spec.path, self._options(spec), self.cpu)
+        agreement = None
+        if s.agreement_check:  # before anything else: a model that disagrees is not served
+            agreement = await asyncio.to_thread(check_agreement, name, engine)
         run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
         runners = [
             Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
@@ -200,7 +206,7 @@ class ModelRepository:
         admission = Admission(name, capacity, config.queue_timeout)
         queue_config = dataclasses.replace(config, max_queue_size=capacity)
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
-        model = ServedModel(name, engine, batcher, config, admission, runners)
+        model = ServedModel(name, engine, batcher, config, admission, runners, agreement)
         await asyncio.to_thread(engine.warmup, s.warmup_sizes)
         await batcher.start()
         model.load_seconds = time.monotonic() - start

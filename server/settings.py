@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         "where it cannot run)",
     )
     allow_cpu_fallback: bool = True
+    agreement_check: bool = Field(
+        True,
+        description="at load, run the verification photos on the serving engine and refuse a "
+        "model below its precision's agreement floors with its fp32 reference",
+    )
     cores: int = Field(
         0,
         ge=0,

@@ -44,6 +44,19 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_models(out)
 
 
+@pytest.fixture(scope="session")
+def variant_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """resnet18 in fp32 (a link to model_dir's) and its INT8 export, side by side."""
+    out = tmp_path_factory.mktemp("variants")
+    (out / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
+    subprocess.run(
+        [sys.executable, "-m", "export", "resnet18", "--weights", "random", "--seed", "0",
+         "--precision", "int8", "--out-dir", str(out)],
+        check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    return out
+
+
 @dataclass
 class ServerProcess:
     """A real ``python -m server`` on 127.0.0.1; ``log`` holds its combined output so far."""

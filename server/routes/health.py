@@ -43,6 +43,11 @@ class ModelInfo(BaseModel):
         description="runtime, devices, nodes that fell back to the CPU provider, and layers by "
         "the precision they execute in"
     )
+    agreement: dict[str, Any] | None = Field(
+        description="agreement with the fp32 reference on the verification photos: checked at "
+        "load on this engine (at_load) and recorded at export (at_export); null without a "
+        "reference in the file"
+    )
     instances: int
     input: dict[str, Any]
     output: dict[str, Any]
@@ -106,6 +111,7 @@ def model_info(m: ServedModel) -> ModelInfo:
         provider_fallback=report.fallback,
         session_providers=list(report.devices),
         engine=report.describe(),
+        agreement=_agreement(m),
         instances=m.engine.instances,
         input={"name": meta.input_name, "dtype": meta.input_dtype, "layout": meta.input_layout,
                "shape": [-1, crop, crop, 3]},
@@ -119,6 +125,16 @@ def model_info(m: ServedModel) -> ModelInfo:
                   "queue_timeout_ms": cfg.queue_timeout * 1000},
         load_seconds=round(m.load_seconds, 3),
     )  # fmt: skip
+
+
+def _agreement(m: ServedModel) -> dict[str, Any] | None:
+    recorded = m.meta.agreement
+    if m.agreement is None and recorded is None:
+        return None
+    return {
+        "at_load": None if m.agreement is None else m.agreement.describe(),
+        "at_export": None if recorded is None else recorded.to_dict(),
+    }
 
 
 @router.get("/models", response_model=ModelList)

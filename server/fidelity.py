@@ -1,0 +1,79 @@
+"""The agreement check at load: the served variant, on the engine that serves it, against the
+fp32 reference its file carries.
+
+Every exported file carries the reference logits of the float64 PyTorch model on the
+verification photos (metadata ``reference``). At load the server runs those photos, through
+its own preprocessing, on the engine it will serve with (provider, precision, CPU of *this*
+machine), and compares with :func:`server.agreement.compare`. A variant below its floors is
+refused: a model that answers differently from its fp32 self is never served silently.
+Blocking (runs the engine); called in a thread at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .agreement import Agreement, Floors, compare, default_floors, violations
+from .engines import Engine
+from .photos import Photo, photo_batch, verification_photos
+
+
+class AgreementError(RuntimeError):
+    """The variant misses its agreement floors on this machine; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class LoadAgreement:
+    """The check's outcome: the measures, the floors applied, what the engine ran."""
+
+    agreement: Agreement
+    floors: Floors
+    precision: str
+    provider: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "measured_on": f"{self.provider}, {self.precision}, this machine, at load",
+            "values": self.agreement.to_dict(),
+            "floors": self.floors.to_dict(),
+        }
+
+
+def _photos_of(reference_photos: tuple[tuple[str, str], ...]) -> list[Photo] | None:
+    by_hash = {p.sha256: p for p in verification_photos()}
+    found = [by_hash.get(sha256) for _, sha256 in reference_photos]
+    return None if any(p is None for p in found) else [p for p in found if p is not None]
+
+
+def check_agreement(
+    name: str, engine: Engine, overrides: Mapping[str, float] | None = None
+) -> LoadAgreement | None:
+    """Measure ``engine`` against its file's reference; None if the file carries none (files
+    exported before the reference existed) or was made with other photos.
+
+    Raises:
+        AgreementError: a floor of the served precision is missed.
+        PhotoSetError: the shipped photos are altered (reinstall).
+    """
+    reference = engine.meta.reference
+    if reference is None:
+        return None
+    photos = _photos_of(reference.photos)
+    if photos is None:
+        return None
+    report = engine.report
+    logits = engine.run(0, photo_batch(photos, engine.meta.preprocessing))
+    agreement = compare(reference.logits, logits)
+    floors = default_floors(report.precision).with_overrides(overrides or {})
+    missed = violations(agreement, floors)
+    if missed:
+        raise AgreementError(
+            f"model {name} ({report.precision} on {report.provider}, {report.runtime}) misses "
+            f"its agreement floors on {agreement.photos} verification photos: "
+            f"{'; '.join(missed)}. Serve the fp32 model, re-export this one on this machine "
+            "(python -m export ... --precision ...), or set agreement_check=false to serve "
+            "it anyway"
+        )
+    return LoadAgreement(agreement, floors, report.precision, report.provider)
