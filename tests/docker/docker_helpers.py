@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, free_port
 
-sys.path.insert(0, str(ROOT / "docker"))
+sys.path.append(str(ROOT / "docker"))
 import localbuild
 
 __all__ = ["BUILDS", "Image", "build_image", "localbuild", "metric", "start", "wait_until"]
