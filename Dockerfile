@@ -3,8 +3,8 @@
 # ResNet18/50 ImageNet inference server (ONNX Runtime, FastAPI, dynamic batching).
 #
 # Targets (see docs/DEPLOYMENT.md):
-#   cpu  - DEFAULT (last stage): python:3.11 slim + onnxruntime (CPU). `docker build .` builds it.
-#   gpu  - nvidia/cuda 13.0 + cuDNN 9 runtime (Ubuntu 24.04, Python 3.12) + onnxruntime-gpu.
+#   cpu  - DEFAULT (last stage): Python 3.11 + onnxruntime (CPU) + the OpenVINO runtime.
+#   gpu  - the same base + onnxruntime-gpu, with CUDA 13 and cuDNN 9 from NVIDIA's pip wheels.
 #
 #   docker build --target cpu -t resnet-server:cpu .
 #   docker build --target gpu -t resnet-server:gpu .
@@ -13,44 +13,70 @@
 # Models are exported at build time (stage `export`, CPU torch) and copied into the runtime
 # images, so the runtime images contain no torch and need no network at start.
 #
-# Base image pinning: bases are pinned by full version tag. No digest is pinned because none
-# could be verified from this environment (no registry access, no Docker engine); a digest
-# copied from memory would be worse than none. Pin digests in your registry mirror, e.g.
-#   docker buildx imagetools inspect python:3.11.14-slim-bookworm
-# and pass --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest>.
+# Built and run for real by `make docker-test` (tests/docker/), with buildah and a base image
+# made by debootstrap, on a machine with no registry access: see docs/DEPLOYMENT.md.
 #
-# CUDA / cuDNN pairing: onnxruntime-gpu 1.31.1 from PyPI is built against CUDA 13 (its
+# Base image: PYTHON_IMAGE must provide `python3` (3.11, with the venv module) and
+# useradd/groupadd; python:3.11-slim and Debian 12 with python3-venv both do. It is pinned by
+# full version tag; pin a digest in your mirror with
+#   --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest>
+#
+# CUDA / cuDNN: onnxruntime-gpu 1.31.1 from PyPI is built against CUDA 13 (its
 # libonnxruntime_providers_cuda.so links libcudart.so.13, libcublas.so.13, libcublasLt.so.13,
-# libcurand.so.10; its `cudnn` extra asks for nvidia-cudnn-cu13~=9.0), i.e. CUDA 13.x + cuDNN 9.
-# nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 ships CUDA 13.0.1 runtime libraries and
-# cuDNN 9.13 for CUDA 13 (libcudnn9-cuda-13). Host driver must support CUDA 13 (>= 580).
-# The CUDA 12 build of onnxruntime-gpu is only on Microsoft's own feed, not PyPI.
+# libcurand.so.10 and libcuda.so.1; it dlopens libcudnn.so.9). Its `cuda` and `cudnn` extras
+# install exactly those libraries as NVIDIA's pip wheels (nvidia-cuda-runtime, nvidia-curand,
+# nvidia-cudnn-cu13 -> nvidia-cublas, ...), so the GPU image needs no nvidia/cuda base image.
+# libcuda.so.1 is the driver's: the NVIDIA Container Toolkit mounts it at run time. Host driver
+# must support CUDA 13 (>= 580).
+#
+# Layer order, most stable first: the dependencies (/opt/venv, changes with pyproject.toml),
+# the models (/models, changes with export/ or the weights), the application (/opt/app, changes
+# with every commit). A change to server/ rebuilds only the last, small layer.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+# ---------------------------------------------------------------------------------------------
+# torch-wheels: local wheels offered to the export stage's torch install. Empty by default;
+# a machine that keeps the CPU torch wheel on disk instead of reaching download.pytorch.org
+# replaces it with  --build-context torch-wheels=/path/to/wheels  (see docs/DEPLOYMENT.md).
+# ---------------------------------------------------------------------------------------------
+FROM scratch AS torch-wheels
+
+# ---------------------------------------------------------------------------------------------
+# venv: an empty virtualenv on the base interpreter (Debian's python3 refuses system-wide pip
+# installs, PEP 668; python:3.11-slim allows them, the venv works on both).
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS venv
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
+WORKDIR /src
 
 # ---------------------------------------------------------------------------------------------
 # export: CPU torch, exports the ONNX models to /models at build time.
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS export
+FROM venv AS export
 ARG TORCH_VERSION=2.13.0
+# The `+cpu` build only: PyPI's torch of the same version pulls the multi-GB CUDA stack. The
+# index also serves torch's own dependencies (sympy, networkx, ...).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG ORT_VERSION=1.31.1
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     RESNET_WEIGHTS_CACHE=/tmp/weights-cache
-WORKDIR /src
-# CPU-only torch wheel from PyTorch's index (the PyPI one pulls the CUDA stack).
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+RUN --mount=type=bind,from=torch-wheels,target=/wheels \
+    pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" --find-links /wheels \
+        "torch==${TORCH_VERSION}+cpu"
 COPY pyproject.toml ./
 COPY docker/requirements.py docker/requirements.py
 # The rest of `.[export]` (onnx, onnxscript, tqdm, numpy, onnxruntime for the export's own
 # verification); torch==2.13.0 is already met by the +cpu wheel.
 RUN python docker/requirements.py --ort "onnxruntime==${ORT_VERSION}" --extra export > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-# export/ imports the metadata contract (server/modelmeta.py, stdlib only) from server/.
+# export/ imports only the metadata contract from server/ (server/modelmeta.py, stdlib only):
+# copying no more of server/ keeps a server change from re-exporting the models.
 COPY export/ export/
-COPY server/ server/
+COPY server/__init__.py server/modelmeta.py server/
 RUN pip install --no-cache-dir --no-deps .
 COPY docker/export_models.py docker/export_models.py
 COPY docker/weights/ docker/weights/
@@ -64,63 +90,49 @@ ENV WEIGHTS=${WEIGHTS} \
 RUN python docker/export_models.py
 
 # ---------------------------------------------------------------------------------------------
-# gpu-build: virtualenv with the server + onnxruntime-gpu (discarded; only /opt/venv is kept).
+# app: the project itself (server/, export/ and its dist-info for the version), apart from its
+# dependencies, so that a code change does not rebuild or re-ship the dependency layer.
 # ---------------------------------------------------------------------------------------------
-FROM ${CUDA_IMAGE} AS gpu-build
-ARG ORT_GPU_VERSION=1.31.1
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# Unpinned apt versions (DL3008) on purpose: the base image is pinned by tag, and Ubuntu's
-# archive drops superseded python3.12 security builds, so an exact `=version` pin breaks the
-# build within weeks instead of making it reproducible. The interpreter comes from the pinned
-# Ubuntu 24.04 release (python3.12); the Python packages below are pinned.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
+FROM venv AS app
 COPY pyproject.toml ./
-COPY docker/requirements.py docker/requirements.py
-RUN python docker/requirements.py --ort "onnxruntime-gpu==${ORT_GPU_VERSION}" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
-COPY server/ server/
 COPY export/ export/
-RUN pip install --no-cache-dir --no-deps . \
-    && pip uninstall -y pip \
-    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+COPY server/ server/
+RUN pip install --no-cache-dir --no-deps --target /opt/app .
 
 # ---------------------------------------------------------------------------------------------
-# gpu: NVIDIA CUDA 13 + cuDNN 9 runtime, non-root, models baked in.
+# cpu-deps / gpu-deps: the server's dependencies from pyproject.toml, with onnxruntime replaced
+# by the CPU or the GPU build; pip and setuptools removed afterwards.
 # ---------------------------------------------------------------------------------------------
-FROM ${CUDA_IMAGE} AS gpu
-ENV DEBIAN_FRONTEND=noninteractive
-# See gpu-build for why the apt version is not pinned. Only the interpreter: no pip, no venv
-# module, no compilers.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 resnet \
+FROM venv AS cpu-deps
+ARG ORT_VERSION=1.31.1
+# Optional-dependency groups of pyproject.toml to add, space separated ("" for none).
+ARG CPU_EXTRAS=openvino
+COPY pyproject.toml docker/requirements.py ./
+RUN python requirements.py --ort "onnxruntime==${ORT_VERSION}" --extra "${CPU_EXTRAS}" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && pip uninstall -q -y pip setuptools
+
+FROM venv AS gpu-deps
+ARG ORT_GPU_VERSION=1.31.1
+COPY pyproject.toml docker/requirements.py ./
+RUN python requirements.py --ort "onnxruntime-gpu[cuda,cudnn]==${ORT_GPU_VERSION}" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && pip uninstall -q -y pip setuptools
+
+# ---------------------------------------------------------------------------------------------
+# runtime: what both images share. Non-root user, settings, probes, signal, entry point.
+# ---------------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 resnet \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin resnet
-COPY --from=gpu-build /opt/venv /opt/venv
-COPY --from=export --chown=10001:10001 /models /models
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     RESNET_MODEL_DIR=/models \
-    RESNET_PORT=8000 \
-    RESNET_PROVIDER=cuda \
-    RESNET_ALLOW_CPU_FALLBACK=false
-LABEL org.opencontainers.image.title="resnet-server" \
-      org.opencontainers.image.description="ResNet18/50 ImageNet inference on ONNX Runtime (CUDA 13, cuDNN 9)" \
-      org.opencontainers.image.licenses="Apache-2.0"
+    RESNET_PORT=8000
 WORKDIR /tmp
-USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RESNET_PORT', '8000'), timeout=2)"]
@@ -131,48 +143,32 @@ ENTRYPOINT ["python", "-m", "server"]
 CMD ["--host", "0.0.0.0"]
 
 # ---------------------------------------------------------------------------------------------
-# cpu-build: virtualenv with the server + onnxruntime (CPU).
+# gpu: onnxruntime-gpu + CUDA 13 / cuDNN 9 wheels, non-root, models baked in.
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS cpu-build
-ARG ORT_VERSION=1.31.1
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-COPY pyproject.toml ./
-COPY docker/requirements.py docker/requirements.py
-RUN python docker/requirements.py --ort "onnxruntime==${ORT_VERSION}" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
-COPY server/ server/
-COPY export/ export/
-RUN pip install --no-cache-dir --no-deps . \
-    && pip uninstall -y pip \
-    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+FROM runtime AS gpu
+COPY --from=gpu-deps /opt/venv /opt/venv
+# The CUDA and cuDNN libraries live in the wheels' site-packages/nvidia/*/lib folders: register
+# them with the dynamic loader, so onnxruntime's CUDA provider finds them without code changes.
+RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/resnet-nvidia-pip.conf \
+    && ldconfig
+COPY --from=export /models /models
+COPY --from=app /opt/app /opt/app
+ENV RESNET_PROVIDER=cuda \
+    RESNET_ALLOW_CPU_FALLBACK=false
+LABEL org.opencontainers.image.title="resnet-server" \
+      org.opencontainers.image.description="ResNet18/50 ImageNet inference on ONNX Runtime (CUDA 13, cuDNN 9)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+USER 10001:10001
 
 # ---------------------------------------------------------------------------------------------
-# cpu (DEFAULT target): slim Python + onnxruntime, non-root, models baked in.
+# cpu (DEFAULT target): onnxruntime (CPU) + OpenVINO, non-root, models baked in.
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS cpu
-RUN groupadd --system --gid 10001 resnet \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin resnet
-COPY --from=cpu-build /opt/venv /opt/venv
-COPY --from=export --chown=10001:10001 /models /models
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    RESNET_MODEL_DIR=/models \
-    RESNET_PORT=8000 \
-    RESNET_PROVIDER=cpu
+FROM runtime AS cpu
+COPY --from=cpu-deps /opt/venv /opt/venv
+COPY --from=export /models /models
+COPY --from=app /opt/app /opt/app
+ENV RESNET_PROVIDER=cpu
 LABEL org.opencontainers.image.title="resnet-server" \
       org.opencontainers.image.description="ResNet18/50 ImageNet inference on ONNX Runtime (CPU)" \
       org.opencontainers.image.licenses="Apache-2.0"
-WORKDIR /tmp
 USER 10001:10001
-EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RESNET_PORT', '8000'), timeout=2)"]
-STOPSIGNAL SIGTERM
-ENTRYPOINT ["python", "-m", "server"]
-CMD ["--host", "0.0.0.0"]

@@ -16,6 +16,12 @@ from pathlib import Path
 
 EXIT_DOWNLOAD_FAILED = 3  # python -m export: imagenet weights could not be downloaded
 
+RANDOM_BANNER = """
+!!! WEIGHTS=random: exporting SEEDED RANDOM weights (seed 0) into this image.
+!!! Its predictions are meaningless. The server says so again in GET /models
+!!! ("random_weights": true), in resnet_model_info{random_weights="true"} and in its log.
+"""
+
 
 def main() -> int:
     weights = os.environ.get("WEIGHTS", "imagenet").strip() or "imagenet"
@@ -38,6 +44,9 @@ def main() -> int:
             )
             return 2
     cmd = [sys.executable, "-m", "export", *models, "--weights", weights, "--out-dir", out_dir]
+    if weights == "random":
+        cmd += ["--seed", "0"]
+        print(RANDOM_BANNER, flush=True)
     print("+", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd)
     if rc == EXIT_DOWNLOAD_FAILED:

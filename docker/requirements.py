@@ -7,6 +7,10 @@ both wheels would put two copies of the ``onnxruntime`` module in one environmen
 
     python docker/requirements.py --ort onnxruntime-gpu==1.31.1 > requirements.txt
     python docker/requirements.py --ort onnxruntime==1.31.1 --extra export > requirements.txt
+    python docker/requirements.py --ort onnxruntime==1.31.1 --extra "$CPU_EXTRAS"  # "" = none
+
+``--extra`` takes one group or several separated by spaces or commas, so that a Dockerfile
+build argument can list any number of groups (or none) without shell word-splitting.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 def requirements(pyproject: Path, ort: str, extras: tuple[str, ...] = ()) -> list[str]:
     project = tomllib.loads(pyproject.read_text())["project"]
     deps: list[str] = list(project["dependencies"])
+    groups = project.get("optional-dependencies", {})
     for extra in extras:
-        deps += project["optional-dependencies"][extra]
+        if extra not in groups:
+            raise SystemExit(
+                f"pyproject.toml has no optional-dependencies group {extra!r} "
+                f"(it has: {', '.join(sorted(groups))})"
+            )
+        deps += groups[extra]
     out: list[str] = []
     replaced = False
     for dep in deps:
@@ -45,10 +55,14 @@ def main() -> None:
     p.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
     p.add_argument("--ort", required=True, help="requirement that replaces onnxruntime")
     p.add_argument(
-        "--extra", action="append", default=[], help="also an optional-dependencies group"
+        "--extra",
+        action="append",
+        default=[],
+        help="also these optional-dependencies groups (space or comma separated)",
     )
     args = p.parse_args()
-    reqs = requirements(args.pyproject, args.ort, tuple(args.extra))
+    extras = tuple(name for value in args.extra for name in re.split(r"[\s,]+", value) if name)
+    reqs = requirements(args.pyproject, args.ort, extras)
     sys.stdout.write("\n".join(reqs) + "\n")
 
 
