@@ -69,14 +69,16 @@ RUN --mount=type=bind,from=torch-wheels,target=/wheels \
         "torch==${TORCH_VERSION}+cpu"
 COPY pyproject.toml ./
 COPY docker/requirements.py docker/requirements.py
-# The rest of `.[export]` (onnx, onnxscript, tqdm, numpy, onnxruntime for the export's own
-# verification); torch==2.13.0 is already met by the +cpu wheel.
-RUN python docker/requirements.py --ort "onnxruntime==${ORT_VERSION}" --extra export > /tmp/requirements.txt \
+# The rest of `.[export]` (onnx, onnxscript, tqdm, numpy, scikit-image's photos for INT8
+# calibration) and `.[openvino]`: the export verifies each model, and measures each INT8
+# model's agreement, on the engine the CPU image serves it with. torch==2.13.0 is already met
+# by the +cpu wheel.
+RUN python docker/requirements.py --ort "onnxruntime==${ORT_VERSION}" --extra "export openvino" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-# export/ imports only the metadata contract from server/ (server/modelmeta.py, stdlib only):
-# copying no more of server/ keeps a server change from re-exporting the models.
+# The export verifies with the server's own preprocessing, engines and verification photos,
+# so it needs server/ whole: a server change re-exports the models.
 COPY export/ export/
-COPY server/__init__.py server/modelmeta.py server/
+COPY server/ server/
 RUN pip install --no-cache-dir --no-deps .
 COPY docker/export_models.py docker/export_models.py
 COPY docker/weights/ docker/weights/

@@ -107,4 +107,8 @@ async def _load(state: AppState) -> None:
         log.exception("model load failed; readiness stays 503")
         return
     state.lifecycle.started = True
-    log.info("ready: serving %s", sorted(state.repository.models))
+    if state.repository.ready:
+        log.info("ready: serving %s", sorted(state.repository.models))
+    else:
+        bad = {n: m.not_ready_reason for n, m in state.repository.models.items() if not m.ready}
+        log.error("models loaded but NOT ready (readiness stays 503): %s", bad)

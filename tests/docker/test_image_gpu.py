@@ -18,7 +18,7 @@ from docker_helpers import Image, localbuild, metric, start, wait_until
 pytestmark = pytest.mark.slow
 
 DRIVER_LIBRARY = "libcuda.so.1"  # from the host's driver, mounted at run time
-FALLBACK = "CUDA requested but the session fell back to CPU"
+FALLBACK = "cuda was requested but the model runs on cpu (allow_cpu_fallback is off)"
 ROCKET = (Path(skimage.data.__file__).parent / "rocket.jpg").read_bytes()  # a real photo
 
 
