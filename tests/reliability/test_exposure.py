@@ -93,6 +93,7 @@ def test_readme_limits_table_matches_the_settings() -> None:
         "max_queue_size": ("128 images per model", 128),
         "queue_timeout_ms": ("10000", 10_000),
         "max_concurrent_requests": ("512", 512),
+        "max_body_bytes_in_flight": ("256 MiB", 256 * 1024 * 1024),
         "body_timeout_s": ("10", 10),
     }
     assert set(rows) == set(expected)
