@@ -11,8 +11,13 @@ from .errors import Unauthorized
 from .state import AppState, get_state
 
 
-def require_api_key(request: Request, state: Annotated[AppState, Depends(get_state)]) -> None:
-    """Accept ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; constant-time compare.
+async def require_api_key(
+    request: Request, state: Annotated[AppState, Depends(get_state)]
+) -> None:
+    """``async`` so that FastAPI runs it on the event loop: a plain ``def`` dependency costs a
+    thread-pool hop per request (measured: half the loop's CPU per /predict).
+
+    Accept ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; constant-time compare.
 
     Raises:
         Unauthorized: a key is configured and the request's is missing or wrong.

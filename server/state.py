@@ -35,6 +35,7 @@ class AppState:
         return self.lifecycle.started and not self.lifecycle.draining and self.repository.ready
 
 
-def get_state(request: Request) -> AppState:
-    """FastAPI dependency: the app's state (set by ``create_app``)."""
+async def get_state(request: Request) -> AppState:
+    """FastAPI dependency: the app's state (set by ``create_app``). ``async``: a sync
+    dependency would be run in the thread pool, one hop per request."""
     return cast(AppState, request.app.state.server)
