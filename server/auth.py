@@ -11,9 +11,7 @@ from .errors import Unauthorized
 from .state import AppState, get_state
 
 
-async def require_api_key(
-    request: Request, state: Annotated[AppState, Depends(get_state)]
-) -> None:
+async def require_api_key(request: Request, state: Annotated[AppState, Depends(get_state)]) -> None:
     """``async`` so that FastAPI runs it on the event loop: a plain ``def`` dependency costs a
     thread-pool hop per request (measured: half the loop's CPU per /predict).
 
