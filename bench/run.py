@@ -1,18 +1,25 @@
-"""The whole benchmark, in order: limits, then per model the load sweeps (ours interleaved with
-the peers), the open-loop sweep and the batching comparison. Returns a :class:`Results`."""
+"""The whole benchmark, in order: the limits of every variant (raw engine, preprocessing, the
+in-process pipeline, agreement with fp32), then per model the load sweeps of every served
+variant with the peers on the fast one, the open-loop sweep and the batching comparison of the
+fast one, the overload phases, and the thread splits. Returns a :class:`Results`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from . import limits
+from server.engines import openvino_installed
+
+from . import agreement, limits, overload, procs, splits, summary
+from .agreement import Agreement
 from .config import BenchConfig
-from .hw import CpuInfo, cpu_info, load_average
+from .hw import CpuInfo, load_average
 from .images import photos
 from .load import PhaseResult
 from .paired import Paired, paired_latency
@@ -20,13 +27,15 @@ from .sweep import Breakdowns, measure
 from .targets import (
     DELAY,
     LITSERVE,
-    NAIVE,
+    OVERLOAD,
     SERVER,
+    SPLIT,
     Running,
-    batching_policy,
     litserve_available,
+    served_model,
     start,
 )
+from .variants import Plan, Variant
 
 log = logging.getLogger("bench")
 
@@ -36,152 +45,343 @@ LOAD_PHOTO = (500, 375)
 
 @dataclass
 class Results:
-    """Everything one run measured (seconds, images/s, requests/s unless named otherwise)."""
+    """Everything one run measured (seconds, images/s, requests/s unless named otherwise).
+    Variants are keyed ``<served name>@<provider>``."""
 
     cfg: BenchConfig
     command: str
     started: str
     cpu: CpuInfo
+    cpu_features: dict[str, Any]
+    """``server.cpuinfo.read_cpuinfo().describe()``: vendor, bf16, int8 units, matrix flags"""
     threads: int
     pool_threads: int
     load_before: tuple[float, float, float]
+    plan: Plan
+    runtimes: dict[str, str] = field(default_factory=dict)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     duration_s: float = 0.0
-    providers: dict[str, list[str]] = field(default_factory=dict)
-    ort: list[limits.OrtPoint] = field(default_factory=list)
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """variant -> what the in-process engine reported (precision executed, runtime, devices)"""
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
+    """model file name -> its metadata (precision, weights, random_weights)"""
+    served: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """variant -> the server's ``GET /models`` entry"""
+    raw: list[limits.EnginePoint] = field(default_factory=list)
     prep: list[limits.PreprocessPoint] = field(default_factory=list)
     pipe: dict[str, limits.PipelinePoint] = field(default_factory=dict)
+    agreement: dict[str, Agreement] = field(default_factory=dict)
+    recorded: dict[str, Agreement] = field(default_factory=dict)
+    agreement_notes: dict[str, str] = field(default_factory=dict)
+    fast: dict[str, str] = field(default_factory=dict)
+    """architecture -> its fast variant (best in-process ceiling among the served ones)"""
     paired: dict[str, Paired] = field(default_factory=dict)
     closed: list[PhaseResult] = field(default_factory=list)
     open: list[PhaseResult] = field(default_factory=list)
     batching: list[PhaseResult] = field(default_factory=list)
+    overload: list[overload.Overload] = field(default_factory=list)
+    splits: list[PhaseResult] = field(default_factory=list)
+    split_flags: dict[str, dict[str, str]] = field(default_factory=dict)
+    """split label -> the flags that made it"""
     breakdowns: Breakdowns = field(default_factory=dict)
     policy: dict[str, dict[str, object]] = field(default_factory=dict)
     peer_notes: dict[str, str] = field(default_factory=dict)
     load_jpeg_kb: float = 0.0
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:240]
+
+
 def run_limits(res: Results, model_dir: Path) -> dict[str, limits.Model]:
-    """Step 1: raw ORT per batch size, preprocessing per photo size, the in-process pipeline.
+    """Step 1 for every variant: open its engine, time it per batch size (all variants
+    interleaved), preprocessing per photo size, the in-process pipeline, and its agreement
+    with fp32. Variants whose engine cannot open here are dropped from the plan, with why.
 
-    Returns the loaded models, kept for the in-process rounds interleaved with the load.
+    Returns the engines, kept for the in-process rounds interleaved with the load.
     """
-    from server.settings import Settings
-
     cfg = res.cfg
-    settings = Settings.model_validate({
-        "model_dir": model_dir, "intra_op_threads": cfg.intra_op_threads,
-        "provider": "cuda" if cfg.gpu else "cpu",
-    })  # fmt: skip
+    models: dict[str, limits.Model] = {}
+    for v in list(res.plan.limits):
+        try:
+            m = limits.Model(v, model_dir, res.threads)
+        except Exception as e:
+            res.plan.drop(v, f"its engine did not open: {_first_line(e)}")
+            continue
+        models[v.key] = m
+        r = m.report
+        res.engines[v.key] = {"precision": r.precision, "runtime": r.runtime,
+                              "devices": list(r.devices), "layers": dict(r.layers)}  # fmt: skip
+        meta = m.meta
+        res.files[m.path.name] = {"precision": meta.precision, "weights": meta.weights,
+                                  "random_weights": str(meta.random_weights).lower(),
+                                  "sha256": meta.weights_sha256}  # fmt: skip
+    if not models:
+        raise RuntimeError(f"no variant could run here: {res.plan.skipped}")
     load_photos = photos(LOAD_PHOTO)
     res.load_jpeg_kb = len(load_photos[0].jpeg) / 1024
-    steps = len(cfg.models) * 2 + len(cfg.photo_sizes)
-    models = {}
+    first = next(iter(models.values()))
+    base = limits.crops(first, load_photos)
+    steps = 2 * len(models) * len(cfg.batch_sizes) + len(cfg.photo_sizes) + len(models)
     with tqdm(total=steps, desc="limits", unit="step") as bar:
-        for name in cfg.models:
-            model = limits.Model(model_dir / f"{name}.onnx", settings)
-            res.providers[name] = model.providers
-            base = limits.crops(model, load_photos)
-            secs = cfg.ort_seconds * len(cfg.batch_sizes)
-            res.ort += limits.raw_ort(model, name, base, cfg.batch_sizes, secs)
+        res.raw = limits.raw_engine(list(models.values()), base, cfg.batch_sizes,
+                                    cfg.engine_seconds, progress=bar.update)  # fmt: skip
+        for size in cfg.photo_sizes:
+            res.prep.append(limits.preprocessing(first, photos(size), cfg.preprocess_seconds))
             bar.update()
-            if name == cfg.models[0]:
-                for size in cfg.photo_sizes:
-                    res.prep.append(
-                        limits.preprocessing(model, photos(size), cfg.preprocess_seconds)
-                    )
-                    bar.update()
-            res.pipe[name] = limits.pipeline(
-                model, name, [load_photos[1]], cfg.pipeline_seconds, res.pool_threads,
-                cfg.max_batch_size,
-            )  # fmt: skip
+        for key, m in models.items():
+            res.pipe[key] = limits.pipeline(m, [load_photos[1]], cfg.pipeline_seconds,
+                                            res.pool_threads, cfg.max_batch_size)  # fmt: skip
             bar.update()
-            models[name] = model
+    measure_agreement(res, models, model_dir)
+    for arch in res.plan.archs:
+        served = [v.key for v in res.plan.served_of(arch) if v.key in res.pipe]
+        if served:
+            res.fast[arch] = max(served, key=lambda k: res.pipe[k].ceiling_images_per_s)
     return models
 
 
-def _start_all(kinds: list[str], res: Results, model_dir: Path, model: str, jpeg: bytes,
-               log_dir: Path) -> dict[str, Running]:  # fmt: skip
-    running: dict[str, Running] = {}
-    for kind in kinds:
+def measure_agreement(res: Results, models: dict[str, limits.Model], model_dir: Path) -> None:
+    """Every variant's logits on the agreement crops against its fp32 ONNX Runtime CPU
+    variant's (opened for this if it is not measured), and what its file recorded."""
+    for arch in res.plan.archs:
+        ref_v = Variant(arch, "cpu")
+        others = [m for k, m in models.items() if m.variant.arch == arch and k != ref_v.key]
+        for m in others:
+            if (rec := agreement.recorded(m.path, m.variant.provider)) is not None:
+                res.recorded[m.variant.key] = rec
+        if not others:
+            continue
         try:
-            running[kind] = start(kind, res.cfg, model_dir, model, jpeg, log_dir)
+            ref = models.get(ref_v.key) or limits.Model(ref_v, model_dir, res.threads)
         except Exception as e:
-            if kind == SERVER:
-                for r in running.values():
-                    r.proc.stop()
-                raise
-            res.peer_notes[kind] = f"failed to start or serve: {str(e).splitlines()[0][:200]}"
-            log.warning("%s did not start: %s", kind, e)
-    return running
+            for m in others:
+                res.agreement_notes[m.variant.key] = f"no fp32 reference: {_first_line(e)}"
+            continue
+        crops = agreement.inputs(ref.meta.preprocessing)
+        reference = ref.run(crops)
+        ref_weights = agreement.weights_of(ref.path)
+        for m in others:
+            if agreement.weights_of(m.path) != ref_weights:
+                res.agreement_notes[m.variant.key] = (
+                    f"{m.path.name} was made from other weights than {ref.path.name} "
+                    "(weights_sha256 differ): not comparable"
+                )
+                continue
+            res.agreement[m.variant.key] = agreement.compare(reference, m.run(crops))
 
 
-def run_model(
-    res: Results, model_dir: Path, model: str, log_dir: Path, inproc: limits.Model
+def _start(
+    res: Results, kind: str, v: Variant, model_dir: Path, jpeg: bytes, log_dir: Path,
+    **flags: str,
+) -> Running | None:  # fmt: skip
+    """Start ``kind`` for ``v``; on failure record why (a peer note, or drop the variant)."""
+    try:
+        return start(kind, v, res.cfg, model_dir, jpeg, log_dir, **flags)
+    except Exception as e:
+        log.warning("%s for %s did not start: %s", kind, v.key, e)
+        why = f"failed to start or serve: {_first_line(e)}"
+        if kind == SERVER:
+            res.plan.drop(v, f"the server {why}")
+        else:
+            res.peer_notes[f"{kind} ({v.key})"] = why
+        return None
+
+
+def run_arch(
+    res: Results, model_dir: Path, arch: str, log_dir: Path, models: dict[str, limits.Model]
 ) -> None:
-    """Steps 2-3 and the batching comparison for one model."""
+    """Steps 2-7 for one architecture: load sweeps, open loop, batching, overload, splits."""
     cfg = res.cfg
     load_photos = photos(LOAD_PHOTO)
     jpeg = load_photos[1].jpeg  # chelsea, 500x375
-    kinds = [SERVER]
+    running: dict[tuple[str, str], Running] = {}
+    for v in res.plan.served_of(arch):
+        if (r := _start(res, SERVER, v, model_dir, jpeg, log_dir)) is not None:
+            running[(SERVER, v.key)] = r
+            res.served[v.key] = served_model(r.proc.url, v.model)
+            res.policy[v.key] = dict(res.served[v.key].get("batching", {}))
+    served = [run.variant for run in running.values()]
+    if not served:
+        return
+    if res.fast.get(arch) not in {v.key for v in served}:
+        res.fast[arch] = max((v.key for v in served),
+                             key=lambda k: res.pipe[k].ceiling_images_per_s)  # fmt: skip
+    fast = Variant.parse(res.fast[arch])
     for peer in cfg.peers:
         if peer == LITSERVE and not litserve_available():
             res.peer_notes[LITSERVE] = "not installed (pip install litserve); skipped"
-            continue
-        kinds.append(peer)
-    running = _start_all(kinds, res, model_dir, model, jpeg, log_dir)
+        elif (r := _start(res, peer, fast, model_dir, jpeg, log_dir)) is not None:
+            running[(peer, fast.key)] = r
     try:
-        res.policy[model] = batching_policy(running[SERVER].proc.url, model)
-        res.paired[model] = paired_latency(inproc, model, running[SERVER].proc.url, jpeg,
-                                           cfg.paired_requests)  # fmt: skip
-        # Closed loop, interleaved: every repeat walks every level, every level every server.
-        steps = cfg.repeats * len(cfg.concurrency) * len(running)
-        with tqdm(total=steps, desc=f"{model} closed loop", unit="phase") as bar:
-            for rep in range(cfg.repeats):
-                # The in-process ceiling again, between the load rounds (servers idle).
-                rate, _, _ = limits.best_pooled(inproc, [load_photos[1]], cfg.pipeline_seconds * 0.75,
-                                                res.pool_threads, cfg.max_batch_size)  # fmt: skip
-                res.pipe[model].pooled_rounds.append(rate)
-                for c in cfg.concurrency:
-                    for run in running.values():
-                        res.closed.append(measure(run, cfg, "closed", c, repeat=rep,
-                                                  breakdowns=res.breakdowns))  # fmt: skip
-                        bar.update()
-        for kind in list(running):
-            if kind != SERVER:
-                running.pop(kind).proc.stop()
-        # Open loop on our server at fractions of its closed-loop peak.
-        ours = [r.throughput for r in res.closed if r.model == model and r.target == SERVER]
-        peak = max(ours)
-        rates = [max(1.0, f * peak) for f in cfg.open_loop_fractions]
-        for i, rate in enumerate(tqdm(rates, desc=f"{model} open loop", unit="phase")):
-            res.open.append(measure(running[SERVER], cfg, "open", rate, seed=i,
+        for v in served:
+            res.paired[v.key] = paired_latency(models[v.key], running[(SERVER, v.key)].proc.url,
+                                               jpeg, cfg.paired_requests)  # fmt: skip
+        _closed_rounds(res, running, fast, models, [load_photos[1]])
+        for key in [k for k in running if k != (SERVER, fast.key)]:
+            running.pop(key).proc.stop()
+        # Open loop on the fast variant at fractions of its closed-loop peak.
+        top = summary.peak(res, fast.key)
+        rates = [max(1.0, f * top.throughput) for f in cfg.open_loop_fractions] if top else []
+        for i, rate in enumerate(tqdm(rates, desc=f"{fast.key} open loop", unit="phase")):
+            res.open.append(measure(running[(SERVER, fast.key)], cfg, "open", rate, seed=i,
                                     breakdowns=res.breakdowns))  # fmt: skip
-        # Batching policy: eager (the CPU default) against delay, interleaved.
-        running.update(_start_all([DELAY], res, model_dir, model, jpeg, log_dir))
-        res.policy[f"{model}/delay"] = batching_policy(running[DELAY].proc.url, model)
-        steps = cfg.batching_repeats * len(cfg.batching_concurrency) * 2
-        with tqdm(total=steps, desc=f"{model} batching", unit="phase") as bar:
-            for rep in range(cfg.batching_repeats):
-                for c in cfg.batching_concurrency:
-                    for kind in (SERVER, DELAY):
-                        res.batching.append(measure(running[kind], cfg, "closed", c,
-                                                    repeat=rep, breakdowns=res.breakdowns))  # fmt: skip
-                        bar.update()
+        _batching(res, running, fast, model_dir, jpeg, log_dir)
+        if (delay := running.pop((DELAY, fast.key), None)) is not None:
+            delay.proc.stop()
+        _splits(res, running[(SERVER, fast.key)], model_dir, jpeg, log_dir)
     finally:
         for run in running.values():
             run.proc.stop()
+    crop = models[fast.key].meta.preprocessing.crop_size
+    for v in served if cfg.overload_all else [fast]:
+        for timeout_ms in cfg.overload_queue_timeouts_ms:
+            _overload(res, v, timeout_ms, model_dir, jpeg, log_dir, overload.crop_bytes(crop))
+
+
+def _closed_rounds(
+    res: Results,
+    running: dict[tuple[str, str], Running],
+    fast: Variant,
+    models: dict[str, limits.Model],
+    pooled_photos: list[Any],
+) -> None:
+    """Closed loop, interleaved: every round walks every level, every level every server
+    (the fast variant and the peers at every level, the other variants at theirs)."""
+    cfg = res.cfg
+
+    def levels(key: tuple[str, str]) -> tuple[int, ...]:
+        return cfg.concurrency if key[1] == fast.key else cfg.secondary_concurrency
+
+    all_levels = sorted({c for k in running for c in levels(k)})
+    steps = cfg.repeats * sum(len(levels(k)) for k in running)
+    ours = [run.variant.key for (kind, _), run in running.items() if kind == SERVER]
+    with tqdm(total=steps, desc=f"{fast.arch} closed loop", unit="phase") as bar:
+        for rep in range(cfg.repeats):
+            # The in-process ceilings again, between the load rounds (servers idle).
+            for variant in ours:
+                rate, _, _ = limits.best_pooled(models[variant], pooled_photos,
+                                                cfg.pipeline_seconds * 0.75, res.pool_threads,
+                                                cfg.max_batch_size)  # fmt: skip
+                res.pipe[variant].pooled_rounds.append(rate)
+            for c in all_levels:
+                for key, run in running.items():
+                    if c in levels(key):
+                        res.closed.append(measure(run, cfg, "closed", c, repeat=rep,
+                                                  breakdowns=res.breakdowns))  # fmt: skip
+                        bar.update()
+
+
+def _batching(
+    res: Results, running: dict[tuple[str, str], Running], fast: Variant, model_dir: Path,
+    jpeg: bytes, log_dir: Path,
+) -> None:  # fmt: skip
+    """Eager (the CPU default) against delay, interleaved, on the fast variant."""
+    cfg = res.cfg
+    delay = _start(res, DELAY, fast, model_dir, jpeg, log_dir)
+    if delay is None:
+        return
+    running[(DELAY, fast.key)] = delay
+    res.policy[f"{fast.key}/delay"] = dict(served_model(delay.proc.url, fast.model)["batching"])
+    steps = cfg.batching_repeats * len(cfg.batching_concurrency) * 2
+    with tqdm(total=steps, desc=f"{fast.key} batching", unit="phase") as bar:
+        for rep in range(cfg.batching_repeats):
+            for c in cfg.batching_concurrency:
+                for kind in (SERVER, DELAY):
+                    res.batching.append(measure(running[(kind, fast.key)], cfg, "closed", c,
+                                                repeat=rep, breakdowns=res.breakdowns))  # fmt: skip
+                    bar.update()
+
+
+def _overload(
+    res: Results, v: Variant, timeout_ms: float, model_dir: Path, jpeg: bytes, log_dir: Path,
+    crop: int,
+) -> None:  # fmt: skip
+    """Open loop at ``overload_factor`` x the variant's peak, on a fresh server with queue
+    timeout ``timeout_ms``; RSS sampled throughout."""
+    cfg = res.cfg
+    top = summary.peak(res, v.key)
+    if top is None or not top.throughput:
+        return
+    flags = {"queue-timeout-ms": f"{timeout_ms:g}"}
+    run = _start(res, OVERLOAD, v, model_dir, jpeg, log_dir, **flags)
+    if run is None:
+        return
+    pid = run.proc.proc.pid
+    try:
+        rss0, hwm0 = procs.vm_bytes(pid, "VmRSS"), procs.vm_bytes(pid, "VmHWM")
+        with overload.RssSampler(pid) as rss:
+            phase = measure(run, cfg, "open", cfg.overload_factor * top.throughput,
+                            seconds=cfg.overload_seconds, warmup=cfg.overload_warmup_seconds,
+                            seed=7)  # fmt: skip
+        result = overload.Overload(
+            v.key, top.throughput, cfg.overload_factor, overload.Limits.of(run.flags), crop,
+            phase, rss0, procs.vm_bytes(pid, "VmRSS"), rss.peak, hwm0,
+            procs.vm_bytes(pid, "VmHWM"),
+            {k.removeprefix("srv:"): x for k, x in phase.extra.items() if k.startswith("srv:")},
+        )  # fmt: skip
+        res.overload.append(result)
+        tqdm.write(f"overload {v.key} (queue timeout {timeout_ms:g} ms): {phase.ok} accepted, "
+                   f"{phase.rejected} refused {phase.refusal_codes}, {phase.errors} errors")  # fmt: skip
+    finally:
+        run.proc.stop()
+
+
+def _splits(res: Results, default: Running, model_dir: Path, jpeg: bytes, log_dir: Path) -> None:
+    """Thread splits of the fast variant at concurrency 1 and at its saturation, interleaved.
+    ``default``: the fast variant's server of the sweep, which is the default layout."""
+    cfg, fast = res.cfg, default.variant
+    sat = summary.saturation(res, fast.key)
+    levels = sorted({1, int(sat.level) if sat else max(cfg.concurrency)})
+    running: dict[str, Running] = {}
+    try:
+        for i, (label, flags) in enumerate(splits.layouts(res.pool_threads)[: cfg.splits]):
+            res.split_flags[label] = flags
+            if i == 0:  # the default layout is the sweep's server
+                running[label] = default
+            elif r := _start(res, f"{SPLIT} {label}", fast, model_dir, jpeg, log_dir, **flags):
+                running[label] = r
+        steps = cfg.split_repeats * len(levels) * len(running)
+        with tqdm(total=steps, desc=f"{fast.key} thread splits", unit="phase") as bar:
+            for rep in range(cfg.split_repeats):
+                for c in levels:
+                    for label, run in running.items():
+                        phase = measure(run, cfg, "closed", c, repeat=rep)
+                        phase.target = f"{SPLIT} {label}"
+                        res.splits.append(phase)
+                        bar.update()
+    finally:
+        for run in running.values():
+            if run is not default:
+                run.proc.stop()
+
+
+def runtimes() -> dict[str, str]:
+    import onnxruntime as ort
+
+    out = {"onnxruntime": ort.__version__}
+    if openvino_installed():
+        with contextlib.suppress(Exception):
+            import openvino
+
+            out["openvino"] = openvino.get_version().split("-")[0]
+    return out
 
 
 def run_all(res: Results, model_dir: Path, log_dir: Path) -> Results:
-    """Every step for every model; fills ``res`` in place and returns it."""
+    """Every step for every variant; fills ``res`` in place and returns it."""
     t0 = time.monotonic()
+    res.runtimes = runtimes()
     models = run_limits(res, model_dir)
-    for name in res.cfg.models:
-        run_model(res, model_dir, name, log_dir, models[name])
+    for arch in res.plan.archs:
+        mine = {k: m for k, m in models.items() if m.variant.arch == arch}
+        run_arch(res, model_dir, arch, log_dir, mine)
+        for k in mine:  # free this architecture's engines before the next one's servers
+            models.pop(k)
     res.duration_s = time.monotonic() - t0
     res.load_after = load_average()
     return res
 
 
-__all__ = ["LITSERVE", "NAIVE", "SERVER", "Results", "cpu_info", "run_all"]
+__all__ = ["LITSERVE", "OVERLOAD", "SERVER", "Results", "run_all"]
