@@ -53,8 +53,9 @@ class Agreement:
     softmax_l1_max: float
     softmax_l1_mean: float
     max_rel_logit_error: float
-    source: str = "measured"
-    """``measured`` in this run, or where recorded figures came from"""
+    source: str = "bench.agreement"
+    """what computed it (``bench.agreement``, ``server.agreement.compare``), or where recorded
+    figures came from"""
 
 
 def views(img: Image.Image) -> list[Image.Image]:
@@ -111,7 +112,7 @@ def compare(reference: np.ndarray, logits: np.ndarray) -> Agreement:
     a = server_agreement.compare(reference, logits)
     return Agreement(int(a.photos), float(a.top1), float(a.top5_overlap),
                      float(a.softmax_l1_max), float(a.softmax_l1_mean),
-                     float(a.max_rel_logit_error), "measured (server.agreement.compare)")  # fmt: skip
+                     float(a.max_rel_logit_error), "server.agreement.compare")  # fmt: skip
 
 
 def weights_of(path: Path) -> str:

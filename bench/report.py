@@ -61,7 +61,9 @@ def _env(res: Results) -> list[str]:
     limits_only = [v.key for v in res.plan.limits if v not in res.plan.served]
     out = [
         f"- **Command**: `{res.command}` (mode `{cfg.mode}`), started {res.started}, "
-        f"took {res.duration_s / 60:.1f} min.",
+        f"took {res.duration_s / 60:.1f} min ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in res.steps.items())
+        + ").",
         f"- **CPU**: {res.cpu.model}, {res.cpu.cpus} CPUs available. Matrix flags read from "
         f"/proc/cpuinfo: {flags}; bf16 units: **{'yes' if f.get('bf16') else 'no'}**, int8 "
         f"dot products: **{f.get('int8_units', '?')}**. Runtimes: {runtimes}.",
@@ -103,57 +105,59 @@ def _env(res: Results) -> list[str]:
     return out
 
 
+def _met(ok: bool | None) -> str:
+    """' yes' / ' **no**' after a figure with a goal."""
+    return "" if ok is None else f" {yes(ok)}"
+
+
 def _headline(res: Results) -> list[str]:
-    out = ["## Headline", ""]
+    out = ["## Headline", "",
+           "Goals in the column names; *yes* / ***no*** after a figure says whether it met its "
+           "goal (measured, never assumed). *Fast*: the served variant of each model with the "
+           "best in-process ceiling in this run (section 1), the one the peers run.", ""]  # fmt: skip
     body: list[list[str]] = []
     for key in _served(res):
         h = summary.headline(res, key)
-        name = label(key)
         fast = " (fast)" if key in res.fast.values() else ""
-        body.append([f"{name}{fast}: server / in-process pipeline throughput",
-                     f"{h.ratio_ceiling:.2f} ({num(h.server_peak)} / {num(h.ceiling)} img/s)",
-                     ">= 0.9", yes(h.ratio_ceiling >= 0.9)])  # fmt: skip
-        body.append([f"{name}: server / raw engine at its best batch (inference only)",
-                     f"{h.ratio_raw:.2f} ({num(h.server_peak)} / {num(h.raw_best)} img/s)",
-                     "< 1 (hard bound)", "-"])  # fmt: skip
-        if h.vs_fp32_cpu == h.vs_fp32_cpu:
-            same = (
-                ""
-                if h.vs_fp32_same_provider != h.vs_fp32_same_provider
-                else (
-                    f"; {x(h.vs_fp32_same_provider)} the fp32 server on {Variant.parse(key).provider}"
-                )
-            )
-            body.append([f"{name}: server peak vs the fp32@cpu server", x(h.vs_fp32_cpu) + same,
-                         "-", "-"])  # fmt: skip
-        if h.p50_c1 == h.p50_c1:
-            body.append([f"{name}: p50 at concurrency 1 vs one direct preprocess + inference "
-                         "(interleaved pairs)",
-                         f"{ms(h.p50_c1)} ms vs {ms(h.direct)} ms ({h.p50_c1 / h.direct:.2f}x)",
-                         f"<= 1.1 x direct + 2 ms = {ms(h.p50_budget)} ms",
-                         yes(h.p50_c1 <= h.p50_budget)])  # fmt: skip
-        body.append([f"{name}: p99 at saturation (concurrency {h.sat_level:g})",
-                     f"{ms(h.p99_sat)} ms", "-", "-"])  # fmt: skip
+        t = _saturation_threads(res, key)
+        loop = "-" if t is None else (
+            f"{num(t.loop, 2)} core, {num(t.loop_ms_per_request, 2)} ms/request; fills a core "
+            f"at {x(summary.ratio(t.loop_limit, h.server_peak))} the peak")  # fmt: skip
+        c1 = "-" if h.p50_c1 != h.p50_c1 else (
+            f"{ms(h.p50_c1)} vs {ms(h.direct)} ms ({h.p50_c1 / h.direct:.2f}x)"
+            + _met(h.p50_c1 <= h.p50_budget))  # fmt: skip
+        body.append([f"{label(key)}{fast}", num(h.server_peak),
+                     f"{h.ratio_ceiling:.2f} (of {num(h.ceiling)})" + _met(h.ratio_ceiling >= 0.9),
+                     f"{h.ratio_raw:.2f} (of {num(h.raw_best)})", x(h.vs_fp32_same_provider),
+                     x(h.vs_fp32_cpu), c1, f"{ms(h.p99_sat)} (c={h.sat_level:g})", loop])  # fmt: skip
+    out += table(["variant", "server peak req/s",
+                  "server / in-process pipeline img/s (goal >= 0.9)",
+                  "server / raw engine at its best batch (< 1: a hard bound)",
+                  "vs the fp32 server, same provider", "vs the fp32@cpu server",
+                  "p50 at concurrency 1 vs a direct call, ms (goal <= 1.1x + 2 ms)",
+                  "p99 at saturation ms", "event loop at saturation (section 6)"], body)  # fmt: skip
+    body = []
+    for key in res.fast.values():
+        goal = Variant.parse(key).arch in PEER_GOAL_ARCHS
         for p in summary.peers(res, key):
-            goal = Variant.parse(key).arch in PEER_GOAL_ARCHS
-            body.append([f"{name}: server / {p.peer} peak throughput (same model and provider)",
-                         f"{p.ratio:.2f} ({num(p.ours_peak)} / {num(p.peer_peak)} req/s)",
-                         f">= {PEER_GOAL_RATIO}" if goal else "-",
-                         yes(p.ratio >= PEER_GOAL_RATIO) if goal else "-"])  # fmt: skip
-            body.append([f"{name}: p99 at {p.peer}'s peak (concurrency {p.level:g}), server vs "
-                         f"{p.peer}", f"{ms(p.ours_p99)} ms vs {ms(p.peer_p99)} ms",
-                         "lower" if goal else "-",
-                         yes(p.ours_p99 < p.peer_p99) if goal else "-"])  # fmt: skip
-        body += [_overload_headline(name, o) for o in res.overload if o.variant == key]
-        if (t := _saturation_threads(res, key)) is not None:
-            body.append([f"{name}: event loop at saturation (concurrency {t.level:g})",
-                         f"{num(t.loop, 2)} of a core, {num(t.loop_ms_per_request, 2)} ms per "
-                         f"request: would fill a core at {num(t.loop_limit, 0)} req/s "
-                         f"({x(summary.ratio(t.loop_limit, h.server_peak))} the peak)",
-                         "-", "-"])  # fmt: skip
-    out += table(["ratio", "measured", "goal", "met"], body)
+            body.append([label(key), p.peer, num(p.ours_peak), num(p.peer_peak),
+                         f"{p.ratio:.2f}" + _met(p.ratio >= PEER_GOAL_RATIO if goal else None),
+                         f"{ms(p.ours_p99)} vs {ms(p.peer_p99)} (c={p.level:g})"
+                         + _met(p.ours_p99 < p.peer_p99 if goal else None)])  # fmt: skip
+    if body:
+        out += ["Peers on the fast variant (same model file, provider and precision; the goals "
+                f"are stated for {', '.join(PEER_GOAL_ARCHS)}):", ""]  # fmt: skip
+        out += table(["variant", "peer", "server peak req/s", "peer peak req/s",
+                      f"server / peer (goal >= {PEER_GOAL_RATIO})",
+                      "p99 at the peer's peak, server vs peer, ms (goal: lower)"], body)  # fmt: skip
     for peer, note in res.peer_notes.items():
         out.append(f"- Peer `{peer}`: {note}.")
+    body = [_overload_headline(o) for o in res.overload]
+    if body:
+        out += [f"Overload ({res.cfg.overload_factor:g}x the peak, open loop; section 5):", ""]
+        out += table(["variant", "queue timeout s", "accepted p99 ms (goal < 2 x timeout)",
+                      "refusals: >= 50 ms / without Retry-After / other errors (goal: 0 / 0 / 0)",
+                      "RSS peak vs the bound the settings imply, MiB"], body)  # fmt: skip
     spreads = ", ".join(f"{label(k)} {pct(summary.noise(res, k))}" for k in _served(res))
     out += ["", f"**Noise.** The same in-process measurement, repeated between load rounds, "
             f"moved by (max - min) / median = {spreads} in this run: the cores are shared "
@@ -164,22 +168,20 @@ def _headline(res: Results) -> list[str]:
     return out
 
 
-def _overload_headline(name: str, o: Overload) -> list[str]:
+def _overload_headline(o: Overload) -> list[str]:
     p = o.phase
     slow = sum(r >= FAST_REFUSAL_S for r in p.refusal_latencies)
     worst = max(p.refusal_latencies, default=math.nan)
     p99_ok = p.pct(99) < o.p99_goal_s if p.ok else None
     refusals_ok = slow == 0 and p.refusals_without_retry_after == 0 and p.errors == 0
     return [
-        f"{name}: {o.factor:g}x overload, queue timeout {o.limits.queue_timeout_ms / 1000:g} s: "
-        "accepted p99 < 2 x timeout; every refusal a 503 with Retry-After in < 50 ms; RSS "
-        "within the bound the settings imply",
-        f"p99 {ms(p.pct(99))} ms ({p.ok} accepted); {p.rejected} refused, {slow} took >= 50 ms "
-        f"(worst {ms(worst)} ms), {p.refusals_without_retry_after} without Retry-After, "
-        f"{p.errors} other errors; RSS peak {mib(o.rss_peak)} MiB vs {mib(o.bound)} MiB",
-        f"< {ms(o.p99_goal_s)} ms; all; within",
-        f"{yes(p99_ok)}; {yes(refusals_ok)}; {yes(o.rss_peak <= o.bound)}",
-    ]
+        label(o.variant), f"{o.limits.queue_timeout_ms / 1000:g}",
+        f"{ms(p.pct(99))} ({p.ok} accepted) vs {ms(o.p99_goal_s)}" + _met(p99_ok),
+        f"{slow} / {p.refusals_without_retry_after} / {p.errors} of {p.rejected} refused "
+        f"(slowest {ms(worst)} ms)" + _met(refusals_ok),
+        f"{mib(o.rss_peak)} (before {mib(o.rss_before)}) vs {mib(o.bound)}"
+        + _met(o.rss_peak <= o.bound),
+    ]  # fmt: skip
 
 
 def _limits(res: Results) -> list[str]:
@@ -281,7 +283,8 @@ def _agreement(res: Results) -> list[str]:
         if (rec := res.recorded.get(key)) is not None:
             out.append(f"- {label(key)} recorded: {rec.source}.")
     sources = {a.source for a in res.agreement.values()}
-    out += ["", f"Comparison: {', '.join(sorted(sources)) or '-'}. With random weights the "
+    out += ["", f"Computed by: {', '.join(f'`{x}`' for x in sorted(sources)) or '-'} (the "
+            "server's own measure where it has `server.agreement`). With random weights the "
             "softmax is nearly flat, so a top-1 is decided by tiny margins and flips more than "
             "with trained weights; a fp32 variant on another runtime shows the floor of "
             "run-to-run numerical differences.", ""]  # fmt: skip
@@ -500,9 +503,9 @@ def _threads(res: Results) -> list[str]:
            "*runner* = `<model>-run<i>_*` (calls the engine; ONNX Runtime also computes on the "
            "calling thread); *engine runtime* = threads Python did not start (ONNX Runtime's "
            "intra-op pool, OpenVINO's TBB workers); *framework threads* = AnyIO / asyncio pools. "
-           "Python 3.11 does not name OS threads, so the servers run as `python -m bench.serve` "
-           "(the server's own `main`, with each thread's OS name set from its Python name and "
-           "its id logged) and the naive peer does the same. *Runnable, no core*: the process's "
+           "So that every thread has its name whatever the Python version, the servers run as "
+           "`python -m bench.serve` (the server's own `main`, with each thread's OS name set "
+           "from its Python name and its id logged) and the naive peer does the same. *Runnable, no core*: the process's "
            "threads' run-queue time (schedstat) per wall second: demand the cores could not "
            "serve; *loop wait*: the event loop's share of the span spent so.", ""]  # fmt: skip
     body = []
@@ -596,8 +599,9 @@ def _splits(res: Results) -> list[str]:
                 body.append([label(key), name, flags or "(defaults)", f"{r.level:g}",
                              num(r.throughput), ", ".join(num(v) for v in r.throughputs),
                              ms(r.p50), ms(r.p99), num(r.server_cpu, 2)])  # fmt: skip
-    out += table(["variant", "layout", "flags", "concurrency", "req/s", "per round", "p50 ms",
-                  "p99 ms", "server CPU (cores)"], body)  # fmt: skip
+    out += table(["variant", "layout", "flags", "concurrency", "images/s", "per round",
+                  "p50 ms", "p99 ms", "server CPU (cores)"], body)  # fmt: skip
+    out += ["One image per request, so images/s = requests/s.", ""]
     return out
 
 

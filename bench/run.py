@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,17 @@ class Results:
     policy: dict[str, dict[str, object]] = field(default_factory=dict)
     peer_notes: dict[str, str] = field(default_factory=dict)
     load_jpeg_kb: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+    """wall seconds per step of the run (server start-ups included)"""
+
+
+@contextlib.contextmanager
+def _timed(res: Results, step: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        res.steps[step] = res.steps.get(step, 0.0) + time.monotonic() - start
 
 
 def _first_line(e: BaseException) -> str:
@@ -197,47 +210,53 @@ def run_arch(
     load_photos = photos(LOAD_PHOTO)
     jpeg = load_photos[1].jpeg  # chelsea, 500x375
     running: dict[tuple[str, str], Running] = {}
-    for v in res.plan.served_of(arch):
-        if (r := _start(res, SERVER, v, model_dir, jpeg, log_dir)) is not None:
-            running[(SERVER, v.key)] = r
-            res.served[v.key] = served_model(r.proc.url, v.model)
-            res.policy[v.key] = dict(res.served[v.key].get("batching", {}))
-    served = [run.variant for run in running.values()]
-    if not served:
-        return
-    if res.fast.get(arch) not in {v.key for v in served}:
-        res.fast[arch] = max((v.key for v in served),
-                             key=lambda k: res.pipe[k].ceiling_images_per_s)  # fmt: skip
-    fast = Variant.parse(res.fast[arch])
-    for peer in cfg.peers:
-        if peer == LITSERVE and not litserve_available():
-            res.peer_notes[LITSERVE] = "not installed (pip install litserve); skipped"
-        elif (r := _start(res, peer, fast, model_dir, jpeg, log_dir)) is not None:
-            running[(peer, fast.key)] = r
     try:
-        for v in served:
-            res.paired[v.key] = paired_latency(models[v.key], running[(SERVER, v.key)].proc.url,
-                                               jpeg, cfg.paired_requests)  # fmt: skip
-        _closed_rounds(res, running, fast, models, [load_photos[1]])
-        for key in [k for k in running if k != (SERVER, fast.key)]:
-            running.pop(key).proc.stop()
-        # Open loop on the fast variant at fractions of its closed-loop peak.
-        top = summary.peak(res, fast.key)
-        rates = [max(1.0, f * top.throughput) for f in cfg.open_loop_fractions] if top else []
-        for i, rate in enumerate(tqdm(rates, desc=f"{fast.key} open loop", unit="phase")):
-            res.open.append(measure(running[(SERVER, fast.key)], cfg, "open", rate, seed=i,
-                                    breakdowns=res.breakdowns))  # fmt: skip
-        _batching(res, running, fast, model_dir, jpeg, log_dir)
-        if (delay := running.pop((DELAY, fast.key), None)) is not None:
-            delay.proc.stop()
-        _splits(res, running[(SERVER, fast.key)], model_dir, jpeg, log_dir)
+        with _timed(res, f"{arch}: sweeps (servers, peers, paired latency, closed loop)"):
+            for v in res.plan.served_of(arch):
+                if (r := _start(res, SERVER, v, model_dir, jpeg, log_dir)) is not None:
+                    running[(SERVER, v.key)] = r
+                    res.served[v.key] = served_model(r.proc.url, v.model)
+                    res.policy[v.key] = dict(res.served[v.key].get("batching", {}))
+            served = [run.variant for run in running.values()]
+            if not served:
+                return
+            if res.fast.get(arch) not in {v.key for v in served}:
+                res.fast[arch] = max((v.key for v in served),
+                                     key=lambda k: res.pipe[k].ceiling_images_per_s)  # fmt: skip
+            fast = Variant.parse(res.fast[arch])
+            for peer in cfg.peers:
+                if peer == LITSERVE and not litserve_available():
+                    res.peer_notes[LITSERVE] = "not installed (pip install litserve); skipped"
+                elif (r := _start(res, peer, fast, model_dir, jpeg, log_dir)) is not None:
+                    running[(peer, fast.key)] = r
+            for v in served:
+                res.paired[v.key] = paired_latency(models[v.key],
+                                                   running[(SERVER, v.key)].proc.url, jpeg,
+                                                   cfg.paired_requests)  # fmt: skip
+            _closed_rounds(res, running, fast, models, [load_photos[1]])
+            for key in [k for k in running if k != (SERVER, fast.key)]:
+                running.pop(key).proc.stop()
+        with _timed(res, f"{arch}: open loop and batching"):
+            # Open loop on the fast variant at fractions of its closed-loop peak.
+            top = summary.peak(res, fast.key)
+            rates = [max(1.0, f * top.throughput) for f in cfg.open_loop_fractions] if top else []
+            for i, rate in enumerate(tqdm(rates, desc=f"{fast.key} open loop", unit="phase")):
+                res.open.append(measure(running[(SERVER, fast.key)], cfg, "open", rate, seed=i,
+                                        breakdowns=res.breakdowns))  # fmt: skip
+            _batching(res, running, fast, model_dir, jpeg, log_dir)
+            if (delay := running.pop((DELAY, fast.key), None)) is not None:
+                delay.proc.stop()
+        with _timed(res, f"{arch}: thread splits"):
+            _splits(res, running[(SERVER, fast.key)], model_dir, jpeg, log_dir)
     finally:
         for run in running.values():
             run.proc.stop()
     crop = models[fast.key].meta.preprocessing.crop_size
-    for v in served if cfg.overload_all else [fast]:
-        for timeout_ms in cfg.overload_queue_timeouts_ms:
-            _overload(res, v, timeout_ms, model_dir, jpeg, log_dir, overload.crop_bytes(crop))
+    with _timed(res, f"{arch}: overload"):
+        for v in served if cfg.overload_all else [fast]:
+            for timeout_ms in cfg.overload_queue_timeouts_ms:
+                _overload(res, v, timeout_ms, model_dir, jpeg, log_dir,
+                          overload.crop_bytes(crop))  # fmt: skip
 
 
 def _closed_rounds(
@@ -360,7 +379,7 @@ def _splits(res: Results, default: Running, model_dir: Path, jpeg: bytes, log_di
 def runtimes() -> dict[str, str]:
     import onnxruntime as ort
 
-    out = {"onnxruntime": ort.__version__}
+    out = {"python": platform.python_version(), "onnxruntime": ort.__version__}
     if openvino_installed():
         with contextlib.suppress(Exception):
             import openvino
@@ -373,7 +392,8 @@ def run_all(res: Results, model_dir: Path, log_dir: Path) -> Results:
     """Every step for every variant; fills ``res`` in place and returns it."""
     t0 = time.monotonic()
     res.runtimes = runtimes()
-    models = run_limits(res, model_dir)
+    with _timed(res, "limits (engines, preprocessing, pipeline, agreement)"):
+        models = run_limits(res, model_dir)
     for arch in res.plan.archs:
         mine = {k: m for k, m in models.items() if m.variant.arch == arch}
         run_arch(res, model_dir, arch, log_dir, mine)

@@ -153,7 +153,7 @@ def headline(res: Results, key: str) -> Headline:
     return Headline(
         key, top, ceiling, ratio(top, ceiling), p50_c1, direct, 1.1 * direct + 0.002,
         sat.level if sat else NAN, sat.p99 if sat else NAN, raw_best(res, key), noise(res, key),
-        NAN if same == v else ratio(top, server_peak(res, same)),
+        NAN if same in (v, v.reference) else ratio(top, server_peak(res, same)),
         NAN if v == v.reference else ratio(top, server_peak(res, v.reference)),
         flops if fp32 else NAN,
     )  # fmt: skip
