@@ -479,8 +479,9 @@ def _overload_reading(res: Results) -> list[str]:
                        f"would have to be about peak x timeout = {o.peak * t:.0f} images.")  # fmt: skip
         else:
             out.append(f"- {label(o.variant)}, timeout {t:g} s: every refusal was made at the "
-                       f"door ({', '.join(p.refusal_codes)}), and the accepted requests waited "
-                       f"at most the {drain:.1f} s the admission budget holds at the peak.")  # fmt: skip
+                       f"door ({', '.join(p.refusal_codes)}); the accepted requests' p99 "
+                       f"({ms(p.pct(99))} ms) is set by the {drain:.1f} s of work the admission "
+                       "budget holds at the peak, not by the deadline.")  # fmt: skip
     return [*out, ""] if out else []
 
 
@@ -544,8 +545,9 @@ def _threads_verdict(res: Results, verdicts: list[tuple[str, summary.Threads, fl
     loop_share = max(t.loop / t.total for _, t, _ in ours if t.total)
     native = min(t.cores.get(threads.RUNTIME, 0.0) + t.cores.get(threads.RUNNER, 0.0)
                  + t.cores.get(threads.DECODE, 0.0) for _, t, _ in ours)  # fmt: skip
-    out = [f"**What the numbers say.** At saturation the server process uses {num(lo, 2)}-"
-           f"{num(hi, 2)} of the {cores} cores, the rest going to the load generator and to "
+    used = num(lo, 2) if num(lo, 2) == num(hi, 2) else f"{num(lo, 2)}-{num(hi, 2)}"
+    out = [f"**What the numbers say.** At saturation the server process uses {used} of the "
+           f"{cores} cores, the rest going to the load generator and to "
            "whatever else runs on the machine. Its event loop uses at most "
            f"{num(busiest[1].loop, 2)} of a core ({busiest[0]}: "
            f"{num(busiest[1].loop_ms_per_request, 2)} ms of loop CPU per request, "
