@@ -4,58 +4,42 @@ Measured in the run itself: scikit-image's bundled photographs that the INT8 cal
 does not use (``chelsea``, ``coffee``, ``rocket``, ``camera``, ``motorcycle``), each in seven
 views (whole, four corner crops of 3/4 size, the centre half, the mirror image), encoded as
 PNG and prepared by the server's own preprocessing; every variant runs the same crops, and
-its logits are compared with those of the fp32 file on ONNX Runtime's CPU provider. The
-comparison is ``server.agreement.compare`` where the server has it, else the same four
-measures computed here. The figures the export step recorded in the file's metadata
-(``agreement``) are read alongside, when present.
+its logits are compared with those of the fp32 file on ONNX Runtime's CPU provider by the
+server's own measure (``server.agreement.compare``). Beside them: what the export step
+recorded in the file (metadata ``agreement``) and what the server measured at load on its
+verification photos (``GET /models``).
 """
 
 from __future__ import annotations
 
-import importlib
 import io
-import json
-import math
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from server.modelmeta import Preprocessing
-from server.onnxfile import read_metadata_props
+from server.agreement import Agreement, compare
+from server.modelmeta import ModelMetadata, Preprocessing
 from server.preprocess import preprocess
 
 from .images import source
 
+__all__ = ["PHOTOS", "Agreement", "Sourced", "at_load", "compare", "inputs", "recorded"]
+
 #: Held out from the INT8 calibration photos (export/calibration.py: astronaut, brick, cell,
 #: clock_motion, coins, grass, gravel, hubble_deep_field, ihc, retina).
 PHOTOS = ("chelsea", "coffee", "rocket", "camera", "motorcycle")
-TOP_K = 5
 
 
 @dataclass(frozen=True)
-class Agreement:
-    """A variant's logits against the reference's on ``inputs`` crops.
+class Sourced:
+    """Agreement figures and where they were measured."""
 
-    ``top1``: fraction of crops with the same top-1 class (0..1); ``top5_overlap``: mean of
-    ``|top5 & top5_ref| / 5``; ``softmax_l1_max`` / ``_mean``: L1 distance between the two
-    softmax distributions (0..2), worst and mean crop; ``max_rel_logit_error``: largest over
-    crops of ``max |z - z_ref| / max |z_ref|``.
-    """
-
-    inputs: int
-    top1: float
-    top5_overlap: float
-    softmax_l1_max: float
-    softmax_l1_mean: float
-    max_rel_logit_error: float
-    source: str = "bench.agreement"
-    """what computed it (``bench.agreement``, ``server.agreement.compare``), or where recorded
-    figures came from"""
+    agreement: Agreement
+    source: str
 
 
 def views(img: Image.Image) -> list[Image.Image]:
@@ -83,58 +67,24 @@ def inputs(spec: Preprocessing) -> npt.NDArray[np.uint8]:
     return np.stack([preprocess(data, spec) for data in _encoded()])
 
 
-def _softmax(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    out: npt.NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)
-    return out
+def recorded(meta: ModelMetadata, provider: str) -> Sourced | None:
+    """What the export step recorded in the file for ``provider`` (else its first
+    measurement); None when the file records nothing."""
+    record = meta.agreement
+    if record is None or not record.measurements:
+        return None
+    found = [m for m in record.measurements if m.provider == provider] or [record.measurements[0]]
+    m = found[0]
+    return Sourced(m.agreement, f"at export on {m.provider} ({m.runtime}), against the float64 "
+                                "reference on the verification photos")  # fmt: skip
 
 
-def _compare_here(reference: np.ndarray, logits: np.ndarray) -> Agreement:
-    ref, got = reference.astype(np.float64), logits.astype(np.float64)
-    top_ref = np.argsort(-ref, axis=1, kind="stable")[:, :TOP_K]
-    top_got = np.argsort(-got, axis=1, kind="stable")[:, :TOP_K]
-    overlap = [len(set(a) & set(b)) / TOP_K for a, b in zip(top_ref, top_got, strict=True)]
-    l1 = np.abs(_softmax(got) - _softmax(ref)).sum(axis=1)
-    scale = np.maximum(np.abs(ref).max(axis=1), np.finfo(np.float64).tiny)
-    rel = np.abs(got - ref).max(axis=1) / scale
-    return Agreement(len(ref), float((top_ref[:, 0] == top_got[:, 0]).mean()),
-                     float(np.mean(overlap)), float(l1.max()), float(l1.mean()),
-                     float(rel.max()))  # fmt: skip
-
-
-def compare(reference: np.ndarray, logits: np.ndarray) -> Agreement:
-    """``logits`` against ``reference`` (float ``[N, classes]``, same crops, same order):
-    ``server.agreement.compare`` when this server has it, else the same measures here."""
-    try:
-        server_agreement: Any = importlib.import_module("server.agreement")
-    except ImportError:
-        return _compare_here(reference, logits)
-    a = server_agreement.compare(reference, logits)
-    return Agreement(int(a.photos), float(a.top1), float(a.top5_overlap),
-                     float(a.softmax_l1_max), float(a.softmax_l1_mean),
-                     float(a.max_rel_logit_error), "server.agreement.compare")  # fmt: skip
-
-
-def weights_of(path: Path) -> str:
-    """The file's ``weights_sha256``: two files compare only if they share their weights."""
-    return read_metadata_props(path).get("weights_sha256", "")
-
-
-def recorded(path: Path, provider: str) -> Agreement | None:
-    """The agreement the export step recorded in ``path``'s metadata (``agreement``) for
-    ``provider`` (else its first measurement); None when the file records none."""
-    raw = read_metadata_props(path).get("agreement")
-    if not raw:
+def at_load(info: dict[str, Any]) -> Sourced | None:
+    """What the server measured at load (its ``GET /models`` entry ``info``), if it did."""
+    check = (info.get("agreement") or {}).get("at_load")
+    if not check:
         return None
     try:
-        record = json.loads(raw)
-        found = record["measurements"]
-        m = next((x for x in found if x.get("provider") == provider), found[0])
-        a = m["agreement"]
-        return Agreement(int(a["photos"]), float(a["top1"]), float(a["top5_overlap"]),
-                         float(a["softmax_l1_max"]), float(a.get("softmax_l1_mean", math.nan)),
-                         float(a["max_rel_logit_error"]),
-                         f"recorded at export on {m.get('provider', '?')} "
-                         f"({m.get('runtime', '?')}), vs {record.get('reference', 'fp32')}")  # fmt: skip
-    except (ValueError, KeyError, TypeError, IndexError, StopIteration):
+        return Sourced(Agreement.from_dict(check["values"]), str(check.get("measured_on", "")))
+    except (KeyError, TypeError, ValueError):
         return None

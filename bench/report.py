@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots, summary, threads
+from .agreement import Agreement, Sourced, at_load
 from .fmt import mib, ms, num, pct, table, x, yes
 from .limits import MACS_PER_IMAGE
 from .overload import FAST_REFUSAL_S, Overload
@@ -235,59 +236,64 @@ def _limits(res: Results) -> list[str]:
     return out
 
 
+def _figures(a: Agreement | None) -> list[str]:
+    """top-1 (count), top-5 overlap, softmax L1 max (mean), max relative logit error."""
+    if a is None:
+        return ["-"] * 4
+    return [f"{a.top1:.3f} ({a.top1_count})", f"{a.top5_overlap:.3f}",
+            f"{a.softmax_l1_max:.3g} ({a.softmax_l1_mean:.2g})", f"{a.max_rel_logit_error:.3g}"]  # fmt: skip
+
+
+def _short(s: Sourced | None) -> str:
+    if s is None:
+        return "-"
+    a = s.agreement
+    return (f"{a.top1_count} / {a.top5_overlap:.3f} / {a.softmax_l1_max:.3g} / "
+            f"{a.max_rel_logit_error:.3g}")  # fmt: skip
+
+
 def _agreement(res: Results) -> list[str]:
     out = ["## 2. Speed beside agreement", "",
            "What each variant costs in agreement with fp32, next to what it buys in speed. "
            "*Speed-up*: the server's closed-loop peak against the fp32 server on the same "
            "provider and against fp32 on ONNX Runtime's CPU provider (raw engine: its best "
-           "batch). *Agreement*: measured in this run on 35 crops (5 scikit-image photos held "
+           "batch). *Agreement*, measured in this run: 35 crops (5 scikit-image photos held "
            "out from INT8 calibration: chelsea, coffee, rocket, camera, motorcycle; 7 views "
-           "each; the server's preprocessing), against the fp32 file on ONNX Runtime's CPU "
-           "provider: top-1 agreement, top-5 overlap, softmax L1 distance (worst crop, mean in "
-           "brackets; 0..2), max relative logit error (`max |z - z_ref| / max |z_ref|`, worst "
-           "crop). *Recorded*: what the export step measured and wrote into the file's "
-           "metadata (`agreement`), on its own verification photos against a float64 "
-           "reference.", ""]  # fmt: skip
+           "each; the server's preprocessing) through this variant and through the fp32 file "
+           "on ONNX Runtime's CPU provider, compared by `server.agreement.compare`: top-1 "
+           "agreement (crops agreeing / all), top-5 overlap, softmax L1 distance (worst crop, "
+           "mean in brackets; 0..2), max relative logit error (`max |z - z_ref| / max "
+           "|z_ref|`, worst crop). Beside them, as top-1 / top-5 / L1 / rel: what the export "
+           "step recorded in the file (metadata `agreement`) and what the server measured "
+           "when it loaded the variant (`GET /models`), both against the float64 reference "
+           "on the verification photos.", ""]  # fmt: skip
     body = []
     keys = [v.key for v in res.plan.limits if v != v.reference and v.key in res.engines]
     for key in keys:
         v = Variant.parse(key)
-        a, rec = res.agreement.get(key), res.recorded.get(key)
         top = summary.peak(res, key)
         same = Variant(v.arch, v.provider)
         peak = top.throughput if top else math.nan
         vs_same = math.nan if same == v else summary.ratio(peak, summary.server_peak(res, same))
         vs_cpu = summary.ratio(peak, summary.server_peak(res, v.reference))
         raw = summary.ratio(summary.raw_best(res, key), summary.raw_best(res, v.reference.key))
-        measured = (["-"] * 4 if a is None else
-                    [f"{a.top1:.3f} ({round(a.top1 * a.inputs)}/{a.inputs})",
-                     f"{a.top5_overlap:.3f}", f"{a.softmax_l1_max:.3g} ({a.softmax_l1_mean:.2g})",
-                     f"{a.max_rel_logit_error:.3g}"])  # fmt: skip
-        recorded = (
-            "-"
-            if rec is None
-            else (
-                f"{rec.top1:.3f} / {rec.top5_overlap:.3f} / {rec.softmax_l1_max:.3g} / "
-                f"{rec.max_rel_logit_error:.3g} ({rec.inputs} photos)"
-            )
-        )
         body.append([v.label, _executes(res, key), num(peak), x(vs_same), x(vs_cpu), x(raw),
-                     *measured, recorded])  # fmt: skip
+                     *_figures(res.agreement.get(key)), _short(res.recorded.get(key)),
+                     _short(at_load(res.served.get(key, {})))])  # fmt: skip
     out += table(["variant", "executes", "server peak req/s", "speed-up vs fp32 same provider",
                   "vs fp32@cpu", "raw engine vs fp32@cpu", "top-1 agreement", "top-5 overlap",
-                  "softmax L1 max (mean)", "max rel logit error",
-                  "recorded: top-1 / top-5 / L1 / rel"], body)  # fmt: skip
+                  "softmax L1 max (mean)", "max rel logit error", "recorded at export",
+                  "server's check at load"], body)  # fmt: skip
     for key, note in res.agreement_notes.items():
         out.append(f"- {label(key)}: agreement not measured: {note}.")
     for key in keys:
         if (rec := res.recorded.get(key)) is not None:
-            out.append(f"- {label(key)} recorded: {rec.source}.")
-    sources = {a.source for a in res.agreement.values()}
-    out += ["", f"Computed by: {', '.join(f'`{x}`' for x in sorted(sources)) or '-'} (the "
-            "server's own measure where it has `server.agreement`). With random weights the "
-            "softmax is nearly flat, so a top-1 is decided by tiny margins and flips more than "
-            "with trained weights; a fp32 variant on another runtime shows the floor of "
-            "run-to-run numerical differences.", ""]  # fmt: skip
+            out.append(f"- {label(key)} recorded {rec.source}.")
+        if (load := at_load(res.served.get(key, {}))) is not None:
+            out.append(f"- {label(key)} checked by the server: {load.source}.")
+    out += ["", "With random weights the softmax is nearly flat, so a top-1 is decided by tiny "
+            "margins and flips more than with trained weights; a fp32 variant on another "
+            "runtime shows the floor of numerical differences between runtimes.", ""]  # fmt: skip
     return out
 
 

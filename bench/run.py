@@ -19,7 +19,7 @@ from tqdm import tqdm
 from server.engines import openvino_installed
 
 from . import agreement, limits, overload, procs, splits, summary
-from .agreement import Agreement
+from .agreement import Agreement, Sourced
 from .config import BenchConfig
 from .hw import CpuInfo, load_average
 from .images import photos
@@ -73,7 +73,7 @@ class Results:
     prep: list[limits.PreprocessPoint] = field(default_factory=list)
     pipe: dict[str, limits.PipelinePoint] = field(default_factory=dict)
     agreement: dict[str, Agreement] = field(default_factory=dict)
-    recorded: dict[str, Agreement] = field(default_factory=dict)
+    recorded: dict[str, Sourced] = field(default_factory=dict)
     agreement_notes: dict[str, str] = field(default_factory=dict)
     fast: dict[str, str] = field(default_factory=dict)
     """architecture -> its fast variant (best in-process ceiling among the served ones)"""
@@ -103,8 +103,13 @@ def _timed(res: Results, step: str) -> Iterator[None]:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:240]
+    """The gist of ``e``: its first line, and its last (a server's log tail ends with why it
+    exited)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    gist = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return gist[:400]
 
 
 def run_limits(res: Results, model_dir: Path) -> dict[str, limits.Model]:
@@ -162,7 +167,7 @@ def measure_agreement(res: Results, models: dict[str, limits.Model], model_dir: 
         ref_v = Variant(arch, "cpu")
         others = [m for k, m in models.items() if m.variant.arch == arch and k != ref_v.key]
         for m in others:
-            if (rec := agreement.recorded(m.path, m.variant.provider)) is not None:
+            if (rec := agreement.recorded(m.meta, m.variant.provider)) is not None:
                 res.recorded[m.variant.key] = rec
         if not others:
             continue
@@ -174,12 +179,11 @@ def measure_agreement(res: Results, models: dict[str, limits.Model], model_dir: 
             continue
         crops = agreement.inputs(ref.meta.preprocessing)
         reference = ref.run(crops)
-        ref_weights = agreement.weights_of(ref.path)
         for m in others:
-            if agreement.weights_of(m.path) != ref_weights:
+            if m.meta.weights_sha256 != ref.meta.weights_sha256:
                 res.agreement_notes[m.variant.key] = (
                     f"{m.path.name} was made from other weights than {ref.path.name} "
-                    "(weights_sha256 differ): not comparable"
+                    "(weights_sha256 differ): not comparable; export both from the same weights"
                 )
                 continue
             res.agreement[m.variant.key] = agreement.compare(reference, m.run(crops))
@@ -196,7 +200,7 @@ def _start(
         log.warning("%s for %s did not start: %s", kind, v.key, e)
         why = f"failed to start or serve: {_first_line(e)}"
         if kind == SERVER:
-            res.plan.drop(v, f"the server {why}")
+            res.plan.drop(v, f"not under load: the server {why}", load_only=True)
         else:
             res.peer_notes[f"{kind} ({v.key})"] = why
         return None

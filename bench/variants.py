@@ -97,10 +97,12 @@ class Plan:
     def limits_of(self, arch: str) -> list[Variant]:
         return [v for v in self.limits if v.arch == arch]
 
-    def drop(self, variant: Variant, reason: str) -> None:
-        """Leave ``variant`` out from here on (it failed to open or to serve)."""
+    def drop(self, variant: Variant, reason: str, *, load_only: bool = False) -> None:
+        """Leave ``variant`` out from here on: everywhere (it cannot run here), or only from
+        the load tests (``load_only``: its engine ran in-process but its server did not)."""
         self.skipped[variant.key] = reason
-        self.limits = [v for v in self.limits if v != variant]
+        if not load_only:
+            self.limits = [v for v in self.limits if v != variant]
         self.served = [v for v in self.served if v != variant]
 
 
