@@ -52,19 +52,20 @@ def views(img: Image.Image) -> list[Image.Image]:
 
 
 @cache
-def _encoded() -> tuple[bytes, ...]:
+def _encoded(per_photo: int) -> tuple[bytes, ...]:
     out = []
     for name in PHOTOS:
-        for view in views(source(name)):
+        for view in views(source(name))[:per_photo]:
             buf = io.BytesIO()
-            view.save(buf, format="PNG")
+            view.save(buf, format="PNG", compress_level=1)  # lossless; size does not matter
             out.append(buf.getvalue())
     return tuple(out)
 
 
-def inputs(spec: Preprocessing) -> npt.NDArray[np.uint8]:
-    """The agreement crops, uint8 ``[35, crop, crop, 3]``, by the server's preprocessing."""
-    return np.stack([preprocess(data, spec) for data in _encoded()])
+def inputs(spec: Preprocessing, per_photo: int = 7) -> npt.NDArray[np.uint8]:
+    """The agreement crops, uint8 ``[len(PHOTOS) * per_photo, crop, crop, 3]`` (the first
+    ``per_photo`` of the seven views of each photo), by the server's preprocessing."""
+    return np.stack([preprocess(data, spec) for data in _encoded(per_photo)])
 
 
 def recorded(meta: ModelMetadata, provider: str) -> Sourced | None:

@@ -50,6 +50,8 @@ class BenchConfig:
     deadline to bind on two cores, and the default for contrast (see the report)"""
     overload_all: bool = True
     """overload every served variant (else the fast one of each model)"""
+    agreement_views: int = 7
+    """views of each agreement photo (1..7; 5 photos)"""
     split_repeats: int = 2
     """interleaved rounds of the thread-split comparison"""
     splits: int = 4
@@ -101,6 +103,7 @@ SMOKE = replace(
     overload_seconds=1.0,
     overload_warmup_seconds=0.3,
     overload_queue_timeouts_ms=(500.0,),
+    agreement_views=1,
     splits=2,
 )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots, summary, threads
+from .agreement import PHOTOS as AGREEMENT_PHOTOS
 from .agreement import Agreement, Sourced, at_load
 from .fmt import mib, ms, num, pct, table, x, yes
 from .limits import MACS_PER_IMAGE
@@ -257,9 +258,11 @@ def _agreement(res: Results) -> list[str]:
            "What each variant costs in agreement with fp32, next to what it buys in speed. "
            "*Speed-up*: the server's closed-loop peak against the fp32 server on the same "
            "provider and against fp32 on ONNX Runtime's CPU provider (raw engine: its best "
-           "batch). *Agreement*, measured in this run: 35 crops (5 scikit-image photos held "
-           "out from INT8 calibration: chelsea, coffee, rocket, camera, motorcycle; 7 views "
-           "each; the server's preprocessing) through this variant and through the fp32 file "
+           "batch). *Agreement*, measured in this run: "
+           f"{len(AGREEMENT_PHOTOS) * res.cfg.agreement_views} crops ({len(AGREEMENT_PHOTOS)} "
+           "scikit-image photos held out from INT8 calibration: "
+           f"{', '.join(AGREEMENT_PHOTOS)}; {res.cfg.agreement_views} view(s) each; the "
+           "server's preprocessing) through this variant and through the fp32 file "
            "on ONNX Runtime's CPU provider, compared by `server.agreement.compare`: top-1 "
            "agreement (crops agreeing / all), top-5 overlap, softmax L1 distance (worst crop, "
            "mean in brackets; 0..2), max relative logit error (`max |z - z_ref| / max "

@@ -10,6 +10,7 @@ import logging
 import platform
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,7 @@ def measure_agreement(res: Results, models: dict[str, limits.Model], model_dir: 
             for m in others:
                 res.agreement_notes[m.variant.key] = f"no fp32 reference: {_first_line(e)}"
             continue
-        crops = agreement.inputs(ref.meta.preprocessing)
+        crops = agreement.inputs(ref.meta.preprocessing, res.cfg.agreement_views)
         reference = ref.run(crops)
         for m in others:
             if m.meta.weights_sha256 != ref.meta.weights_sha256:
@@ -189,21 +190,71 @@ def measure_agreement(res: Results, models: dict[str, limits.Model], model_dir: 
             res.agreement[m.variant.key] = agreement.compare(reference, m.run(crops))
 
 
-def _start(
+def _launch(
     res: Results, kind: str, v: Variant, model_dir: Path, jpeg: bytes, log_dir: Path,
     **flags: str,
-) -> Running | None:  # fmt: skip
-    """Start ``kind`` for ``v``; on failure record why (a peer note, or drop the variant)."""
+) -> Running | Exception:  # fmt: skip
+    """Start ``kind`` for ``v``; the exception instead if it did not start (thread-safe:
+    touches nothing shared)."""
     try:
         return start(kind, v, res.cfg, model_dir, jpeg, log_dir, **flags)
     except Exception as e:
         log.warning("%s for %s did not start: %s", kind, v.key, e)
-        why = f"failed to start or serve: {_first_line(e)}"
-        if kind == SERVER:
-            res.plan.drop(v, f"not under load: the server {why}", load_only=True)
-        else:
-            res.peer_notes[f"{kind} ({v.key})"] = why
+        return e
+
+
+def _failed(res: Results, kind: str, v: Variant, e: Exception) -> None:
+    """Record why ``kind`` did not start: a peer note, or the variant out of the load tests."""
+    why = f"failed to start or serve: {_first_line(e)}"
+    if kind == SERVER:
+        res.plan.drop(v, f"not under load: the server {why}", load_only=True)
+    else:
+        res.peer_notes[f"{kind} ({v.key})"] = why
+
+
+def _start(
+    res: Results, kind: str, v: Variant, model_dir: Path, jpeg: bytes, log_dir: Path,
+    **flags: str,
+) -> Running | None:  # fmt: skip
+    """Start one server; None (and why, recorded) if it did not start."""
+    r = _launch(res, kind, v, model_dir, jpeg, log_dir, **flags)
+    if isinstance(r, Exception):
+        _failed(res, kind, v, r)
         return None
+    return r
+
+
+Launch = tuple[str, Variant, dict[str, str]]
+"""(kind, variant, extra flags) of a server to start"""
+
+
+def _start_all(
+    res: Results, todo: list[Launch], model_dir: Path, jpeg: bytes, log_dir: Path
+) -> dict[tuple[str, str], Running]:
+    """Start several servers at once (start-up is not measured; waiting for each in turn
+    would be most of a short run) and return those that started, by (kind, variant)."""
+    if not todo:
+        return {}
+    with ThreadPoolExecutor(len(todo), thread_name_prefix="bench-start") as pool:
+        futures = [(kind, v, pool.submit(_launch, res, kind, v, model_dir, jpeg, log_dir, **flags))
+                   for kind, v, flags in todo]  # fmt: skip
+    out = {}
+    for kind, v, future in futures:
+        if isinstance(r := future.result(), Exception):
+            _failed(res, kind, v, r)
+        else:
+            out[(kind, v.key)] = r
+    return out
+
+
+def _peers(res: Results, fast: Variant) -> list[Launch]:
+    out: list[Launch] = []
+    for peer in res.cfg.peers:
+        if peer == LITSERVE and not litserve_available():
+            res.peer_notes[LITSERVE] = "not installed (pip install litserve); skipped"
+        else:
+            out.append((peer, fast, {}))
+    return out
 
 
 def run_arch(
@@ -216,29 +267,33 @@ def run_arch(
     running: dict[tuple[str, str], Running] = {}
     try:
         with _timed(res, f"{arch}: sweeps (servers, peers, paired latency, closed loop)"):
-            for v in res.plan.served_of(arch):
-                if (r := _start(res, SERVER, v, model_dir, jpeg, log_dir)) is not None:
-                    running[(SERVER, v.key)] = r
-                    res.served[v.key] = served_model(r.proc.url, v.model)
-                    res.policy[v.key] = dict(res.served[v.key].get("batching", {}))
-            served = [run.variant for run in running.values()]
+            planned = res.fast.get(arch)
+            todo: list[Launch] = [(SERVER, v, {}) for v in res.plan.served_of(arch)]
+            if planned is not None:  # the peers and the delay policy run the fast variant
+                todo += [*_peers(res, Variant.parse(planned)), (DELAY, Variant.parse(planned), {})]
+            running = _start_all(res, todo, model_dir, jpeg, log_dir)
+            served = [run.variant for (kind, _), run in running.items() if kind == SERVER]
             if not served:
                 return
-            if res.fast.get(arch) not in {v.key for v in served}:
+            for v in served:
+                res.served[v.key] = served_model(running[(SERVER, v.key)].proc.url, v.model)
+                res.policy[v.key] = dict(res.served[v.key].get("batching", {}))
+            if res.fast.get(arch) not in {v.key for v in served}:  # its server did not start
                 res.fast[arch] = max((v.key for v in served),
                                      key=lambda k: res.pipe[k].ceiling_images_per_s)  # fmt: skip
             fast = Variant.parse(res.fast[arch])
-            for peer in cfg.peers:
-                if peer == LITSERVE and not litserve_available():
-                    res.peer_notes[LITSERVE] = "not installed (pip install litserve); skipped"
-                elif (r := _start(res, peer, fast, model_dir, jpeg, log_dir)) is not None:
-                    running[(peer, fast.key)] = r
+            if fast.key != planned:  # the peers follow the fast variant that is served
+                for key in [k for k in running if k[0] != SERVER]:
+                    running.pop(key).proc.stop()
+                todo = [*_peers(res, fast), (DELAY, fast, {})]
+                running.update(_start_all(res, todo, model_dir, jpeg, log_dir))
             for v in served:
                 res.paired[v.key] = paired_latency(models[v.key],
                                                    running[(SERVER, v.key)].proc.url, jpeg,
                                                    cfg.paired_requests)  # fmt: skip
-            _closed_rounds(res, running, fast, models, [load_photos[1]])
-            for key in [k for k in running if k != (SERVER, fast.key)]:
+            swept = {k: r for k, r in running.items() if k[0] != DELAY}
+            _closed_rounds(res, swept, fast, models, [load_photos[1]])
+            for key in [k for k in running if k not in ((SERVER, fast.key), (DELAY, fast.key))]:
                 running.pop(key).proc.stop()
         with _timed(res, f"{arch}: open loop and batching"):
             # Open loop on the fast variant at fractions of its closed-loop peak.
@@ -247,20 +302,44 @@ def run_arch(
             for i, rate in enumerate(tqdm(rates, desc=f"{fast.key} open loop", unit="phase")):
                 res.open.append(measure(running[(SERVER, fast.key)], cfg, "open", rate, seed=i,
                                         breakdowns=res.breakdowns))  # fmt: skip
-            _batching(res, running, fast, model_dir, jpeg, log_dir)
+            _batching(res, running, fast)
             if (delay := running.pop((DELAY, fast.key), None)) is not None:
                 delay.proc.stop()
         with _timed(res, f"{arch}: thread splits"):
-            _splits(res, running[(SERVER, fast.key)], model_dir, jpeg, log_dir)
+            # The split layouts and the fast variant's overload servers start together (idle
+            # servers cost no CPU); the default layout is the sweep's server.
+            layouts = splits.layouts(res.pool_threads)[: cfg.splits]
+            res.split_flags.update(layouts)
+            todo = [(f"{SPLIT} {label}", fast, flags) for label, flags in layouts[1:]]
+            running.update(_start_all(res, todo + _overloads(res, fast), model_dir, jpeg,
+                                      log_dir))  # fmt: skip
+            split_runs = {layouts[0][0]: running[(SERVER, fast.key)]}
+            split_runs.update({label: running[(f"{SPLIT} {label}", fast.key)]
+                               for label, _ in layouts[1:]
+                               if (f"{SPLIT} {label}", fast.key) in running})  # fmt: skip
+            _splits(res, split_runs, fast)
+            for key in [k for k in running if not k[0].startswith(OVERLOAD)]:
+                running.pop(key).proc.stop()
+        crop = overload.crop_bytes(models[fast.key].meta.preprocessing.crop_size)
+        with _timed(res, f"{arch}: overload"):
+            for v in served if cfg.overload_all else [fast]:
+                if v != fast:  # the fast variant's are running already
+                    running.update(_start_all(res, _overloads(res, v), model_dir, jpeg, log_dir))
+                for kind, _, _ in _overloads(res, v):
+                    if (run := running.pop((kind, v.key), None)) is not None:
+                        try:
+                            _overload(res, run, crop)
+                        finally:
+                            run.proc.stop()
     finally:
         for run in running.values():
             run.proc.stop()
-    crop = models[fast.key].meta.preprocessing.crop_size
-    with _timed(res, f"{arch}: overload"):
-        for v in served if cfg.overload_all else [fast]:
-            for timeout_ms in cfg.overload_queue_timeouts_ms:
-                _overload(res, v, timeout_ms, model_dir, jpeg, log_dir,
-                          overload.crop_bytes(crop))  # fmt: skip
+
+
+def _overloads(res: Results, v: Variant) -> list[Launch]:
+    """The overload servers of ``v``: one per queue timeout of the configuration."""
+    return [(f"{OVERLOAD} {t:g} ms", v, {"queue-timeout-ms": f"{t:g}"})
+            for t in res.cfg.overload_queue_timeouts_ms]  # fmt: skip
 
 
 def _closed_rounds(
@@ -296,16 +375,13 @@ def _closed_rounds(
                         bar.update()
 
 
-def _batching(
-    res: Results, running: dict[tuple[str, str], Running], fast: Variant, model_dir: Path,
-    jpeg: bytes, log_dir: Path,
-) -> None:  # fmt: skip
-    """Eager (the CPU default) against delay, interleaved, on the fast variant."""
+def _batching(res: Results, running: dict[tuple[str, str], Running], fast: Variant) -> None:
+    """Eager (the CPU default) against delay, interleaved, on the fast variant (the delay
+    server was started with the others)."""
     cfg = res.cfg
-    delay = _start(res, DELAY, fast, model_dir, jpeg, log_dir)
+    delay = running.get((DELAY, fast.key))
     if delay is None:
         return
-    running[(DELAY, fast.key)] = delay
     res.policy[f"{fast.key}/delay"] = dict(served_model(delay.proc.url, fast.model)["batching"])
     steps = cfg.batching_repeats * len(cfg.batching_concurrency) * 2
     with tqdm(total=steps, desc=f"{fast.key} batching", unit="phase") as bar:
@@ -317,67 +393,44 @@ def _batching(
                     bar.update()
 
 
-def _overload(
-    res: Results, v: Variant, timeout_ms: float, model_dir: Path, jpeg: bytes, log_dir: Path,
-    crop: int,
-) -> None:  # fmt: skip
-    """Open loop at ``overload_factor`` x the variant's peak, on a fresh server with queue
-    timeout ``timeout_ms``; RSS sampled throughout."""
-    cfg = res.cfg
+def _overload(res: Results, run: Running, crop: int) -> None:
+    """Open loop at ``overload_factor`` x the variant's closed-loop peak on ``run`` (a fresh
+    server with the phase's queue timeout); RSS sampled throughout."""
+    cfg, v = res.cfg, run.variant
     top = summary.peak(res, v.key)
     if top is None or not top.throughput:
         return
-    flags = {"queue-timeout-ms": f"{timeout_ms:g}"}
-    run = _start(res, OVERLOAD, v, model_dir, jpeg, log_dir, **flags)
-    if run is None:
-        return
     pid = run.proc.proc.pid
-    try:
-        rss0, hwm0 = procs.vm_bytes(pid, "VmRSS"), procs.vm_bytes(pid, "VmHWM")
-        with overload.RssSampler(pid) as rss:
-            phase = measure(run, cfg, "open", cfg.overload_factor * top.throughput,
-                            seconds=cfg.overload_seconds, warmup=cfg.overload_warmup_seconds,
-                            seed=7)  # fmt: skip
-        result = overload.Overload(
-            v.key, top.throughput, cfg.overload_factor, overload.Limits.of(run.flags), crop,
-            phase, rss0, procs.vm_bytes(pid, "VmRSS"), rss.peak, hwm0,
-            procs.vm_bytes(pid, "VmHWM"),
-            {k.removeprefix("srv:"): x for k, x in phase.extra.items() if k.startswith("srv:")},
-        )  # fmt: skip
-        res.overload.append(result)
-        tqdm.write(f"overload {v.key} (queue timeout {timeout_ms:g} ms): {phase.ok} accepted, "
-                   f"{phase.rejected} refused {phase.refusal_codes}, {phase.errors} errors")  # fmt: skip
-    finally:
-        run.proc.stop()
+    rss0, hwm0 = procs.vm_bytes(pid, "VmRSS"), procs.vm_bytes(pid, "VmHWM")
+    with overload.RssSampler(pid) as rss:
+        phase = measure(run, cfg, "open", cfg.overload_factor * top.throughput,
+                        seconds=cfg.overload_seconds, warmup=cfg.overload_warmup_seconds,
+                        seed=7)  # fmt: skip
+    limits_ = overload.Limits.of(run.flags)
+    res.overload.append(overload.Overload(
+        v.key, top.throughput, cfg.overload_factor, limits_, crop, phase, rss0,
+        procs.vm_bytes(pid, "VmRSS"), rss.peak, hwm0, procs.vm_bytes(pid, "VmHWM"),
+        {k.removeprefix("srv:"): x for k, x in phase.extra.items() if k.startswith("srv:")},
+    ))  # fmt: skip
+    tqdm.write(f"overload {v.key} (queue timeout {limits_.queue_timeout_ms:g} ms): {phase.ok} "
+               f"accepted, {phase.rejected} refused {phase.refusal_codes}, {phase.errors} errors")  # fmt: skip
 
 
-def _splits(res: Results, default: Running, model_dir: Path, jpeg: bytes, log_dir: Path) -> None:
-    """Thread splits of the fast variant at concurrency 1 and at its saturation, interleaved.
-    ``default``: the fast variant's server of the sweep, which is the default layout."""
-    cfg, fast = res.cfg, default.variant
+def _splits(res: Results, running: dict[str, Running], fast: Variant) -> None:
+    """Thread splits (label -> its server) of the fast variant at concurrency 1 and at its
+    saturation, interleaved."""
+    cfg = res.cfg
     sat = summary.saturation(res, fast.key)
     levels = sorted({1, int(sat.level) if sat else max(cfg.concurrency)})
-    running: dict[str, Running] = {}
-    try:
-        for i, (label, flags) in enumerate(splits.layouts(res.pool_threads)[: cfg.splits]):
-            res.split_flags[label] = flags
-            if i == 0:  # the default layout is the sweep's server
-                running[label] = default
-            elif r := _start(res, f"{SPLIT} {label}", fast, model_dir, jpeg, log_dir, **flags):
-                running[label] = r
-        steps = cfg.split_repeats * len(levels) * len(running)
-        with tqdm(total=steps, desc=f"{fast.key} thread splits", unit="phase") as bar:
-            for rep in range(cfg.split_repeats):
-                for c in levels:
-                    for label, run in running.items():
-                        phase = measure(run, cfg, "closed", c, repeat=rep)
-                        phase.target = f"{SPLIT} {label}"
-                        res.splits.append(phase)
-                        bar.update()
-    finally:
-        for run in running.values():
-            if run is not default:
-                run.proc.stop()
+    steps = cfg.split_repeats * len(levels) * len(running)
+    with tqdm(total=steps, desc=f"{fast.key} thread splits", unit="phase") as bar:
+        for rep in range(cfg.split_repeats):
+            for c in levels:
+                for label, run in running.items():
+                    phase = measure(run, cfg, "closed", c, repeat=rep)
+                    phase.target = f"{SPLIT} {label}"
+                    res.splits.append(phase)
+                    bar.update()
 
 
 def runtimes() -> dict[str, str]:

@@ -23,13 +23,14 @@ NAIVE = "naive"
 LITSERVE = "litserve"
 DELAY = "server-delay"
 OVERLOAD = "server-overload"
+"""prefix of the overload configurations of our server (``server-overload 1000 ms``)"""
 SPLIT = "split"
 """prefix of the thread-split configurations of our server (``split intra 1 / pre 1``)"""
 
 
 def ours(kind: str) -> bool:
     """True for every configuration of our server (it has our metrics)."""
-    return kind in (SERVER, DELAY, OVERLOAD) or kind.startswith(SPLIT)
+    return kind in (SERVER, DELAY) or kind.startswith((OVERLOAD, SPLIT))
 
 
 @dataclass
