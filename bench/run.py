@@ -322,7 +322,8 @@ def run_arch(
                 running.pop(key).proc.stop()
         crop = overload.crop_bytes(models[fast.key].meta.preprocessing.crop_size)
         with _timed(res, f"{arch}: overload"):
-            for v in served if cfg.overload_all else [fast]:
+            others = [v for v in served if v != fast] if cfg.overload_all else []
+            for v in [fast, *others]:
                 if v != fast:  # the fast variant's are running already
                     running.update(_start_all(res, _overloads(res, v), model_dir, jpeg, log_dir))
                 for kind, _, _ in _overloads(res, v):
