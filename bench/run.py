@@ -1,7 +1,7 @@
 """The whole benchmark, in order: the limits of every variant (raw engine, preprocessing, the
 in-process pipeline, agreement with fp32), then per model the load sweeps of every served
 variant with the peers on the fast one, the open-loop sweep and the batching comparison of the
-fast one, the overload phases, and the thread splits. Returns a :class:`Results`."""
+fast one, the thread splits, and the overload phases. Returns a :class:`Results`."""
 
 from __future__ import annotations
 
@@ -260,7 +260,8 @@ def _peers(res: Results, fast: Variant) -> list[Launch]:
 def run_arch(
     res: Results, model_dir: Path, arch: str, log_dir: Path, models: dict[str, limits.Model]
 ) -> None:
-    """Steps 2-7 for one architecture: load sweeps, open loop, batching, overload, splits."""
+    """Everything after the limits for one architecture: load sweeps (with the paired
+    latency), open loop, batching, thread splits, overload."""
     cfg = res.cfg
     load_photos = photos(LOAD_PHOTO)
     jpeg = load_photos[1].jpeg  # chelsea, 500x375
