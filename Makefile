@@ -14,7 +14,7 @@ help:
 	@echo "make serve      set up, export the models if missing, serve on $(HOST):$(PORT)"
 	@echo "make test       lint, type-check and run the whole test suite"
 	@echo "make models     export $(MODELS) into models/ (WEIGHTS=imagenet|random|PATH)"
-	@echo "make bench      benchmark (docs/BENCHMARKS.md); make bench-quick for a smoke run"
+	@echo "make bench      benchmark (docs/BENCHMARKS.md, ~30 min); make bench-quick (~5 min)"
 	@echo "make soak       2-minute steady-load memory test (opt-in)"
 	@echo "make docker-build  build the image (TARGET=cpu|gpu) with buildah, no registry needed"
 	@echo "make docker-run    run that image's server on :$(PORT)"
@@ -72,13 +72,16 @@ test: $(BIN)/.installed test-tools lint typecheck
 soak: $(BIN)/.installed
 	$(BIN)/python -m pytest -m soak -p no:cacheprovider tests/reliability
 
+# Every variant (provider x precision) whose file is in models/: INT8 files come from
+# `python -m export ARCH --precision int8`; bf16 runs where the CPU has bf16 units. A subset:
+# make bench BENCH_ARGS='--variants resnet50@cpu,resnet50-int8@openvino'
 bench: models
 	$(BIN)/pip install -q -e '.[export,dev,bench]'
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-quick: models
 	$(BIN)/pip install -q -e '.[export,dev,bench]'
-	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 gpu-check:
 	bash bench/gpu_check.sh

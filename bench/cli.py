@@ -1,6 +1,7 @@
 """``python -m bench``: run the benchmark and write the reports.
 
-``--quick`` (< 2 min: resnet18, fewer levels, short phases), ``--smoke`` (tests, ~1 s phases),
+``--quick`` (resnet18: one fp32 and one fast variant, fewer levels, short phases),
+``--smoke`` (tests, ~1 s phases), ``--variants NAME@PROVIDER,...`` (a subset),
 ``--out DIR`` (markdown, plots under DIR/bench/), ``--models``, ``--gpu``.
 """
 
@@ -18,6 +19,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from server.cpuinfo import read_cpuinfo
 from server.settings import available_cpus
 
 from . import report
@@ -25,12 +27,14 @@ from .config import PRESETS
 from .hw import cpu_info, load_average
 from .procs import ROOT
 from .run import Results, run_all
+from .variants import Variant, plan
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="under 2 minutes, resnet18 only")
+    mode.add_argument("--quick", action="store_true",
+                      help="a few minutes: resnet18, one fp32 and one fast variant")  # fmt: skip
     mode.add_argument("--smoke", action="store_true", help="tiny sizes for the self-check test")
     p.add_argument("--out", type=Path, default=ROOT / "docs", help="where BENCHMARKS.md, "
                    "BATCHING.md and bench/*.png go (default docs/)")  # fmt: skip
@@ -40,9 +44,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="raw results file (default bench/out/results-MODE.json)",
     )
-    p.add_argument("--models", default=None, help="comma-separated (default per mode)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated architectures (default per mode)")  # fmt: skip
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated NAME@PROVIDER to measure instead of the defaults, e.g. "
+        "resnet18@cpu,resnet18-int8@openvino,resnet50-bf16@openvino",
+    )
     p.add_argument("--model-dir", type=Path, default=ROOT / "models")
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = CPUs)")
+    p.add_argument("--threads", type=int, default=0, help="engine intra-op threads (0 = CPUs)")
     p.add_argument(
         "--gpu",
         action="store_true",
@@ -75,18 +86,30 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, peers=())
     if args.gpu:
         cfg = replace(cfg, peers=())  # the peers are CPU-only; GPU mode measures ours
-    missing = [m for m in cfg.models if not (args.model_dir / f"{m}.onnx").exists()]
-    if missing:
-        print(f"missing models {missing} in {args.model_dir}: run `make models` first",
+    cpu = read_cpuinfo()
+    try:
+        explicit = None
+        if args.variants:
+            explicit = [Variant.parse(v) for v in args.variants.split(",") if v.strip()]
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    todo = plan(list(cfg.models), args.model_dir, cpu, quick=mode != "full",
+                explicit=explicit, gpu=args.gpu)  # fmt: skip
+    if not todo.served:
+        print(f"nothing to measure in {args.model_dir}: {todo.skipped}; run `make models` first",
               file=sys.stderr)  # fmt: skip
         return 2
+    cfg = replace(cfg, models=tuple(todo.archs))
     res = Results(
         cfg=cfg,
         command=("python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)).strip(),
         started=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        cpu=cpu_info(), threads=args.threads or available_cpus(), pool_threads=available_cpus(),
-        load_before=load_average(),
+        cpu=cpu_info(), cpu_features=cpu.describe(), threads=args.threads or available_cpus(),
+        pool_threads=available_cpus(), load_before=load_average(), plan=todo,
     )  # fmt: skip
+    for key, why in todo.skipped.items():
+        print(f"skipping {key}: {why}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:
         run_all(res, args.model_dir, Path(logs))
     paths = report.write(res, args.out)
@@ -102,9 +125,12 @@ def _jsonable(res: Results) -> dict[str, object]:
     d = dataclasses.asdict(res)
     d["breakdowns"] = {"/".join(map(str, k)): dataclasses.asdict(v)
                        for k, v in res.breakdowns.items()}  # fmt: skip
-    for key in ("closed", "open", "batching"):
-        for phase in d[key]:
-            phase["latencies_ms_p50_p90_p99"] = [float(x) for x in _pcts(phase.pop("latencies"))]
+    phases = [*d["closed"], *d["open"], *d["batching"], *d["splits"],
+              *(o["phase"] for o in d["overload"])]  # fmt: skip
+    for phase in phases:
+        phase["latencies_ms_p50_p90_p99"] = [float(x) for x in _pcts(phase.pop("latencies"))]
+        refusals = phase.pop("refusal_latencies")
+        phase["refusal_latencies_ms_p50_p90_p99"] = [float(x) for x in _pcts(refusals)]
     return d
 
 

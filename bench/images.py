@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee")
+"""The load-test photos"""
 JPEG_QUALITY = 90
 
 
@@ -29,16 +30,23 @@ class Photo:
 
 
 @cache
-def _source(name: str) -> Image.Image:
+def source(name: str) -> Image.Image:
+    """The scikit-image sample ``name`` as an RGB image (``motorcycle``: the left view of
+    ``stereo_motorcycle``; grey photos such as ``camera`` are replicated to three channels)."""
     from skimage import data  # imported lazily: slow import, only the bench needs it
 
-    arr = np.asarray(getattr(data, name)())
+    if name == "motorcycle":
+        arr = np.asarray(getattr(data, "stereo_motorcycle")()[0])  # noqa: B009 (untyped)
+    else:
+        arr = np.asarray(getattr(data, name)())
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
     return Image.fromarray(arr[..., :3].astype(np.uint8)).convert("RGB")
 
 
 def photo(name: str, size: tuple[int, int]) -> Photo:
     """The sample ``name`` resized to ``size`` = (width, height) and JPEG-encoded."""
-    img = _source(name).resize(size, Image.Resampling.LANCZOS)
+    img = source(name).resize(size, Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return Photo(name, size, buf.getvalue())

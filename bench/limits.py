@@ -1,17 +1,19 @@
 """The limits of this machine, the denominators of every ratio in the report.
 
-* raw ONNX Runtime: images/s and latency per batch size, at the server's session options;
+* the raw engine: images/s and latency per batch size for each variant (provider x
+  precision), opened exactly as the server opens it, the variants and batch sizes interleaved;
 * preprocessing alone: decode + resize + crop, ms per image, per photo size;
-* the in-process pipeline: the server's preprocessing and ORT calls with no HTTP, both as a
+* the in-process pipeline: the server's preprocessing and engine calls with no HTTP, both as a
   sequential loop (latency denominator) and as a thread pool overlapping batched inference
   (throughput ceiling: uses both cores, as the server does);
-* the FLOP rate: MACs/image x images/s against an estimate of the CPU's peak.
+* the FLOP rate: MACs/image x images/s against an estimate of the CPU's peak (fp32).
 """
 
 from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -20,24 +22,24 @@ from pathlib import Path
 import numpy as np
 
 from server.cpuinfo import read_cpuinfo
-from server.engines import EngineOptions, open_engine
+from server.engines import EngineOptions, EngineReport, open_engine
 from server.modelmeta import ModelMetadata
 from server.preprocess import DecodeLimits, preprocess
-from server.repository import resolve_provider
-from server.settings import Settings
 
 from .images import Photo
 from .timing import median, percentile, time_calls
+from .variants import Variant
 
 #: Multiply-accumulates per 224x224 image (torchvision's published GFLOPS, which count MACs).
 MACS_PER_IMAGE = {"resnet18": 1.814e9, "resnet50": 4.089e9}
 
 
 @dataclass(frozen=True)
-class OrtPoint:
-    """Raw ORT at one batch size: median latency per batch (s) and images/s."""
+class EnginePoint:
+    """The raw engine of one variant (key) at one batch size: median latency per batch (s),
+    its 90th percentile, and images/s."""
 
-    model: str
+    variant: str
     batch: int
     latency_s: float
     p90_s: float
@@ -56,7 +58,7 @@ class PreprocessPoint:
 
 @dataclass(frozen=True)
 class PipelinePoint:
-    """In-process pipeline for one model.
+    """In-process pipeline for one variant (key).
 
     ``seq_*``: sequential preprocess + batch-1 run per image (latency, s);
     ``pooled_*``: thread-pool preprocessing overlapping eager batches (images/s, mean batch),
@@ -64,7 +66,7 @@ class PipelinePoint:
     full batches); ``ceiling_images_per_s`` is the best of all variants.
     """
 
-    model: str
+    variant: str
     seq_median_s: float
     seq_p99_s: float
     seq_images_per_s: float
@@ -82,13 +84,18 @@ class PipelinePoint:
 
 
 class Model:
-    """One engine opened exactly as the server opens its engines (one instance)."""
+    """One variant's engine, opened exactly as the server opens it (one instance).
 
-    def __init__(self, path: Path, settings: Settings, precision: str | None = None) -> None:
-        options = EngineOptions(resolve_provider(settings), precision, settings.threads)
-        self.engine = open_engine(path, options, read_cpuinfo())
+    Raises what ``open_engine`` raises (``EngineUnavailable`` where it cannot run here).
+    """
+
+    def __init__(self, variant: Variant, model_dir: Path, threads: int) -> None:
+        self.variant = variant
+        self.path = variant.path(model_dir)
+        options = EngineOptions(variant.provider, variant.engine_precision, threads)
+        self.engine = open_engine(self.path, options, read_cpuinfo())
         self.meta: ModelMetadata = self.engine.meta
-        self.providers: list[str] = list(self.engine.report.devices)
+        self.report: EngineReport = self.engine.report
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, 224, 224, 3]`` -> float32 logits ``[N, 1000]``."""
@@ -101,30 +108,36 @@ def crops(model: Model, photos: list[Photo]) -> np.ndarray:
     return np.stack([preprocess(p.jpeg, spec) for p in photos])
 
 
-def raw_ort(
-    model: Model,
-    name: str,
+def raw_engine(
+    models: list[Model],
     base: np.ndarray,
     batches: tuple[int, ...],
     seconds: float,
     rounds: int = 2,
-) -> list[OrtPoint]:
-    """Time ``model.run`` on batches of real crops (``base`` tiled to each batch size).
+    progress: Callable[[], object] = lambda: None,
+) -> list[EnginePoint]:
+    """Time ``model.run`` of every model on batches of real crops (``base`` tiled to each
+    batch size), ``seconds`` per (model, batch size) in all.
 
-    The batch sizes are interleaved: ``rounds`` passes over all sizes, ``seconds / rounds``
-    per size per pass, so a change in machine load hits every size alike.
+    Interleaved: ``rounds`` passes, each over every model and every batch size, so a change
+    in machine load hits every variant and size alike. ``progress`` is called once per
+    (model, batch size) per pass.
     """
     inputs = {b: np.ascontiguousarray(np.resize(base, (b, *base.shape[1:]))) for b in batches}
-    times: dict[int, list[float]] = {b: [] for b in batches}
-    for images in inputs.values():
-        model.run(images)  # the first run at a new shape allocates
+    times: dict[tuple[str, int], list[float]] = {}
+    for model in models:
+        for images in inputs.values():
+            model.run(images)  # the first run at a new shape allocates
     for _ in range(rounds):
-        for b, images in inputs.items():
-            times[b] += time_calls(partial(model.run, images), seconds / rounds)
+        for model in models:
+            for b, images in inputs.items():
+                ts = time_calls(partial(model.run, images), seconds / rounds, min_calls=2)
+                times.setdefault((model.variant.key, b), []).extend(ts)
+                progress()
     out = []
-    for b, ts in times.items():
+    for (key, b), ts in times.items():
         lat = median(ts)
-        out.append(OrtPoint(name, b, lat, percentile(ts, 90), b / lat))
+        out.append(EnginePoint(key, b, lat, percentile(ts, 90), b / lat))
     return out
 
 
@@ -177,7 +190,8 @@ def pooled(
     submitted = 0
 
     def done(f: Future[np.ndarray]) -> None:
-        ready.put(f.result())
+        if not f.cancelled():  # the ones cancelled at the end are not waited for
+            ready.put(f.result())
 
     with ThreadPoolExecutor(threads, thread_name_prefix="bench-pre") as pool:
 
@@ -227,11 +241,18 @@ def best_pooled(
 
 
 def pipeline(
-    model: Model, name: str, photos: list[Photo], seconds: float, threads: int, max_batch: int
+    model: Model, photos: list[Photo], seconds: float, threads: int, max_batch: int
 ) -> PipelinePoint:
     """The sequential loop (``seconds / 4``) and the best pooled variant for one model."""
     seq = sequential(model, photos, seconds / 4)
     rate, batch, window = best_pooled(model, photos, 3 * seconds / 4, threads, max_batch)
     return PipelinePoint(
-        name, median(seq), percentile(seq, 99), len(seq) / sum(seq), rate, batch, window, [rate]
+        model.variant.key,
+        median(seq),
+        percentile(seq, 99),
+        len(seq) / sum(seq),
+        rate,
+        batch,
+        window,
+        [rate],
     )

@@ -10,15 +10,42 @@ from prometheus_client.parser import text_string_to_metric_families
 Snapshot = dict[str, float]
 
 
+#: Labelled series also kept (besides the sums over labels): refusals by reason, answers by
+#: outcome, and the request-duration buckets (``..._bucket{le=0.05}``).
+_LABELLED = {
+    "resnet_rejected_requests_total": "reason",
+    "resnet_requests_total": "outcome",
+    "resnet_request_duration_seconds_bucket": "le",
+}
+
+
 def scrape(url: str, model: str) -> Snapshot:
-    """Sum of each sample (``name`` with ``_sum``/``_count``/``_total`` suffix) for ``model``."""
+    """Sum of each sample (``name`` with ``_sum``/``_count``/``_total`` suffix) for ``model``,
+    plus the series of :data:`_LABELLED` as ``name{label=value}``."""
     text = httpx.get(url + "/metrics", timeout=10).text
     out: Snapshot = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.labels.get("model") == model and not s.name.endswith(("_bucket", "_created")):
+            if s.labels.get("model") != model or s.name.endswith("_created"):
+                continue
+            if (label := _LABELLED.get(s.name)) is not None:
+                key = f"{s.name}{{{label}={s.labels.get(label, '')}}}"
+                out[key] = out.get(key, 0.0) + float(s.value)
+            if not s.name.endswith("_bucket"):
                 out[s.name] = out.get(s.name, 0.0) + float(s.value)
     return out
+
+
+def delta(before: Snapshot, after: Snapshot) -> Snapshot:
+    """``after - before`` for every series of ``after``."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+def labelled(d: Snapshot, name: str) -> dict[str, float]:
+    """The ``name{label=value}`` series of ``d`` as value -> number (non-zero only)."""
+    prefix = name + "{"
+    return {k[len(prefix) :].split("=", 1)[1].rstrip("}"): v
+            for k, v in d.items() if k.startswith(prefix) and v}  # fmt: skip
 
 
 @dataclass(frozen=True)

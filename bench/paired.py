@@ -21,16 +21,18 @@ from .limits import Model
 
 @dataclass(frozen=True)
 class Paired:
-    """Medians over ``pairs`` alternating calls; seconds."""
+    """Medians over ``pairs`` alternating calls; seconds. ``variant``: the variant key."""
 
-    model: str
+    variant: str
     direct_p50_s: float
     server_p50_s: float
     pairs: int
 
 
-def paired_latency(model: Model, name: str, url: str, jpeg: bytes, pairs: int) -> Paired:
-    """``pairs`` x (direct call, then ``POST /predict/<name>`` on a keep-alive connection)."""
+def paired_latency(model: Model, url: str, jpeg: bytes, pairs: int) -> Paired:
+    """``pairs`` x (direct call on ``model``'s engine, then ``POST /predict/<name>`` to the
+    server of the same variant on a keep-alive connection)."""
+    name = model.variant.model
     spec = model.meta.preprocessing
 
     def direct() -> float:
@@ -53,4 +55,4 @@ def paired_latency(model: Model, name: str, url: str, jpeg: bytes, pairs: int) -
         for _ in range(pairs):
             d.append(direct())
             h.append(http())
-    return Paired(name, median(d), median(h), pairs)
+    return Paired(model.variant.key, median(d), median(h), pairs)

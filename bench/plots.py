@@ -1,5 +1,6 @@
 """PNG plots (matplotlib, Agg backend): throughput vs concurrency, latency vs offered load,
-where a request's time goes, and raw ORT cost per image vs batch size."""
+where a request's time goes, and the raw engine's cost per image vs batch size. One panel
+per architecture, one line per variant (provider x precision)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from matplotlib.figure import Figure
 from . import summary
 from .run import Results
 from .targets import SERVER
+from .variants import Variant
 
-COLORS = {"server": "tab:blue", "naive": "tab:orange", "litserve": "tab:green",
-          "server-delay": "tab:purple"}  # fmt: skip
+COLORS = {"fp32@cpu": "tab:blue", "fp32@openvino": "tab:cyan", "int8@cpu": "tab:brown",
+          "int8@openvino": "tab:red", "bf16@openvino": "tab:purple", "fp32@cuda": "tab:blue"}  # fmt: skip
+PEER_STYLE = {"naive": ":", "litserve": "-."}
 PARTS = ("client + socket + accept", "HTTP + framework", "queue wait", "preprocess", "inference")
 PART_COLORS = ("tab:gray", "tab:olive", "tab:red", "tab:orange", "tab:blue")
 
@@ -34,19 +37,37 @@ def _save(fig: Figure, path: Path) -> None:
     plt.close(fig)
 
 
+def _color(key: str) -> str | None:
+    v = Variant.parse(key)
+    return COLORS.get(f"{v.precision}@{v.provider}")
+
+
+def _archs(res: Results) -> list[str]:
+    return [a for a in res.cfg.models if any(v.arch == a for v in res.plan.served)] or list(
+        res.cfg.models
+    )
+
+
 def throughput(res: Results, path: Path) -> None:
-    """Closed-loop requests/s vs concurrency per target, with the in-process ceiling."""
-    fig, axes = _axes(len(res.cfg.models))
-    for ax, model in zip(axes, res.cfg.models, strict=True):
-        for t in summary.targets(res, model):
-            rs = summary.rows(res.closed, model, t)
-            ax.plot([r.level for r in rs], [r.throughput for r in rs], "o-", label=t,
-                    color=COLORS.get(t))  # fmt: skip
-        ax.axhline(res.pipe[model].ceiling_images_per_s, ls="--", color="k",
-                   label="in-process pipeline (ceiling)")  # fmt: skip
+    """Closed-loop requests/s vs concurrency per variant and peer, with the in-process
+    ceilings (dashed, same colour)."""
+    archs = _archs(res)
+    fig, axes = _axes(len(archs))
+    levels = sorted({p.level for p in res.closed})
+    for ax, arch in zip(axes, archs, strict=True):
+        for v in res.plan.served_of(arch):
+            for t in summary.targets(res, v.key):
+                rs = summary.rows(res.closed, v.key, t)
+                name = v.label.removeprefix(arch + " ")
+                ax.plot([r.level for r in rs], [r.throughput for r in rs],
+                        "o" + PEER_STYLE.get(t, "-"), color=_color(v.key),
+                        label=name if t == SERVER else f"{t} ({name})")  # fmt: skip
+            if (pipe := res.pipe.get(v.key)) is not None and summary.targets(res, v.key):
+                ax.axhline(pipe.ceiling_images_per_s, ls="--", color=_color(v.key), lw=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(list(res.cfg.concurrency), [str(c) for c in res.cfg.concurrency])
-        ax.set(title=model, xlabel="concurrent clients (closed loop)", ylabel="requests/s")
+        ax.set_xticks(levels, [f"{c:g}" for c in levels])
+        ax.set(title=f"{arch} (dashed: in-process ceiling)",
+               xlabel="concurrent clients (closed loop)", ylabel="requests/s")  # fmt: skip
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -54,27 +75,28 @@ def throughput(res: Results, path: Path) -> None:
 
 
 def latency(res: Results, path: Path) -> None:
-    """Open-loop p50/p90/p99 vs offered load for our server."""
-    fig, axes = _axes(len(res.cfg.models))
-    for ax, model in zip(axes, res.cfg.models, strict=True):
-        rs = summary.rows(res.open, model, SERVER)
+    """Open-loop p50/p90/p99 vs offered load for the fast variant of each model."""
+    keys = list(res.fast.values()) or [v.key for v in res.plan.served[:1]]
+    fig, axes = _axes(len(keys))
+    for ax, key in zip(axes, keys, strict=True):
+        rs = summary.rows(res.open, key, SERVER)
         x = [r.level for r in rs]
         for q, style in (("p50", "o-"), ("p90", "s-"), ("p99", "^-")):
             ax.plot(x, [getattr(r, q) * 1000 for r in rs], style, label=q)
-        if (top := summary.peak(res, model, SERVER)) is not None:
+        if (top := summary.peak(res, key, SERVER)) is not None:
             ax.axvline(top.throughput, ls="--", color="k", label="closed-loop peak")
         ax.set_yscale("log")
-        ax.set(title=f"{model}: open loop (Poisson)", xlabel="offered load, requests/s",
-               ylabel="latency, ms")  # fmt: skip
+        ax.set(title=f"{Variant.parse(key).label}: open loop (Poisson)",
+               xlabel="offered load, requests/s", ylabel="latency, ms")  # fmt: skip
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     _save(fig, path)
 
 
-def breakdown_parts(res: Results, model: str, level: float) -> list[float] | None:
+def breakdown_parts(res: Results, key: str, level: float) -> list[float] | None:
     """Mean ms per request in each of :data:`PARTS` at closed-loop ``level`` (first repeat)."""
-    bd = res.breakdowns.get((model, SERVER, "closed", level, 0))
-    phase = next((p for p in res.closed if p.model == model and p.target == SERVER
+    bd = res.breakdowns.get((key, SERVER, "closed", level, 0))
+    phase = next((p for p in res.closed if p.variant == key and p.target == SERVER
                   and p.level == level and p.extra.get("repeat") == 0), None)  # fmt: skip
     if bd is None or phase is None or not phase.latencies:
         return None
@@ -83,37 +105,44 @@ def breakdown_parts(res: Results, model: str, level: float) -> list[float] | Non
 
 
 def time_breakdown(res: Results, path: Path) -> None:
-    """Stacked bars: where a request's time goes at each concurrency, from server metrics."""
-    fig, axes = _axes(len(res.cfg.models))
-    for ax, model in zip(axes, res.cfg.models, strict=True):
-        levels = [c for c in res.cfg.concurrency if breakdown_parts(res, model, c)]
-        parts = [breakdown_parts(res, model, c) or [] for c in levels]
+    """Stacked bars: where a request's time goes at each concurrency (fast variants), from
+    the server's metrics."""
+    keys = list(res.fast.values()) or [v.key for v in res.plan.served[:1]]
+    fig, axes = _axes(len(keys))
+    for ax, key in zip(axes, keys, strict=True):
+        levels = [c for c in res.cfg.concurrency if breakdown_parts(res, key, c)]
+        parts = [breakdown_parts(res, key, c) or [] for c in levels]
         bottom = [0.0] * len(levels)
         xs = [str(c) for c in levels]
         for i, (name, color) in enumerate(zip(PARTS, PART_COLORS, strict=True)):
             vals = [p[i] for p in parts]
             ax.bar(xs, vals, bottom=bottom, label=name, color=color)
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-        ax.set(title=f"{model}: mean time per request", xlabel="concurrent clients",
-               ylabel="ms")  # fmt: skip
+        ax.set(title=f"{Variant.parse(key).label}: mean time per request",
+               xlabel="concurrent clients", ylabel="ms")  # fmt: skip
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     _save(fig, path)
 
 
 def batch_cost(res: Results, path: Path) -> None:
-    """Raw ORT ms per image vs batch size, per model."""
-    fig, axes = _axes(1)
-    ax = axes[0]
-    for model in res.cfg.models:
-        pts = [p for p in res.ort if p.model == model]
-        ax.plot([p.batch for p in pts], [1000 / p.images_per_s for p in pts], "o-", label=model)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(res.cfg.batch_sizes), [str(b) for b in res.cfg.batch_sizes])
-    ax.set(title="raw ONNX Runtime cost per image", xlabel="batch size", ylabel="ms per image")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    """The raw engine's ms per image vs batch size, per variant."""
+    archs = _archs(res)
+    fig, axes = _axes(len(archs))
+    for ax, arch in zip(axes, archs, strict=True):
+        for key in dict.fromkeys(p.variant for p in res.raw):
+            if Variant.parse(key).arch != arch:
+                continue
+            pts = [p for p in res.raw if p.variant == key]
+            ax.plot([p.batch for p in pts], [1000 / p.images_per_s for p in pts], "o-",
+                    label=Variant.parse(key).label, color=_color(key))  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(res.cfg.batch_sizes), [str(b) for b in res.cfg.batch_sizes])
+        ax.set(title=f"{arch}: raw engine cost per image", xlabel="batch size",
+               ylabel="ms per image")  # fmt: skip
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     _save(fig, path)
 
 

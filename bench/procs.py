@@ -66,6 +66,18 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def vm_bytes(pid: int, field: str) -> int:
+    """A memory field of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``: the peak RSS) of ``pid``
+    alone, in bytes; 0 if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 @dataclass
 class ServerProc:
     """A server the benchmark started on 127.0.0.1:``port``; its output goes to ``log``."""
@@ -119,7 +131,7 @@ class ServerProc:
 
 def start(name: str, args: list[str], env: dict[str, str], port: int, log_dir: Path) -> ServerProc:
     """Start ``python args...`` in its own process group (so stop() ends its whole tree)."""
-    log = log_dir / f"{name}-{port}.log"
+    log = log_dir / f"{name.replace(' ', '_').replace('/', '_')}-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_")}
     full_env.update(env)
     full_env.setdefault("PYTHONUNBUFFERED", "1")

@@ -1,6 +1,7 @@
-"""Markdown reports: ``BENCHMARKS.md`` (every table) and ``BATCHING.md`` (the policy choice).
+"""``BENCHMARKS.md``: every table of one run, per variant (provider x precision).
 
-Every number printed comes from the :class:`bench.run.Results` of one run.
+Every number printed comes from the :class:`bench.run.Results` of one run; ``BATCHING.md`` is
+written by :mod:`bench.report_batching`.
 """
 
 from __future__ import annotations
@@ -8,54 +9,69 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import onnxruntime as ort
+import numpy as np
 
-from . import plots, summary
+from . import plots, summary, threads
+from .agreement import PHOTOS as AGREEMENT_PHOTOS
+from .agreement import Agreement, Sourced, at_load
+from .fmt import mib, ms, num, pct, table, x, yes
 from .limits import MACS_PER_IMAGE
+from .overload import FAST_REFUSAL_S, Overload
+from .report_batching import batching_md
 from .run import LOAD_PHOTO, Results
-from .targets import DELAY, LITSERVE, NAIVE, SERVER
+from .targets import LITSERVE, NAIVE, SERVER
+from .variants import Variant
 
 PEER_DESC = {
-    NAIVE: "naive FastAPI + ONNX Runtime: one global session made at start-up, a plain `def` "
-    "handler (FastAPI's thread pool) that preprocesses and calls `session.run` on one image, "
-    "no batching. (A session per request would add its load time, ~0.1-0.5 s, to every "
-    "request; nobody ships that, so it was not measured.)",
-    LITSERVE: "LitServe (PyPI `litserve`) with its own dynamic batching: `max_batch_size` = the "
-    "server's, `batch_timeout` = {delay} ms, one worker process, one API server process; "
-    'the image is sent as JSON `{{"image": base64}}` because LitServe cannot pass a '
-    "multipart upload to its worker process (it pickles requests).",
+    NAIVE: "naive FastAPI app: the server's engine (same file, provider and precision) made "
+    "once at start-up, a plain `def` handler (FastAPI's thread pool) that preprocesses and runs "
+    "one image under a lock, no batching.",
+    LITSERVE: "LitServe (PyPI `litserve`) with its own dynamic batching around the server's "
+    "engine (same file, provider and precision): `max_batch_size` = the server's, "
+    "`batch_timeout` = {delay} ms, one worker process, one API server process; the image is "
+    'sent as JSON `{{"image": base64}}` because LitServe cannot pass a multipart upload to its '
+    "worker process (it pickles requests).",
 }
+PEER_GOAL_RATIO = 1.15
+PEER_GOAL_ARCHS = ("resnet50",)
+"""the peer goals (>= 1.15x peak, lower p99 at their peak) are stated for ResNet50"""
 
 
-def ms(seconds: float) -> str:
-    """Seconds -> 'x.y' ms (adaptive precision); '-' for NaN."""
-    if seconds != seconds:
-        return "-"
-    v = seconds * 1000
-    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+def label(key: str) -> str:
+    return Variant.parse(key).label
 
 
-def num(v: float, digits: int = 1) -> str:
-    return "-" if v != v or math.isinf(v) else f"{v:.{digits}f}"
+def _served(res: Results) -> list[str]:
+    """Variants measured under load, by architecture in plan order."""
+    keys = {p.variant for p in res.closed if p.target == SERVER}
+    return [v.key for v in res.plan.served if v.key in keys]
 
 
-def table(header: list[str], body: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in body]
-    return [*out, ""]
+def _executes(res: Results, key: str) -> str:
+    info = res.served.get(key) or res.engines.get(key) or {}
+    return str(info.get("precision", "?"))
 
 
 def _env(res: Results) -> list[str]:
-    cpu = res.cfg
+    cfg, f = res.cfg, res.cpu_features
     la, lb = res.load_before, res.load_after
-    return [
-        f"- **Command**: `{res.command}` (mode `{cpu.mode}`), started {res.started}, "
-        f"took {res.duration_s / 60:.1f} min.",
-        f"- **CPU**: {res.cpu.model}, {res.cpu.cpus} CPUs available; ONNX Runtime "
-        f"{ort.__version__}, providers {res.providers}.",
-        f"- **Threads** (the server's settings, used for every measurement): ORT intra-op "
-        f"{res.threads}, inter-op 1, sequential execution, spinning off; preprocessing pool "
-        f"{res.pool_threads} threads; max batch {res.cfg.max_batch_size}.",
+    flags = ", ".join(f.get("matrix_flags", [])) or "none"
+    runtimes = ", ".join(f"{k} {v}" for k, v in res.runtimes.items())
+    files = "; ".join(f"`{n}` {m['precision']} (weights {m['weights']}"
+                      f"{', random' if m['random_weights'] == 'true' else ''})"
+                      for n, m in res.files.items())  # fmt: skip
+    limits_only = [v.key for v in res.plan.limits if v not in res.plan.served]
+    out = [
+        f"- **Command**: `{res.command}` (mode `{cfg.mode}`), started {res.started}, "
+        f"took {res.duration_s / 60:.1f} min ("
+        + ", ".join(f"{k} {v / 60:.1f}" for k, v in res.steps.items())
+        + ").",
+        f"- **CPU**: {res.cpu.model}, {res.cpu.cpus} CPUs available. Matrix flags read from "
+        f"/proc/cpuinfo: {flags}; bf16 units: **{'yes' if f.get('bf16') else 'no'}**, int8 "
+        f"dot products: **{f.get('int8_units', '?')}**. Runtimes: {runtimes}.",
+        f"- **Threads** (the server's defaults on this machine, used for every measurement "
+        f"unless a table says otherwise): engine intra-op {res.threads}, preprocessing pool "
+        f"{res.pool_threads} threads, one instance per model; max batch {cfg.max_batch_size}.",
         f"- **Load average** (1/5/15 min) before: {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, after: "
         f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}. The load generator, the servers and the "
         "benchmark all share these cores; its CPU use is in every load table.",
@@ -63,121 +79,260 @@ def _env(res: Results) -> list[str]:
         "`chelsea`, `coffee`), resized with Lanczos to each size and JPEG-encoded (quality 90) "
         f"in memory. Load tests upload `chelsea` at {LOAD_PHOTO[0]}x{LOAD_PHOTO[1]} "
         f"({res.load_jpeg_kb:.0f} KB).",
-        "- **Models**: the exported ONNX files in the model directory (weights do not change "
-        "speed; random weights if ImageNet weights could not be downloaded).",
-        f"- **Method**: closed-loop phases {res.cfg.phase_seconds:g} s after "
-        f"{res.cfg.warmup_seconds:g} s warm-up, {res.cfg.repeats} interleaved round(s) (each "
-        "round walks every concurrency, each concurrency every server); medians over rounds "
-        "are quoted, error and 503 counts are summed.",
+        f"- **Model files**: {files}. Weights do not change speed; random weights make the "
+        "agreement figures pessimistic (flat softmax, see section 2).",
+        "- **Variants** (served model name @ provider; `cpu` = ONNX Runtime's CPU provider, "
+        "`openvino` = the OpenVINO runtime): under load "
+        + ", ".join(f"`{v.key}`" for v in res.plan.served)
+        + (
+            f"; limits table only: {', '.join(f'`{k}`' for k in limits_only)}"
+            if limits_only
+            else ""
+        )
+        + ". Each server was started as `python -m bench.serve --provider P --models NAME ...` "
+        "(the server's own CLI with named threads, see section 6).",
+    ]
+    for key, why in res.plan.skipped.items():
+        out.append(f"  - **skipped** `{key}`: {why}.")
+    out += [
+        f"- **Method**: closed-loop phases {cfg.phase_seconds:g} s after "
+        f"{cfg.warmup_seconds:g} s warm-up, {cfg.repeats} interleaved round(s) (each round "
+        "walks every concurrency, each concurrency every server of the model: all its "
+        "variants and the peers); the fast variant of each model and the peers at concurrency "
+        f"{', '.join(map(str, cfg.concurrency))}, the other variants at "
+        f"{', '.join(map(str, cfg.secondary_concurrency))}. Medians over rounds are quoted, "
+        "error and 503 counts are summed, and the spread is shown where it decides a verdict.",
         "",
     ]
+    return out
+
+
+def _met(ok: bool | None) -> str:
+    """' yes' / ' **no**' after a figure with a goal."""
+    return "" if ok is None else f" {yes(ok)}"
 
 
 def _headline(res: Results) -> list[str]:
-    out = ["## Headline", ""]
+    out = ["## Headline", "",
+           "Goals in the column names; *yes* / ***no*** after a figure says whether it met its "
+           "goal (measured, never assumed). *Fast*: the served variant of each model with the "
+           "best in-process ceiling in this run (section 1), the one the peers run.", ""]  # fmt: skip
+    body: list[list[str]] = []
+    for key in _served(res):
+        h = summary.headline(res, key)
+        fast = " (fast)" if key in res.fast.values() else ""
+        t = _saturation_threads(res, key)
+        loop = "-" if t is None else (
+            f"{num(t.loop, 2)} core, {num(t.loop_ms_per_request, 2)} ms/request; fills a core "
+            f"at {x(summary.ratio(t.loop_limit, h.server_peak))} the peak")  # fmt: skip
+        c1 = "-" if h.p50_c1 != h.p50_c1 else (
+            f"{ms(h.p50_c1)} vs {ms(h.direct)} ms ({h.p50_c1 / h.direct:.2f}x)"
+            + _met(h.p50_c1 <= h.p50_budget))  # fmt: skip
+        body.append([f"{label(key)}{fast}", num(h.server_peak),
+                     f"{h.ratio_ceiling:.2f} (of {num(h.ceiling)})" + _met(h.ratio_ceiling >= 0.9),
+                     f"{h.ratio_raw:.2f} (of {num(h.raw_best)})", x(h.vs_fp32_same_provider),
+                     x(h.vs_fp32_cpu), c1, f"{ms(h.p99_sat)} (c={h.sat_level:g})", loop])  # fmt: skip
+    out += table(["variant", "server peak req/s",
+                  "server / in-process pipeline img/s (goal >= 0.9)",
+                  "server / raw engine at its best batch (< 1: a hard bound)",
+                  "vs the fp32 server, same provider", "vs the fp32@cpu server",
+                  "p50 at concurrency 1 vs a direct call, ms (goal <= 1.1x + 2 ms)",
+                  "p99 at saturation ms", "event loop at saturation (section 6)"], body)  # fmt: skip
     body = []
-    for model in res.cfg.models:
-        h = summary.headline(res, model)
-        ok_thr = "yes" if h.ratio_ceiling >= 0.9 else "**no**"
-        ok_lat = "yes" if h.p50_c1 <= h.p50_budget else "**no**"
-        body.append([f"{model}: server / in-process pipeline throughput",
-                     f"{h.ratio_ceiling:.2f} ({num(h.server_peak)} / {num(h.ceiling)} img/s)",
-                     ">= 0.9", ok_thr])  # fmt: skip
-        body.append([f"{model}: server / raw ORT at its best batch (inference only)",
-                     f"{h.ratio_raw:.2f} ({num(h.server_peak)} / {num(h.raw_best)} img/s)",
-                     "< 1 (hard bound)", "-"])  # fmt: skip
-        for peer, ratio in h.peers.items():
-            body.append([f"{model}: server / {peer} peak throughput",
-                         f"{ratio:.2f} ({num(h.server_peak)} / {num(h.peer_peaks[peer])} req/s)",
-                         "> 1", "yes" if ratio > 1 else "**no**"])  # fmt: skip
-        body.append([f"{model}: p50 at concurrency 1 vs one direct preprocess + inference "
-                     "(interleaved pairs)",
-                     f"{ms(h.p50_c1)} ms vs {ms(h.direct)} ms ({h.p50_c1 / h.direct:.2f}x)",
-                     f"<= 1.1 x direct + 2 ms = {ms(h.p50_budget)} ms", ok_lat])  # fmt: skip
-        body.append([f"{model}: p99 at saturation (concurrency {h.sat_level:g})",
-                     f"{ms(h.p99_sat)} ms", "-", "-"])  # fmt: skip
-        body.append([f"{model}: share of the CPU's estimated peak FLOP/s at server peak",
-                     f"{100 * h.flop_util:.0f}%", "-", "-"])  # fmt: skip
-    out += table(["ratio", "measured", "goal", "met"], body)
+    for key in res.fast.values():
+        goal = Variant.parse(key).arch in PEER_GOAL_ARCHS
+        for p in summary.peers(res, key):
+            body.append([label(key), p.peer, num(p.ours_peak), num(p.peer_peak),
+                         f"{p.ratio:.2f}" + _met(p.ratio >= PEER_GOAL_RATIO if goal else None),
+                         f"{ms(p.ours_p99)} vs {ms(p.peer_p99)} (c={p.level:g})"
+                         + _met(p.ours_p99 < p.peer_p99 if goal else None)])  # fmt: skip
+    if body:
+        out += ["Peers on the fast variant (same model file, provider and precision; the goals "
+                f"are stated for {', '.join(PEER_GOAL_ARCHS)}):", ""]  # fmt: skip
+        out += table(["variant", "peer", "server peak req/s", "peer peak req/s",
+                      f"server / peer (goal >= {PEER_GOAL_RATIO})",
+                      "p99 at the peer's peak, server vs peer, ms (goal: lower)"], body)  # fmt: skip
     for peer, note in res.peer_notes.items():
         out.append(f"- Peer `{peer}`: {note}.")
-    spreads = ", ".join(f"{m} {100 * summary.noise(res, m):.0f}%" for m in res.cfg.models)
+    body = [_overload_headline(o) for o in res.overload]
+    if body:
+        out += [f"Overload ({res.cfg.overload_factor:g}x the peak, open loop; section 5):", ""]
+        out += table(["variant", "queue timeout s", "accepted p99 ms (goal < 2 x timeout)",
+                      "refusals: >= 50 ms / without Retry-After / other errors (goal: 0 / 0 / 0)",
+                      "RSS peak vs the bound the settings imply, MiB"], body)  # fmt: skip
+    spreads = ", ".join(f"{label(k)} {pct(summary.noise(res, k))}" for k in _served(res))
     out += ["", f"**Noise.** The same in-process measurement, repeated between load rounds, "
-            f"moved by (max - min) / median = {spreads} in this run: the two cores are shared "
+            f"moved by (max - min) / median = {spreads} in this run: the cores are shared "
             "with whatever else runs on the machine (see the load averages above). Ratios "
             "closer to 1 than that spread are a tie, not a win or a loss. Peak throughput is "
-            "the best concurrency level of the medians over rounds."]  # fmt: skip
-    out += ["", "![throughput](bench/throughput_vs_concurrency.png)", ""]
+            "the best concurrency level of the medians over rounds.", "",
+            "![throughput](bench/throughput_vs_concurrency.png)", ""]  # fmt: skip
     return out
+
+
+def _overload_headline(o: Overload) -> list[str]:
+    p = o.phase
+    slow = sum(r >= FAST_REFUSAL_S for r in p.refusal_latencies)
+    worst = max(p.refusal_latencies, default=math.nan)
+    p99_ok = p.pct(99) < o.p99_goal_s if p.ok else None
+    refusals_ok = slow == 0 and p.refusals_without_retry_after == 0 and p.errors == 0
+    return [
+        label(o.variant), f"{o.limits.queue_timeout_ms / 1000:g}",
+        f"{ms(p.pct(99))} ({p.ok} accepted) vs {ms(o.p99_goal_s)}" + _met(p99_ok),
+        f"{slow} / {p.refusals_without_retry_after} / {p.errors} of {p.rejected} refused "
+        f"(slowest {ms(worst)} ms)" + _met(refusals_ok),
+        f"{mib(o.rss_peak)} (before {mib(o.rss_before)}) vs {mib(o.bound)}"
+        + _met(o.rss_peak <= o.bound),
+    ]  # fmt: skip
 
 
 def _limits(res: Results) -> list[str]:
     cpu = res.cpu
-    out = ["## 1. The limits of this machine", "", "### Raw ONNX Runtime (preprocessed crops, no "
-           "Python around it)", ""]  # fmt: skip
+    out = ["## 1. The limits of this machine", "",
+           "### Raw engine (preprocessed crops, the engine alone)", ""]  # fmt: skip
+    base = {(p.variant, p.batch): p.images_per_s for p in res.raw}
     body = []
-    for p in res.ort:
-        util = p.images_per_s * 2 * MACS_PER_IMAGE.get(p.model, math.nan) / (cpu.peak_gflops * 1e9)
-        body.append([p.model, str(p.batch), ms(p.latency_s), ms(p.p90_s),
-                     ms(p.latency_s / p.batch), num(p.images_per_s), f"{100 * util:.0f}%"])  # fmt: skip
-    out += table(["model", "batch", "ms / batch (p50)", "p90", "ms / image", "images/s",
-                  "of peak FLOP/s"], body)  # fmt: skip
+    for p in res.raw:
+        v = Variant.parse(p.variant)
+        util = (p.images_per_s * 2 * MACS_PER_IMAGE.get(v.arch, math.nan)
+                / (cpu.peak_gflops * 1e9)) if v.precision == "fp32" else math.nan  # fmt: skip
+        ref = base.get((v.reference.key, p.batch), math.nan)
+        body.append([v.label, _executes(res, p.variant), str(p.batch), ms(p.latency_s),
+                     ms(p.p90_s), ms(p.latency_s / p.batch), num(p.images_per_s),
+                     x(p.images_per_s / ref), pct(util)])  # fmt: skip
+    out += table(["variant", "executes", "batch", "ms / batch (p50)", "p90", "ms / image",
+                  "images/s", "vs fp32@cpu", "of peak FP32 FLOP/s"], body)  # fmt: skip
     out += [
+        "Variants and batch sizes interleaved (two passes, each over every variant and size). "
+        "*executes*: the precision the engine reports its convolutions run in (OpenVINO counts "
+        "them per layer). "
         f"Peak FLOP/s is an **estimate**: {cpu.cpus} cores x {cpu.ghz:.2f} GHz ({cpu.ghz_source}) "
         f"x {cpu.flops_per_cycle} FP32 FLOPs/cycle ({cpu.isa}, two FMA units assumed) = "
-        f"{cpu.peak_gflops:.0f} GFLOP/s; turbo clocks and AVX-512 down-clocking both move it "
-        "(a share above 100% means the cores ran faster than the assumed clock). "
-        "FLOPs per image = 2 x MACs (1.81 G resnet18, 4.09 G resnet50).", "",
+        f"{cpu.peak_gflops:.0f} GFLOP/s, given for fp32 only; turbo clocks and AVX-512 "
+        "down-clocking both move it. FLOPs per image = 2 x MACs (1.81 G resnet18, 4.09 G "
+        "resnet50).", "",
         "### Preprocessing alone (decode + resize + centre crop, one thread)", "",
     ]  # fmt: skip
     body = [[f"{p.size[0]}x{p.size[1]}", num(p.jpeg_kb, 0), ms(p.median_s), ms(p.p90_s),
              num(1 / p.median_s)] for p in res.prep]  # fmt: skip
     out += table(["photo size", "JPEG KB", "ms / image (p50)", "p90", "images/s per core"], body)
-    out += ["### In-process pipeline (same preprocessing + ORT calls, no HTTP)", ""]
-    body = [[m, ms(p.seq_median_s), ms(p.seq_p99_s), num(p.seq_images_per_s),
+    out += ["### In-process pipeline (the server's preprocessing + the same engine, no HTTP)", ""]
+    body = [[label(k), ms(p.seq_median_s), ms(p.seq_p99_s), num(p.seq_images_per_s),
              num(p.pooled_images_per_s), str(p.pooled_window), num(p.pooled_mean_batch),
              ", ".join(num(r) for r in p.pooled_rounds), num(p.ceiling_images_per_s)]
-            for m, p in res.pipe.items()]  # fmt: skip
-    out += table(["model", "sequential ms / image (p50)", "p99", "sequential images/s",
+            for k, p in res.pipe.items()]  # fmt: skip
+    out += table(["variant", "sequential ms / image (p50)", "p99", "sequential images/s",
                   "pooled images/s", "pooled in-flight", "pooled mean batch",
                   "pooled images/s per round", "ceiling images/s"], body)  # fmt: skip
     out += [
         f"*Sequential*: one {LOAD_PHOTO[0]}x{LOAD_PHOTO[1]} photo at a time, preprocess then a "
         "batch-1 run: the latency denominator. *Pooled*: the server's shape without HTTP: "
         f"a {res.pool_threads}-thread preprocessing pool keeps a window of images in flight "
-        "(one image per pool thread, half a batch, or two full batches: the best is shown) while one thread runs "
-        "eager batches of whatever is ready; it is measured again before each load round (servers "
-        "idle) and the *ceiling* is the better of sequential and the median pooled rate over "
-        "those rounds (listed). Same photo as the load tests.", "",
+        "(one image per pool thread, half a batch, or two full batches: the best is shown) "
+        "while one thread runs eager batches of whatever is ready; for the served variants it "
+        "is measured again before each load round (servers idle) and the *ceiling* is the "
+        "better of sequential and the median pooled rate over those rounds (listed). Same "
+        "photo as the load tests.", "",
     ]  # fmt: skip
     return out
 
 
-def _closed(res: Results, model: str, target: str) -> list[str]:
+def _figures(a: Agreement | None) -> list[str]:
+    """top-1 (count), top-5 overlap, softmax L1 max (mean), max relative logit error."""
+    if a is None:
+        return ["-"] * 4
+    return [f"{a.top1:.3f} ({a.top1_count})", f"{a.top5_overlap:.3f}",
+            f"{a.softmax_l1_max:.3g} ({a.softmax_l1_mean:.2g})", f"{a.max_rel_logit_error:.3g}"]  # fmt: skip
+
+
+def _short(s: Sourced | None) -> str:
+    if s is None:
+        return "-"
+    a = s.agreement
+    return (f"{a.top1_count} / {a.top5_overlap:.3f} / {a.softmax_l1_max:.3g} / "
+            f"{a.max_rel_logit_error:.3g}")  # fmt: skip
+
+
+def _agreement(res: Results) -> list[str]:
+    out = ["## 2. Speed beside agreement", "",
+           "What each variant costs in agreement with fp32, next to what it buys in speed. "
+           "*Speed-up*: the server's closed-loop peak against the fp32 server on the same "
+           "provider and against fp32 on ONNX Runtime's CPU provider (raw engine: its best "
+           "batch). *Agreement*, measured in this run: "
+           f"{len(AGREEMENT_PHOTOS) * res.cfg.agreement_views} crops ({len(AGREEMENT_PHOTOS)} "
+           "scikit-image photos held out from INT8 calibration: "
+           f"{', '.join(AGREEMENT_PHOTOS)}; {res.cfg.agreement_views} view(s) each; the "
+           "server's preprocessing) through this variant and through the fp32 file "
+           "on ONNX Runtime's CPU provider, compared by `server.agreement.compare`: top-1 "
+           "agreement (crops agreeing / all), top-5 overlap, softmax L1 distance (worst crop, "
+           "mean in brackets; 0..2), max relative logit error (`max |z - z_ref| / max "
+           "|z_ref|`, worst crop). Beside them, as top-1 / top-5 / L1 / rel: what the export "
+           "step recorded in the file (metadata `agreement`) and what the server measured "
+           "when it loaded the variant (`GET /models`), both against the float64 reference "
+           "on the verification photos.", ""]  # fmt: skip
+    body = []
+    keys = [v.key for v in res.plan.limits if v != v.reference and v.key in res.engines]
+    for key in keys:
+        v = Variant.parse(key)
+        top = summary.peak(res, key)
+        same = Variant(v.arch, v.provider)
+        peak = top.throughput if top else math.nan
+        vs_same = math.nan if same == v else summary.ratio(peak, summary.server_peak(res, same))
+        vs_cpu = summary.ratio(peak, summary.server_peak(res, v.reference))
+        raw = summary.ratio(summary.raw_best(res, key), summary.raw_best(res, v.reference.key))
+        body.append([v.label, _executes(res, key), num(peak), x(vs_same), x(vs_cpu), x(raw),
+                     *_figures(res.agreement.get(key)), _short(res.recorded.get(key)),
+                     _short(at_load(res.served.get(key, {})))])  # fmt: skip
+    out += table(["variant", "executes", "server peak req/s", "speed-up vs fp32 same provider",
+                  "vs fp32@cpu", "raw engine vs fp32@cpu", "top-1 agreement", "top-5 overlap",
+                  "softmax L1 max (mean)", "max rel logit error", "recorded at export",
+                  "server's check at load"], body)  # fmt: skip
+    for key, note in res.agreement_notes.items():
+        out.append(f"- {label(key)}: agreement not measured: {note}.")
+    for key in keys:
+        if (rec := res.recorded.get(key)) is not None:
+            out.append(f"- {label(key)} recorded {rec.source}.")
+        if (load := at_load(res.served.get(key, {}))) is not None:
+            out.append(f"- {label(key)} checked by the server: {load.source}.")
+    out += ["", "With random weights the softmax is nearly flat, so a top-1 is decided by tiny "
+            "margins and flips more than with trained weights; a fp32 variant on another "
+            "runtime shows the floor of numerical differences between runtimes.", ""]  # fmt: skip
+    return out
+
+
+def _closed(res: Results, key: str, target: str) -> list[str]:
     gpu = res.cfg.gpu
     body = []
-    for r in summary.rows(res.closed, model, target):
-        body.append([f"{r.level:g}", num(r.throughput), ms(r.p50), ms(r.p90), ms(r.p99),
-                     ms(r.max), str(r.errors), str(r.rejected), num(r.mean_batch),
-                     num(r.server_cpu, 2), num(r.client_cpu, 2), num(r.rss_mib, 0),
+    for r in summary.rows(res.closed, key, target):
+        body.append([f"{r.level:g}", num(r.throughput), ", ".join(num(t) for t in r.throughputs),
+                     ms(r.p50), ms(r.p90), ms(r.p99), ms(r.max), str(r.errors), str(r.rejected),
+                     num(r.mean_batch), num(r.server_cpu, 2), num(r.client_cpu, 2),
+                     num(r.rss_mib, 0),
                      *([num(r.gpu_util, 0), num(r.gpu_mem, 0)] if gpu else [])])  # fmt: skip
-    return table(["concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
-                  "503", "mean batch", "server CPU (cores)", "client CPU (cores)",
+    return table(["concurrency", "req/s", "per round", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                  "errors", "503", "mean batch", "server CPU (cores)", "client CPU (cores)",
                   "RSS MiB", *(["GPU util %", "GPU mem MiB"] if gpu else [])], body)  # fmt: skip
 
 
 def _server(res: Results) -> list[str]:
-    out = ["## 2. The server under load", ""]
-    for model in res.cfg.models:
-        pol = res.policy.get(model, {})
-        out += [f"### {model}: closed loop (batching policy `{pol.get('policy', '?')}`)", ""]
-        out += _closed(res, model, SERVER)
-        out += [f"### {model}: open loop (Poisson arrivals, latency from the scheduled send)", ""]
-        body = []
-        for r in summary.rows(res.open, model, SERVER):
-            body.append([num(r.level), num(r.throughput), ms(r.p50), ms(r.p90), ms(r.p99),
-                         ms(r.max), str(r.errors), str(r.rejected), num(r.mean_batch),
-                         num(r.server_cpu, 2), num(r.client_cpu, 2), num(r.rss_mib, 0)])  # fmt: skip
+    out = ["## 3. The server under load", ""]
+    for key in _served(res):
+        pol = res.policy.get(key, {})
+        info = res.served.get(key, {})
+        engine = info.get("engine", {})
+        out += [f"### {label(key)}: closed loop (batching policy `{pol.get('policy', '?')}`; "
+                f"`/models`: precision {info.get('precision', '?')}, provider "
+                f"{info.get('provider', '?')}, {engine.get('runtime', '?')})", ""]  # fmt: skip
+        out += _closed(res, key, SERVER)
+    for key in res.fast.values():
+        rs = summary.rows(res.open, key, SERVER)
+        if not rs:
+            continue
+        out += [f"### {label(key)}: open loop (Poisson arrivals, latency from the scheduled "
+                "send)", ""]  # fmt: skip
+        body = [[num(r.level), num(r.throughput), ms(r.p50), ms(r.p90), ms(r.p99), ms(r.max),
+                 str(r.errors), str(r.rejected), num(r.mean_batch), num(r.server_cpu, 2),
+                 num(r.client_cpu, 2), num(r.rss_mib, 0)] for r in rs]  # fmt: skip
         out += table(["offered req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
                       "errors", "503", "mean batch", "server CPU", "client CPU", "RSS MiB"],
                      body)  # fmt: skip
@@ -190,16 +345,18 @@ def _server(res: Results) -> list[str]:
 
 
 def _peers(res: Results) -> list[str]:
-    out = ["## 3. Peers (same run, same photo, same model files, same ORT session options)", ""]
+    out = ["## 4. Peers on the fast variant (same run, photo, model file, provider and "
+           "precision)", ""]  # fmt: skip
     for peer in res.cfg.peers:
         if peer in PEER_DESC:
-            out.append(
-                f"- **{peer}**: " + PEER_DESC[peer].format(delay=f"{res.cfg.batching_delay_ms:g}")
-            )
+            desc = PEER_DESC[peer].format(delay=f"{res.cfg.batching_delay_ms:g}")
+            out.append(f"- **{peer}**: {desc}")
     out.append("")
-    for model in res.cfg.models:
-        ts = summary.targets(res, model)
-        per = {t: {r.level: r for r in summary.rows(res.closed, model, t)} for t in ts}
+    for key in res.fast.values():
+        ts = summary.targets(res, key)
+        if len(ts) < 2:
+            continue
+        per = {t: {r.level: r for r in summary.rows(res.closed, key, t)} for t in ts}
         header = ["concurrency", *[f"{t} req/s" for t in ts],
                   *[f"server / {t}" for t in ts[1:]], *[f"{t} p50 ms" for t in ts],
                   *[f"{t} p99 ms" for t in ts]]  # fmt: skip
@@ -211,21 +368,263 @@ def _peers(res: Results) -> list[str]:
                          *[num(thr[0] / v, 2) if v else "-" for v in thr[1:]],
                          *[ms(r.p50) if r else "-" for r in rs],
                          *[ms(r.p99) if r else "-" for r in rs]])  # fmt: skip
-        out += [f"### {model}", "", *table(header, body)]
+        out += [f"### {label(key)}", "", *table(header, body)]
         for t in ts[1:]:
-            out += [f"{t} in detail:", "", *_closed(res, model, t)]
+            out += [f"{t} in detail:", "", *_closed(res, key, t)]
+    return out
+
+
+def _overload(res: Results) -> list[str]:
+    if not res.overload:
+        return []
+    cfg = res.cfg
+    lim = res.overload[0].limits
+    short = min(cfg.overload_queue_timeouts_ms) / 1000
+    drains = {o.variant: o.limits.admission_capacity / o.peak for o in res.overload}
+    long = [label(k) for k, d in drains.items() if d >= short]
+    out = ["## 5. Overload", "",
+           f"Open-loop Poisson arrivals at {cfg.overload_factor:g}x each variant's closed-loop "
+           f"peak for {cfg.overload_seconds:g} s (after {cfg.overload_warmup_seconds:g} s "
+           "unmeasured), each on a fresh server with the benchmark's settings and a queue "
+           "timeout of "
+           + " or ".join(f"{t / 1000:g} s" for t in cfg.overload_queue_timeouts_ms)
+           + ". Why: the server admits up to its admission budget "
+           f"({lim.admission_capacity} images = max_queue_size {lim.max_queue_size} + "
+           f"{lim.instances} instance(s) x max_batch_size {lim.max_batch_size}) and drops what "
+           "is not dispatched by the deadline; the budget holds capacity / peak seconds of work "
+           "(the *drain time* below: "
+           + ", ".join(f"{label(k)} {d:.1f} s" for k, d in drains.items())
+           + "). When the timeout is longer than the drain time, no admitted request can reach "
+           "its deadline: the p99 goal holds by construction and the phase tests only the "
+           "door. "
+           f"At {short:g} s the deadline is shorter than the drain time"
+           + (f" of {', '.join(long)}" if long else " of none of the variants (then it tests "
+              "nothing more than the default)")
+           + ": requests are admitted that cannot be dispatched in time, and the phase tests "
+           "the deadline (`queue_timeout` drops) and whether a dispatched batch still ends "
+           "within 2 x the timeout. Settings (the same for every phase but the timeout):",
+           ""]  # fmt: skip
+    out += table(["setting", "value"], [
+        ["max_queue_size (images)", str(lim.max_queue_size)],
+        ["max_batch_size", str(lim.max_batch_size)],
+        ["instances", str(lim.instances)],
+        ["admission capacity (images in flight per model)", str(lim.admission_capacity)],
+        ["max_concurrent_requests", str(lim.max_concurrent_requests)],
+        ["max_body_bytes_in_flight", f"{lim.max_body_bytes_in_flight} ({mib(lim.max_body_bytes_in_flight)} MiB)"],
+        ["max_image_pixels", str(lim.max_image_pixels)],
+        ["preprocess threads", str(lim.preprocess_threads)],
+        ["engine intra-op threads", str(lim.intra_op_threads)],
+    ])  # fmt: skip
+    body = []
+    for o in res.overload:
+        p = o.phase
+        codes = ", ".join(f"{c} {n}" for c, n in sorted(p.refusal_codes.items())) or "-"
+        slow = sum(r >= FAST_REFUSAL_S for r in p.refusal_latencies)
+        refused = sorted(p.refusal_latencies)
+
+        def q(v: float, refused: list[float] = refused) -> str:
+            return ms(_percentile(refused, v)) if refused else "-"
+
+        body.append([label(o.variant), f"{o.limits.queue_timeout_ms / 1000:g}",
+                     f"{num(p.level)} ({o.factor:g} x {num(o.peak)})",
+                     num(o.limits.admission_capacity / o.peak, 2), num(p.throughput),
+                     ms(p.pct(50)), ms(p.pct(99)), ms(o.p99_goal_s), codes,
+                     f"{q(50)} / {q(99)} / {q(100)}", str(slow),
+                     str(p.refusals_without_retry_after), str(p.errors)])  # fmt: skip
+    out += table(["variant", "queue timeout s", "offered req/s (x peak)",
+                  "drain time of the admission budget s", "accepted req/s", "accepted p50 ms",
+                  "accepted p99 ms", "goal: p99 <", "503 by code", "refusal ms p50 / p99 / max",
+                  "refusals >= 50 ms", "503 without Retry-After", "other errors"], body)  # fmt: skip
+    body = []
+    for o in res.overload:
+        rej = o.server_series("resnet_rejected_requests_total")
+        outcomes = o.server_series("resnet_requests_total")
+        buckets = o.server_series("resnet_request_duration_seconds_bucket")
+        fast = buckets.get("0.05", 0.0)  # only non-zero deltas are kept
+        total = sum(outcomes.values())
+        body.append([label(o.variant), f"{o.limits.queue_timeout_ms / 1000:g}",
+                     ", ".join(f"{r} {n:.0f}" for r, n in sorted(rej.items())) or "-",
+                     ", ".join(f"{r} {n:.0f}" for r, n in sorted(outcomes.items())) or "-",
+                     f"{fast:.0f} of {total:.0f}", mib(o.rss_before), mib(o.rss_peak),
+                     mib(o.rss_after), f"{mib(o.hwm_before)} -> {mib(o.hwm_after)}",
+                     mib(o.bound), yes(o.rss_peak <= o.bound)])  # fmt: skip
+    out += table(["variant", "queue timeout s", "server: refused by reason",
+                  "server: answers by outcome", "server: answered in <= 50 ms",
+                  "RSS before MiB", "RSS peak MiB", "RSS after MiB",
+                  "peak-RSS mark (VmHWM) MiB", "bound MiB", "within"], body)  # fmt: skip
+    first = res.overload[0]
+    terms = first.limits.bound_terms(first.crop_bytes)
+    out += ["*Client side*: every refusal's time from its scheduled send to the 503; the code "
+            "is the `code` of the JSON body. *Server side*: deltas of "
+            "`resnet_rejected_requests_total{reason}`, `resnet_requests_total{outcome}` and of "
+            "the `resnet_request_duration_seconds` bucket `le=0.05` over the phase, warm-up "
+            "included (refusals made by the limits middleware are recorded with a duration of "
+            "0). *RSS*: `VmRSS` of the server process sampled every 50 ms; *bound* = RSS before "
+            "the phase + "
+            + " + ".join(f"{name} {mib(b)} MiB" for name, b in terms.items())
+            + ". The bound counts data buffers, not Python objects per request.", ""]  # fmt: skip
+    out += _overload_reading(res)
+    return out
+
+
+def _overload_reading(res: Results) -> list[str]:
+    """What the overload phases show, from their numbers."""
+    out = []
+    for o in res.overload:
+        p = o.phase
+        timeouts = p.refusal_codes.get("queue_timeout", 0)
+        door = p.rejected - timeouts
+        drain = o.limits.admission_capacity / o.peak
+        t = o.limits.queue_timeout_ms / 1000
+        if not p.rejected:
+            continue
+        if timeouts:
+            out.append(f"- {label(o.variant)}, timeout {t:g} s: {timeouts} of {p.rejected} "
+                       f"refusals were deadline drops, which take the timeout by construction; "
+                       f"{door} were refused at the door. The admission budget "
+                       f"({o.limits.admission_capacity} images) holds {drain:.1f} s of work at "
+                       f"the peak, more than the {t:g} s deadline: the server admits requests it "
+                       "cannot dispatch in time. To refuse them at the door instead, the budget "
+                       f"would have to be about peak x timeout = {o.peak * t:.0f} images.")  # fmt: skip
+        else:
+            out.append(f"- {label(o.variant)}, timeout {t:g} s: every refusal was made at the "
+                       f"door ({', '.join(p.refusal_codes)}); the accepted requests' p99 "
+                       f"({ms(p.pct(99))} ms) is set by the {drain:.1f} s of work the admission "
+                       "budget holds at the peak, not by the deadline.")  # fmt: skip
+    return [*out, ""] if out else []
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def _saturation_threads(res: Results, key: str) -> summary.Threads | None:
+    sat = summary.saturation(res, key)
+    return summary.thread_usage(res.closed, key, SERVER, sat.level) if sat else None
+
+
+def _threads(res: Results) -> list[str]:
+    out = ["## 6. Does the event loop or the GIL cap throughput before the cores do?", "",
+           "CPU time of each thread of the server process over the measured span of a "
+           "closed-loop phase at saturation (the lowest concurrency within 5% of the peak), "
+           "from `/proc/PID/task/*/schedstat` and `comm`, as cores (CPU seconds per wall "
+           "second), medians over rounds. Groups: *event loop* = the main thread (uvicorn's "
+           "asyncio loop: HTTP, routing, batcher, responses); *decode* = `preprocess_*`; "
+           "*runner* = `<model>-run<i>_*` (calls the engine, which also computes on the calling "
+           "thread); *engine runtime* = threads Python did not start (ONNX Runtime's "
+           "intra-op pool, OpenVINO's TBB workers); *framework threads* = AnyIO / asyncio pools. "
+           "So that every thread has its name whatever the Python version, the servers run as "
+           "`python -m bench.serve` (the server's own `main`, with each thread's OS name set "
+           "from its Python name and its id logged) and the naive peer does the same. *Runnable, no core*: the process's "
+           "threads' run-queue time (schedstat) per wall second: demand the cores could not "
+           "serve; *loop wait*: the event loop's share of the span spent so.", ""]  # fmt: skip
+    body = []
+    verdicts: list[tuple[str, summary.Threads, float]] = []
+    rows_for: list[tuple[str, str]] = [(k, SERVER) for k in _served(res)]
+    rows_for += [(k, NAIVE) for k in res.fast.values() if NAIVE in summary.targets(res, k)]
+    for key, target in rows_for:
+        sat = summary.saturation(res, key, target)
+        t = summary.thread_usage(res.closed, key, target, sat.level) if sat else None
+        if t is None or sat is None:
+            continue
+        verdicts.append((f"{label(key)} {target}", t, sat.throughput))
+        body.append([label(key), target, f"{t.level:g}", num(sat.throughput),
+                     *[num(t.cores.get(g, 0.0), 2) for g in threads.GROUPS],
+                     num(t.total, 2), num(t.waiting, 2), pct(t.loop_wait),
+                     num(t.loop_ms_per_request, 2),
+                     num(t.loop_limit, 0), x(summary.ratio(t.loop_limit, sat.throughput))])  # fmt: skip
+    out += table(["variant", "server", "concurrency", "req/s",
+                  *[f"{g} (cores)" for g in threads.GROUPS], "process (cores)",
+                  "runnable, no core (cores)", "loop wait",
+                  "loop ms / request", "loop would fill a core at req/s", "vs measured"],
+                 body)  # fmt: skip
+    out += _threads_verdict(res, verdicts)
+    return out
+
+
+def _threads_verdict(res: Results, verdicts: list[tuple[str, summary.Threads, float]]) -> list[str]:
+    ours = [(n, t, r) for n, t, r in verdicts if n.endswith(SERVER)]
+    if not ours:
+        return []
+    cores = res.cpu.cpus
+    head = min(summary.ratio(t.loop_limit, r) for _, t, r in ours)
+    busiest = max(ours, key=lambda v: v[1].loop)
+    lo, hi = min(t.total for _, t, _ in ours), max(t.total for _, t, _ in ours)
+    demand = min(t.total + (t.waiting if t.waiting == t.waiting else 0.0) for _, t, _ in ours)
+    loop_share = max(t.loop / t.total for _, t, _ in ours if t.total)
+    native = min(t.cores.get(threads.RUNTIME, 0.0) + t.cores.get(threads.RUNNER, 0.0)
+                 + t.cores.get(threads.DECODE, 0.0) for _, t, _ in ours)  # fmt: skip
+    used = num(lo, 2) if num(lo, 2) == num(hi, 2) else f"{num(lo, 2)}-{num(hi, 2)}"
+    out = [f"**What the numbers say.** At saturation the server process uses {used} of the "
+           f"{cores} cores, the rest going to the load generator and to "
+           "whatever else runs on the machine. Its event loop uses at most "
+           f"{num(busiest[1].loop, 2)} of a core ({busiest[0]}: "
+           f"{num(busiest[1].loop_ms_per_request, 2)} ms of loop CPU per request, "
+           f"{pct(loop_share)} of the process's CPU), so it would fill its core only at "
+           f"{head:.1f}x the measured peak or more. The GIL: the loop holds it for nearly all "
+           "its CPU time; the runner, decode and runtime threads (at least "
+           f"{num(native, 2)} cores here) spend theirs mostly in native code that releases it "
+           "(the engine, libjpeg, the resize), so at most the loop's share plus the Python "
+           "glue of the others contends for it. A GIL limit would show as idle cores while "
+           "requests wait: "
+           + (f"here the process's threads used or waited for at least {num(demand, 2)} of "
+              f"the {cores} cores (CPU plus run-queue time), so the cores are what runs out."
+              if demand >= 0.8 * cores else
+              f"here the process's threads used or waited for only {num(demand, 2)} of the "
+              f"{cores} cores at saturation, so something other than the cores limits it (the "
+              "GIL, the core budget or the batching; this table cannot tell them apart).")]  # fmt: skip
+    if head >= 2:
+        cores_at = head * cores
+        out.append(f"Extrapolating linearly (throughput proportional to cores, loop cost per "
+                   f"request constant), one process's loop would saturate at about "
+                   f"{cores_at:.0f} cores' worth of this throughput: **one worker process is "
+                   f"enough on this machine; several would pay only past roughly {cores_at:.0f} "
+                   "cores, or with an engine much faster per request (a GPU).**")  # fmt: skip
+    else:
+        out.append("**The loop is within 2x of saturating at the measured peak: a second "
+                   "worker process (or less loop work per request) is what would raise the "
+                   "ceiling first.**")  # fmt: skip
+    for n, t, _ in verdicts:
+        if n.endswith(NAIVE):
+            out.append(f"The naive peer ({n}) spends {num(t.loop_ms_per_request, 2)} ms of loop "
+                       f"CPU per request; its handler work (decode and inference) runs in "
+                       f"FastAPI's thread pool ({num(t.cores.get(threads.POOL, 0.0), 2)} cores).")  # fmt: skip
+    return [*out, ""]
+
+
+def _splits(res: Results) -> list[str]:
+    if not res.splits:
+        return []
+    out = ["## 7. Thread split (fast variant, interleaved)", "",
+           "The server sizes its threads from a core budget (`server/cpubudget.py`): an engine "
+           "run holds `intra_op_threads` cores, a decode one. Each layout is a server started "
+           "with the flags listed; the layouts alternate within each round, at concurrency 1 "
+           "and at the saturation concurrency of the default layout's sweep.", ""]  # fmt: skip
+    body = []
+    for key in dict.fromkeys(p.variant for p in res.splits):
+        targets = list(dict.fromkeys(p.target for p in res.splits if p.variant == key))
+        for t in targets:
+            name = t.removeprefix("split ").strip()
+            flags = " ".join(f"--{k} {v}" for k, v in res.split_flags.get(name, {}).items())
+            for r in summary.rows(res.splits, key, t):
+                body.append([label(key), name, flags or "(defaults)", f"{r.level:g}",
+                             num(r.throughput), ", ".join(num(v) for v in r.throughputs),
+                             ms(r.p50), ms(r.p99), num(r.server_cpu, 2)])  # fmt: skip
+    out += table(["variant", "layout", "flags", "concurrency", "images/s", "per round",
+                  "p50 ms", "p99 ms", "server CPU (cores)"], body)  # fmt: skip
+    out += ["One image per request, so images/s = requests/s.", ""]
     return out
 
 
 def _breakdown(res: Results) -> list[str]:
-    out = ["## 4. Where a request's time goes (server's own histograms)", ""]
-    for model in res.cfg.models:
+    out = ["## 8. Where a request's time goes (server's own histograms)", ""]
+    for key in _served(res):
         body = []
-        for c in res.cfg.concurrency:
-            parts = plots.breakdown_parts(res, model, c)
+        for c in sorted({r.level for r in summary.rows(res.closed, key, SERVER)}):
+            parts = plots.breakdown_parts(res, key, c)
             if parts:
                 body.append([f"{c:g}", *[num(v, 2) for v in parts], num(sum(parts), 2)])
-        out += [f"### {model} (mean ms per request, closed loop, first round)", ""]
+        out += [f"### {label(key)} (mean ms per request, closed loop, first round)", ""]
         out += table(["concurrency", *plots.PARTS, "total"], body)
     out += [
         "*inference* is the mean duration of a batch execution (`resnet_inference_seconds` "
@@ -241,60 +640,59 @@ def _breakdown(res: Results) -> list[str]:
 
 
 def _findings(res: Results) -> list[str]:
-    out = ["## 5. Where the server falls short, and why", ""]
-    for model in res.cfg.models:
-        h = summary.headline(res, model)
-        sat = summary.saturation(res, model)
-        parts = plots.breakdown_parts(res, model, h.sat_level) or [math.nan] * 5
-        c1 = plots.breakdown_parts(res, model, 1) or [math.nan] * 5
-        pts = [p for p in res.ort if p.model == model]
+    out = ["## 9. Where the server falls short, and why", ""]
+    for key in _served(res):
+        h = summary.headline(res, key)
+        sat = summary.saturation(res, key)
+        parts = plots.breakdown_parts(res, key, h.sat_level) or [math.nan] * 5
+        c1 = plots.breakdown_parts(res, key, 1) or [math.nan] * 5
+        pts = [p for p in res.raw if p.variant == key]
         batch_gain = h.raw_best / pts[0].images_per_s if pts else math.nan
         tie = max(0.05, h.noise)
         gain_word = "barely lowers" if batch_gain < 1.15 else "lowers"
         vs_ceiling = ("a tie within this run's noise" if abs(h.ratio_ceiling - 1) < tie
                       else "above it" if h.ratio_ceiling > 1 else "**below it**")  # fmt: skip
         out.append(
-            f"- **{model}**: peak {num(h.server_peak)} req/s = {h.ratio_ceiling:.2f} x the "
+            f"- **{label(key)}**: peak {num(h.server_peak)} req/s = {h.ratio_ceiling:.2f} x the "
             f"in-process pipeline ({num(h.ceiling)} img/s; {vs_ceiling}) and "
-            f"{h.ratio_raw:.2f} x raw ONNX Runtime alone at its best batch "
+            f"{h.ratio_raw:.2f} x the raw engine alone at its best batch "
             f"({num(h.raw_best)} img/s, no preprocessing, no HTTP)."
         )
         if sat is not None:
             out.append(
                 f"  - *Why not more*: at saturation (concurrency {h.sat_level:g}) the server "
                 f"process already uses {num(sat.server_cpu, 2)} of {res.cpu.cpus} cores (the "
-                f"load generator {num(sat.client_cpu, 2)}), so the machine is full. Inference "
-                f"is the bulk of it, and on this CPU batching {gain_word} its cost: the best "
-                f"batch size gives {batch_gain:.2f}x the images/s of batch 1 (see BATCHING.md; "
-                f"the server's mean batch here is {num(sat.mean_batch)}). What the server "
-                f"adds on the same cores is preprocessing ({num(c1[3], 2)} ms per image at "
-                f"concurrency 1) and per-request HTTP/asyncio work: {num(c1[0] + c1[1], 2)} ms "
-                f"per request at concurrency 1, growing to {num(parts[0] + parts[1], 1)} ms at "
-                f"saturation because the event loop thread then competes with "
-                f"{res.threads} ORT threads and {res.pool_threads} preprocessing threads for "
-                f"{res.cpu.cpus} cores (the time shows up as HTTP + framework and as "
-                "client + socket + accept in section 4)."
+                f"load generator {num(sat.client_cpu, 2)}). Inference is the bulk of it, and "
+                f"on this CPU batching {gain_word} its cost: the best batch size gives "
+                f"{batch_gain:.2f}x the images/s of batch 1 (see BATCHING.md; the server's "
+                f"mean batch here is {num(sat.mean_batch)}). What the server adds on the same "
+                f"cores is preprocessing ({num(c1[3], 2)} ms per image at concurrency 1) and "
+                f"per-request HTTP/asyncio work: {num(c1[0] + c1[1], 2)} ms per request at "
+                f"concurrency 1, {num(parts[0] + parts[1], 1)} ms at saturation, where the "
+                f"event loop competes with {res.threads} engine threads and "
+                f"{res.pool_threads} decode threads for {res.cpu.cpus} cores (section 6 has "
+                "the CPU per thread group)."
             )
-        for peer, ratio in h.peers.items():
-            verdict = ("a tie within this run's noise" if abs(ratio - 1) < tie
-                       else "ahead" if ratio > 1 else "**behind**")  # fmt: skip
+        for p in summary.peers(res, key):
+            verdict = ("a tie within this run's noise" if abs(p.ratio - 1) < tie
+                       else "ahead" if p.ratio > 1 else "**behind**")  # fmt: skip
             out.append(
-                f"  - vs {peer}: {ratio:.2f}x at peak ({verdict}). The peers run the same "
-                "preprocessing and the same ORT session options on the same cores, so all are "
-                "bound by the same inference cost once the cores are full; what can differ is "
-                "batching (worth at most the batch gain above) and per-request overhead."
+                f"  - vs {p.peer}: {p.ratio:.2f}x at peak ({verdict}); p99 at its peak "
+                f"(concurrency {p.level:g}) {ms(p.ours_p99)} ms vs {ms(p.peer_p99)} ms. The "
+                "peers run the same preprocessing and the same engine on the same cores, so "
+                "once the cores are full all are bound by the same inference cost; what can "
+                "differ is batching (worth at most the batch gain above) and per-request "
+                "overhead."
             )
-        lat = "within" if h.p50_c1 <= h.p50_budget else "**outside**"
-        out.append(
-            f"  - p50 at concurrency 1: {ms(h.p50_c1)} ms, {lat} the budget of "
-            f"{ms(h.p50_budget)} ms (direct call {ms(h.direct)} ms). At concurrency 1 a request "
-            f"spends {num(c1[0] + c1[1], 2)} ms in HTTP, framework and client code, "
-            f"{num(c1[3], 2)} ms preprocessing and {num(c1[4], 2)} ms inferring"
-            + ". Both figures are medians of the same interleaved pairs (one direct call, then one "
-            "HTTP request through httpx on a keep-alive connection), so they saw the same load "
-            "on the shared cores; the difference is HTTP, framework, thread hand-offs and the "
-            "client's own time."
-        )
+        if h.p50_c1 == h.p50_c1:
+            lat = "within" if h.p50_c1 <= h.p50_budget else "**outside**"
+            out.append(
+                f"  - p50 at concurrency 1: {ms(h.p50_c1)} ms, {lat} the budget of "
+                f"{ms(h.p50_budget)} ms (direct call {ms(h.direct)} ms; medians of the same "
+                f"interleaved pairs). At concurrency 1 a request spends "
+                f"{num(c1[0] + c1[1], 2)} ms in HTTP, framework and client code, "
+                f"{num(c1[3], 2)} ms preprocessing and {num(c1[4], 2)} ms inferring."
+            )
     out.append("")
     return out
 
@@ -303,89 +701,12 @@ def benchmarks_md(res: Results) -> str:
     lines = ["# Benchmarks", "",
              "Generated by `python -m bench` (`make bench`) from one run; do not edit by hand.",
              ""]  # fmt: skip
-    lines += _env(res) + _headline(res) + _limits(res) + _server(res) + _peers(res)
-    lines += _breakdown(res) + _findings(res)
+    lines += _env(res) + _headline(res) + _limits(res) + _agreement(res) + _server(res)
+    lines += _peers(res) + _overload(res) + _threads(res) + _splits(res) + _breakdown(res)
+    lines += _findings(res)
     lines += ["See also [BATCHING.md](BATCHING.md) for the batching policy measured in this "
               "run.", ""]  # fmt: skip
     return "\n".join(lines)
-
-
-def batching_md(res: Results) -> str:
-    out = ["# Batching policy on this CPU", "",
-           f"Generated by `{res.command}` on {res.started} (same run as "
-           "[BENCHMARKS.md](BENCHMARKS.md)); CPU: "
-           f"{res.cpu.model}, {res.cpu.cpus} CPUs, ORT intra-op threads {res.threads}.", "",
-           "## Raw ONNX Runtime cost per image vs batch size", ""]  # fmt: skip
-    body = []
-    for model in res.cfg.models:
-        pts = [p for p in res.ort if p.model == model]
-        base = pts[0].images_per_s if pts else math.nan
-        for p in pts:
-            body.append([model, str(p.batch), ms(p.latency_s / p.batch), num(p.images_per_s),
-                         f"{p.images_per_s / base:.2f}x"])  # fmt: skip
-    out += table(["model", "batch", "ms / image", "images/s", f"vs batch {res.ort[0].batch}"],
-                 body)  # fmt: skip
-    out += ["![cost per image](bench/batch_cost.png)", "",
-            f"## The server: eager vs delay ({res.cfg.batching_delay_ms:g} ms), interleaved, "
-            f"{res.cfg.batching_repeats} round(s), medians", "",
-            "*eager* is the benchmarked server with its default `RESNET_BATCHING=auto`, which "
-            "resolves to eager on CPU (`GET /models` reported: "
-            + "; ".join(f"{k}: `{v.get('policy')}`" for k, v in res.policy.items())
-            + f"); *delay* is a second server with `RESNET_BATCHING=delay "
-            f"RESNET_MAX_QUEUE_DELAY_MS={res.cfg.batching_delay_ms:g}`. Both run at the same "
-            "time; rounds alternate between them. Phases as in BENCHMARKS.md.", ""]  # fmt: skip
-    body = []
-    verdicts = []
-    for model in res.cfg.models:
-        eager = {r.level: r for r in summary.rows(res.batching, model, SERVER)}
-        delay = {r.level: r for r in summary.rows(res.batching, model, DELAY)}
-        for c in sorted(eager):
-            e, d = eager[c], delay.get(c)
-            for name, r in (("eager", e), (f"delay {res.cfg.batching_delay_ms:g} ms", d)):
-                if r is None:
-                    continue
-                body.append([model, f"{c:g}", name, num(r.throughput), ms(r.p50), ms(r.p99),
-                             num(r.mean_batch), f"{r.throughput / e.throughput:.2f}"])  # fmt: skip
-            if d is not None:
-                verdicts.append((model, c, d.throughput / e.throughput, d.p50 - e.p50))
-    out += table(["model", "concurrency", "policy", "req/s", "p50 ms", "p99 ms", "mean batch",
-                  "throughput vs eager"], body)  # fmt: skip
-    out += ["## Conclusion", ""]
-    gains = [g for _, _, g, _ in verdicts]
-    per_model = {m: [p for p in res.ort if p.model == m] for m in res.cfg.models}
-    for m, ps in per_model.items():
-        if len(ps) > 1:
-            best = max(ps, key=lambda p: p.images_per_s)
-            gain = best.images_per_s / ps[0].images_per_s
-            why = ("a bigger batch buys little per image: batch 1 already keeps both cores "
-                   "busy through intra-op parallelism" if gain < 1.15 else
-                   "batching does cut the cost per image (better cache and GEMM shapes)")  # fmt: skip
-            out.append(f"- {m}: the best batch size ({best.batch}) runs {gain:.2f}x the "
-                       f"images/s of batch {ps[0].batch}; {why}.")  # fmt: skip
-    for m, c, g, dp50 in verdicts:
-        out.append(f"- {m} at concurrency {c:g}: delay gives {g:.2f}x eager's throughput and "
-                   f"{'+' if dp50 >= 0 else ''}{dp50 * 1000:.1f} ms p50.")  # fmt: skip
-    if gains:
-        med = sorted(gains)[len(gains) // 2]
-        rs_e = [r for m in res.cfg.models for r in summary.rows(res.batching, m, SERVER)]
-        rs_d = [r for m in res.cfg.models for r in summary.rows(res.batching, m, DELAY)]
-        mb_e = ", ".join(f"{r.mean_batch:.1f}" for r in rs_e)
-        mb_d = ", ".join(f"{r.mean_batch:.1f}" for r in rs_d)
-        if med < 1.03:
-            out.append(f"- **Eager is right on this CPU**: waiting for fuller batches buys "
-                       f"{100 * (med - 1):+.0f}% throughput (median over the points above, "
-                       "within this machine's noise). Although a bigger batch is cheaper per "
-                       "image in raw ORT, under load eager batching already forms batches "
-                       f"(mean batch {mb_e} eager vs {mb_d} delay): requests pile up while the "
-                       "previous batch runs, so a deliberate wait adds latency at low load and "
-                       "nothing at high load. The server's `auto` policy is eager on CPU and "
-                       "delay on GPU, where a fuller batch is much cheaper per image.")  # fmt: skip
-        else:
-            out.append(f"- **Delay wins on this CPU by {100 * (med - 1):.0f}% (median)**: "
-                       "consider `RESNET_BATCHING=delay` here; the `auto` default is eager on "
-                       "CPU.")  # fmt: skip
-    out.append("")
-    return "\n".join(out)
 
 
 def write(res: Results, out: Path) -> list[Path]:

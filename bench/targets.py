@@ -1,4 +1,4 @@
-"""Start the servers under test (ours and the peers) for one model, and describe their
+"""Start the servers under test (ours and the peers) for one variant, and describe their
 request (:class:`bench.load.Target`)."""
 
 from __future__ import annotations
@@ -6,48 +6,67 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from . import procs
 from .config import BenchConfig
 from .load import Target
+from .threads import THREAD_LOG_ENV
+from .variants import Variant
 
 SERVER = "server"
 NAIVE = "naive"
 LITSERVE = "litserve"
 DELAY = "server-delay"
+OVERLOAD = "server-overload"
+"""prefix of the overload configurations of our server (``server-overload 1000 ms``)"""
+SPLIT = "split"
+"""prefix of the thread-split configurations of our server (``split intra 1 / pre 1``)"""
+
+
+def ours(kind: str) -> bool:
+    """True for every configuration of our server (it has our metrics)."""
+    return kind in (SERVER, DELAY) or kind.startswith((OVERLOAD, SPLIT))
 
 
 @dataclass
 class Running:
-    """A started server and the request it is benchmarked with."""
+    """A started server and the request it is benchmarked with. ``thread_log``: where it
+    records its Python threads (see :mod:`bench.threads`); ``flags``: our server's settings
+    given on its command line."""
 
     proc: procs.ServerProc
     target: Target
+    variant: Variant
+    thread_log: Path | None = None
+    flags: dict[str, str] = field(default_factory=dict)
 
 
-def server_env(
-    cfg: BenchConfig, model_dir: Path, model: str, port: int, **extra: str
+def server_flags(
+    cfg: BenchConfig, model_dir: Path, variant: Variant, port: int, **extra: str
 ) -> dict[str, str]:
-    """RESNET_* settings of our server for the benchmark (defaults otherwise)."""
-    env = {
-        "RESNET_MODEL_DIR": str(model_dir.resolve()),
-        "RESNET_MODELS": model,
-        "RESNET_DEFAULT_MODEL": model,
-        "RESNET_HOST": "127.0.0.1",
-        "RESNET_PORT": str(port),
-        "RESNET_LOG_LEVEL": "warning",
-        "RESNET_MAX_BATCH_SIZE": str(cfg.max_batch_size),
+    """Our server's settings for the benchmark, as ``--flag value`` pairs (defaults otherwise):
+    ``--provider P --models NAME`` and the benchmark's batch size and threads."""
+    flags = {
+        "model-dir": str(model_dir.resolve()),
+        "models": variant.model,
+        "default-model": variant.model,
+        "provider": variant.provider,
+        "host": "127.0.0.1",
+        "port": str(port),
+        "log-level": "warning",
+        "max-batch-size": str(cfg.max_batch_size),
     }
     if cfg.intra_op_threads:
-        env["RESNET_INTRA_OP_THREADS"] = str(cfg.intra_op_threads)
-    if cfg.gpu:
-        env.update(RESNET_PROVIDER="cuda", RESNET_ALLOW_CPU_FALLBACK="false")
-    env.update(extra)
-    return env
+        flags["intra-op-threads"] = str(cfg.intra_op_threads)
+    if variant.provider == "cuda":
+        flags["allow-cpu-fallback"] = "false"
+    flags.update(extra)
+    return flags
 
 
 def litserve_available() -> bool:
@@ -55,35 +74,50 @@ def litserve_available() -> bool:
 
 
 def start(
-    kind: str, cfg: BenchConfig, model_dir: Path, model: str, jpeg: bytes, log_dir: Path
+    kind: str,
+    variant: Variant,
+    cfg: BenchConfig,
+    model_dir: Path,
+    jpeg: bytes,
+    log_dir: Path,
+    **extra: str,
 ) -> Running:
-    """Start server ``kind`` serving ``model``; returns once it is ready."""
+    """Start server ``kind`` (ours, a configuration of ours, or a peer) serving ``variant``;
+    returns once it is ready and has answered one request. ``extra``: more flags of ours."""
     port = procs.free_port()
-    path = model_dir / f"{model}.onnx"
+    path = variant.path(model_dir)
+    thread_log: Path | None = (
+        log_dir / f"threads-{kind.replace(' ', '_').replace('/', '_')}-{port}.txt"
+    )
+    env = {THREAD_LOG_ENV: str(thread_log)}  # the naive peer and ours record their threads
+    flags: dict[str, str] = {}
     peer_args = ["--model-path", str(path.resolve()), "--port", str(port),
-                 "--threads", str(cfg.intra_op_threads),
+                 "--threads", str(cfg.intra_op_threads), "--provider", variant.provider,
                  "--max-batch-size", str(cfg.max_batch_size),
                  "--batch-timeout-ms", str(cfg.batching_delay_ms)]  # fmt: skip
-    if kind in (SERVER, DELAY):
-        extra = {}
+    if variant.engine_precision:
+        peer_args += ["--precision", variant.engine_precision]
+    if ours(kind):
         if kind == DELAY:
-            extra = {
-                "RESNET_BATCHING": "delay",
-                "RESNET_MAX_QUEUE_DELAY_MS": str(cfg.batching_delay_ms),
-            }
-        env = server_env(cfg, model_dir, model, port, **extra)
-        proc = procs.start(kind, ["-m", "server"], env, port, log_dir)
+            extra = {"batching": "delay", "max-queue-delay-ms": f"{cfg.batching_delay_ms:g}",
+                     **extra}  # fmt: skip
+        flags = server_flags(cfg, model_dir, variant, port, **extra)
+        args = [x for k, v in flags.items() for x in (f"--{k}", v)]
+        proc = procs.start(kind, ["-m", "bench.serve", *args], env, port, log_dir)
         ready = "/readyz"
-        target = Target(kind, model, port, f"/predict/{model}", jpeg, "image/jpeg")
+        target = Target(kind, variant.model, port, f"/predict/{variant.model}", jpeg,
+                        "image/jpeg", variant.key)  # fmt: skip
     elif kind == NAIVE:
-        proc = procs.start(kind, ["-m", "bench.peers.naive", *peer_args], {}, port, log_dir)
+        proc = procs.start(kind, ["-m", "bench.peers.naive", *peer_args], env, port, log_dir)
         ready = "/healthz"
-        target = Target(kind, model, port, f"/predict/{model}", jpeg, "image/jpeg")
+        target = Target(kind, variant.model, port, f"/predict/{variant.arch}", jpeg,
+                        "image/jpeg", variant.key)  # fmt: skip
     elif kind == LITSERVE:
         proc = procs.start(kind, ["-m", "bench.peers.litserve_app", *peer_args], {}, port, log_dir)
-        ready = "/health"
+        ready, thread_log = "/health", None
         body = json.dumps({"image": base64.b64encode(jpeg).decode()}).encode()
-        target = Target(kind, model, port, "/predict", body, "application/json")
+        target = Target(kind, variant.model, port, "/predict", body, "application/json",
+                        variant.key)  # fmt: skip
     else:
         raise ValueError(f"unknown server kind {kind!r}")
     try:
@@ -95,12 +129,12 @@ def start(
     except BaseException:
         proc.stop()
         raise
-    return Running(proc, target)
+    return Running(proc, target, variant, thread_log, flags)
 
 
-def batching_policy(url: str, model: str) -> dict[str, object]:
-    """The batching block of ``GET /models`` for ``model`` (what ``auto`` resolved to)."""
+def served_model(url: str, model: str) -> dict[str, Any]:
+    """The ``GET /models`` entry of ``model``: precision, provider, engine, batching..."""
     for m in httpx.get(url + "/models", timeout=10).json()["models"]:
         if m["name"] == model:
-            return dict(m["batching"])
+            return dict(m)
     return {}

@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from server.engines import Engine
 from server.preprocess import preprocess
 
+from ..threads import name_threads
 from .common import load, parse_args, response
 
 
@@ -49,6 +50,7 @@ def create_app(engine: Engine) -> FastAPI:
 
 def main() -> None:
     args = parse_args(__doc__ or "")
+    name_threads()  # the benchmark attributes CPU time to threads by name
     uvicorn.run(create_app(load(args)), host="127.0.0.1", port=args.port, log_level="warning")
 
 

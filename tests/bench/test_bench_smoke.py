@@ -1,5 +1,6 @@
-"""The benchmark's self-check: run it end to end at tiny sizes (``--smoke``: resnet18 only,
-sub-second phases, the naive peer only) and check the reports and plots are produced.
+"""The benchmark's self-check: run it end to end at tiny sizes (``--smoke``: resnet18, fp32 on
+ONNX Runtime's CPU provider and a fast variant where this machine has one, sub-second phases,
+the naive peer only) and check the reports and plots are produced.
 
 Never asserts on timings: this machine's speed is not under test, the benchmark code is.
 """
@@ -31,30 +32,41 @@ def test_smoke_run_writes_reports_and_plots(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(out),
          "--model-dir", str(model_dir), "--json", str(tmp_path / "results.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     md = (out / "BENCHMARKS.md").read_text()
     for header in (
         "## Headline",
-        "| ratio | measured | goal | met |",
-        "### Raw ONNX Runtime",
-        "| model | batch | ms / batch (p50) |",
+        "| variant | server peak req/s | server / in-process pipeline img/s (goal >= 0.9) |",
+        "| resnet18 fp32@cpu |",
+        "Overload (3x the peak, open loop; section 5):",
+        "bf16 units: **",
+        "### Raw engine",
+        "| variant | executes | batch | ms / batch (p50) |",
         "### Preprocessing alone",
         "### In-process pipeline",
-        "### resnet18: closed loop",
-        "| concurrency | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | 503 | mean batch |",
-        "### resnet18: open loop",
-        "## 3. Peers",
+        "## 2. Speed beside agreement",
+        "### resnet18 fp32@cpu: closed loop",
+        "| concurrency | req/s | per round | p50 ms | p90 ms | p99 ms | max ms | errors | 503 |",
+        "| variant | executes | server peak req/s | speed-up vs fp32 same provider |",
+        ": open loop",
+        "## 4. Peers on the fast variant",
         "server / naive",
-        "## 4. Where a request's time goes",
-        "## 5. Where the server falls short, and why",
+        "## 5. Overload",
+        "| variant | queue timeout s | offered req/s (x peak) |",
+        "## 6. Does the event loop or the GIL cap throughput",
+        "| variant | server | concurrency | req/s | event loop (cores) |",
+        "## 7. Thread split",
+        "intra 1 / pre 1",
+        "## 8. Where a request's time goes",
+        "## 9. Where the server falls short, and why",
         "python -m bench --smoke",
     ):
         assert header in md, header
     batching = (out / "BATCHING.md").read_text()
-    assert "| model | concurrency | policy | req/s |" in batching
+    assert "| variant | concurrency | policy | req/s |" in batching
     assert "## Conclusion" in batching
     for name in ("throughput_vs_concurrency", "latency_vs_load", "time_breakdown", "batch_cost"):
         png = out / "bench" / f"{name}.png"
@@ -62,5 +74,18 @@ def test_smoke_run_writes_reports_and_plots(tmp_path: Path) -> None:
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["cfg"]["mode"] == "smoke"
+    served = [v["model"] + "@" + v["provider"] for v in results["plan"]["served"]]
+    assert served[0] == "resnet18@cpu"
     assert {p["target"] for p in results["closed"]} == {"server", "naive"}
+    assert {p["variant"] for p in results["closed"]} == set(served)
     assert all(p["errors"] == 0 for p in results["closed"])
+    # Thread accounting found the event loop and the engine's threads in every server phase.
+    ours = [p for p in results["closed"] if p["target"] == "server"]
+    for p in ours:
+        engine = p["extra"].get("cpu:runner", 0) + p["extra"].get("cpu:engine runtime", 0)
+        assert p["extra"]["cpu:event loop"] > 0 and engine > 0, p["extra"]
+    # The overload phase: every refusal a 503 with a code, counted on both sides.
+    (over,) = results["overload"]
+    assert over["phase"]["errors"] == 0
+    assert sum(over["phase"]["refusal_codes"].values()) == over["phase"]["rejected"]
+    assert over["rss_peak"] >= over["rss_before"] > 0
