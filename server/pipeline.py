@@ -40,6 +40,7 @@ from .repository import ServedModel
 from .runner import Job
 from .scores import Scores
 from .settings import Settings
+from .threadname import name_os_thread
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class Pipeline:
 
     def start(self) -> None:
         """Create the preprocessing threads (in the lifespan, so every run gets fresh ones)."""
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="preprocess")
+        self._pool = ThreadPoolExecutor(
+            self._threads, thread_name_prefix="preprocess", initializer=name_os_thread
+        )
 
     def close(self) -> None:
         if self._pool is not None:

@@ -20,6 +20,7 @@ import numpy as np
 from .cpubudget import CpuBudget
 from .metrics import Metrics
 from .scores import Scores, score
+from .threadname import name_os_thread
 
 #: (instance, uint8 [N, H, W, 3]) -> float32 logits [N, C]; blocking. ``Engine.run``, or a
 #: wrapper around it that tests use to inject faults.
@@ -72,7 +73,9 @@ class Runner:
         self._budget = budget
         self._threads = threads
         self._buffer = np.empty((max_rows, *input_shape), dtype=np.uint8)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"{model}-run{instance}")
+        self._thread = ThreadPoolExecutor(
+            1, thread_name_prefix=f"{model}-run{instance}", initializer=name_os_thread
+        )
 
     async def __call__(self, jobs: Sequence[Job]) -> list[Scores | Exception]:
         loop = asyncio.get_running_loop()
