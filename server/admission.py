@@ -7,12 +7,17 @@ server useful: the work it accepts finishes, the rest costs a fast 503 and nothi
 
 One deadline covers the whole span: a request admitted at ``t`` must reach the engine by
 ``t + timeout`` or it is dropped (503 ``queue_timeout``), whether it was still decoding or
-waiting in the queue. Plain Python, no I/O: used from the event loop only.
+waiting in the queue. And it is not admitted in the first place when the images ahead of it
+would take longer than that at the rate the model has been finishing images while busy: a
+request the deadline would drop is refused at the door instead, at no cost, rather than after
+waiting out the deadline. Plain Python, no I/O: used from the event loop only.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from collections.abc import Callable
 from enum import Enum
 from types import TracebackType
 
@@ -26,26 +31,60 @@ class Stage(Enum):
     QUEUED = "queued"  # handed to the batcher: waiting or running
 
 
+#: Completions older than this (seconds) no longer count toward the rate.
+RATE_WINDOW_S = 2.0
+#: The rate is trusted once completions span this long (seconds) and number at least three.
+RATE_MIN_SPAN_S = 0.25
+
+
 class Admission:
     """The image budget of one model. ``capacity`` images may be in flight at once."""
 
-    def __init__(self, model: str, capacity: int, timeout: float) -> None:
-        """``timeout``: seconds from admission to dispatch; ``capacity`` >= 1."""
+    def __init__(
+        self,
+        model: str,
+        capacity: int,
+        timeout: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``timeout``: seconds from admission to dispatch; ``capacity`` >= 1; ``clock``:
+        monotonic seconds (default: the running event loop's time)."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.model = model
         self.capacity = capacity
         self.timeout = timeout
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self.in_flight = 0
         self.decoding = 0
         """images admitted but not yet handed to the batcher (the decode backlog)"""
+        self._completions: deque[tuple[float, int]] = deque()
 
     def admit(self, images: int = 1) -> Ticket:
         """Take ``images`` from the budget, or raise QueueFull (503, nothing taken)."""
         self._take(images)
         self.decoding += images
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        return Ticket(self, images, deadline)
+        return Ticket(self, images, self._clock() + self.timeout)
+
+    def rate(self) -> float | None:
+        """Images per second the model has been finishing while busy, over the last
+        ``RATE_WINDOW_S``; None until enough completions were seen."""
+        events = self._completions
+        if len(events) < 3 or events[-1][0] - events[0][0] < RATE_MIN_SPAN_S:
+            return None
+        finished = sum(n for _, n in events) - events[0][1]  # counted from the first one on
+        return finished / (events[-1][0] - events[0][0])
+
+    def completed(self, images: int) -> None:
+        """``images`` of a request finished (their batch ran). Feeds :meth:`rate`."""
+        now = self._clock()
+        self._completions.append((now, images))
+        while self._completions and self._completions[0][0] < now - RATE_WINDOW_S:
+            self._completions.popleft()
+
+    def _idle(self) -> None:
+        # Nothing in flight: the next interval between completions would count idle time.
+        self._completions.clear()
 
     def _take(self, images: int) -> None:
         if self.in_flight + images > self.capacity:
@@ -54,6 +93,15 @@ class Admission:
                 f"images in flight (decoding, queued or running), {images} more asked; "
                 "retry later"
             )
+        rate = self.rate()
+        if self.in_flight and rate is not None:
+            wait = (self.in_flight + images) / rate
+            if wait > self.timeout:
+                raise QueueFull(
+                    f"model {self.model!r} would need about {wait:.2f} s for the "
+                    f"{self.in_flight} images in flight ahead of this request, more than its "
+                    f"queue timeout of {self.timeout:g} s; retry later"
+                )
         self.in_flight += images
 
 
@@ -84,7 +132,11 @@ class Ticket:
 
     def remaining(self) -> float:
         """Seconds left before the deadline (may be negative)."""
-        return self.deadline - asyncio.get_running_loop().time()
+        return self.deadline - self._admission._clock()
+
+    def completed(self, images: int) -> None:
+        """``images`` of this request ran (a chunk's batch completed)."""
+        self._admission.completed(images)
 
     def release(self) -> None:
         """Give the images back. Idempotent."""
@@ -94,6 +146,8 @@ class Ticket:
         if self.stage is Stage.DECODING:
             self._admission.decoding -= self.images
         self._admission.in_flight -= self.images
+        if not self._admission.in_flight:
+            self._admission._idle()
 
     def __enter__(self) -> Ticket:
         return self

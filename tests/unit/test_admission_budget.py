@@ -72,3 +72,63 @@ async def test_deadline_is_set_at_admission() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         Admission("m", capacity=0, timeout=1.0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_is_unknown_until_completions_span_a_quarter_second() -> None:
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock)
+    assert adm.rate() is None
+    adm.completed(4)
+    clock.now += 0.1
+    adm.completed(4)
+    assert adm.rate() is None  # two events, 0.1 s
+    clock.now += 0.1
+    adm.completed(4)
+    assert adm.rate() is None  # three events, 0.2 s
+    clock.now += 0.1
+    adm.completed(4)
+    assert adm.rate() == pytest.approx(12 / 0.3)  # images after the first event / span
+
+
+def test_a_request_that_would_wait_past_its_deadline_is_refused_at_the_door() -> None:
+    """At 20 images/s and a 1 s deadline, 20 images in flight is the most that can still be
+    dispatched in time: the 21st is refused now instead of timing out later."""
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock)
+    held = adm.admit(18)
+    for _ in range(11):  # 2 images every 0.1 s while busy: 20 images/s
+        adm.completed(2)
+        clock.now += 0.1
+    assert adm.rate() == pytest.approx(20.0)
+    two = adm.admit(2)  # 20 in flight: (18 + 2) / 20 = 1.0 s, just in time
+    with pytest.raises(QueueFull) as e:
+        adm.admit(1)
+    assert e.value.message == (
+        "model 'm' would need about 1.05 s for the 20 images in flight ahead of this request, "
+        "more than its queue timeout of 1 s; retry later"
+    )
+    assert adm.in_flight == 20
+    two.release()
+    held.release()
+    # Idle: the history is dropped (an interval spanning idle time is not a rate).
+    assert adm.in_flight == 0 and adm.rate() is None
+    adm.admit(50).release()  # without a rate, the capacity alone applies
+
+
+def test_old_completions_leave_the_window() -> None:
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock)
+    for _ in range(5):
+        adm.completed(10)
+        clock.now += 0.1
+    clock.now += 5.0
+    adm.completed(1)
+    assert adm.rate() is None  # only the last completion is within the window
