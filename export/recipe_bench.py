@@ -51,6 +51,15 @@ RECIPES: dict[str, Recipe] = {
     "percentile-pc-u8s8-reduce": Recipe(method="Percentile", reduce_range=True),
     "entropy-pc-u8s8-reduce": Recipe(method="Entropy", reduce_range=True),
     "minmax-pt-u8s8-reduce": Recipe(per_channel=False, reduce_range=True),
+    "minmax-pc-u8s8-reduce-conv-gemm": Recipe(reduce_range=True, op_types=("Conv", "Gemm")),
+    "minmax-pc-u8s8-reduce-float-logits": Recipe(
+        reduce_range=True, options={"OpTypesToExcludeOutputQuantization": ["Gemm"]}
+    ),
+    "percentile-pc-u8s8-reduce-float-logits": Recipe(
+        method="Percentile",
+        reduce_range=True,
+        options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
+    ),
 }
 
 
