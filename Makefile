@@ -6,6 +6,10 @@ HOST   ?= 0.0.0.0
 PORT   ?= 8000
 MODELS ?= resnet18 resnet50
 WEIGHTS ?= imagenet
+# Reduced-precision files to make next to each fp32 one: empty (default), int8, fp16 or both.
+# Opt-in: INT8 of the offline fallback's random ResNet50 misses the agreement floors
+# (docs/PRECISION.md, "Making reduced-precision models").
+QUANTIZE ?=
 
 .PHONY: help install models serve test lint typecheck test-tools bench bench-quick soak gpu-check clean
 .PHONY: docker-tools docker-base docker-build docker-run docker-test
@@ -13,7 +17,7 @@ WEIGHTS ?= imagenet
 help:
 	@echo "make serve      set up, export the models if missing, serve on $(HOST):$(PORT)"
 	@echo "make test       lint, type-check and run the whole test suite"
-	@echo "make models     export $(MODELS) into models/ (WEIGHTS=imagenet|random|PATH)"
+	@echo "make models     export $(MODELS) into models/ (WEIGHTS=imagenet|random|PATH, QUANTIZE=int8)"
 	@echo "make bench      benchmark (docs/BENCHMARKS.md, ~30 min); make bench-quick (~5 min)"
 	@echo "make soak       2-minute steady-load memory test (opt-in)"
 	@echo "make docker-build  build the image (TARGET=cpu|gpu) with buildah, no registry needed"
@@ -28,18 +32,29 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Exit code 3 from the exporter means "ImageNet weights could not be downloaded": only then fall
-# back to seeded random weights, and say so loudly (the server says it again in /models and
-# in the resnet_model_info metric).
-models/%.onnx: | $(BIN)/.installed
-	@$(BIN)/python -m export $* --weights $(WEIGHTS) --out-dir models; rc=$$?; \
-	if [ $$rc -eq 3 ]; then \
-	  echo; echo "!!! ImageNet weights for $* could not be downloaded (offline?)."; \
-	  echo "!!! Exporting SEEDED RANDOM weights instead: predictions will be meaningless."; echo; \
-	  $(BIN)/python -m export $* --weights random --seed 0 --out-dir models; \
-	elif [ $$rc -ne 0 ]; then exit $$rc; fi
+# $(call export_model,ARCH,EXTRA ARGS). Exit code 3 from the exporter means "ImageNet weights
+# could not be downloaded": only then fall back to seeded random weights, and say so loudly (the
+# server says it again in /models and in the resnet_model_info metric).
+define export_model
+@$(BIN)/python -m export $(1) --weights $(WEIGHTS) --out-dir models $(2); rc=$$?; \
+if [ $$rc -eq 3 ]; then \
+  echo; echo "!!! ImageNet weights for $(1) could not be downloaded (offline?)."; \
+  echo "!!! Exporting SEEDED RANDOM weights instead: predictions will be meaningless."; echo; \
+  $(BIN)/python -m export $(1) --weights random --seed 0 --out-dir models $(2); \
+elif [ $$rc -ne 0 ]; then exit $$rc; fi
+endef
 
-models: $(foreach m,$(MODELS),models/$(m).onnx)
+models/%.onnx: | $(BIN)/.installed
+	$(call export_model,$*)
+
+# The shorter stem wins, so models/resnet50-int8.onnx is made here, not by the rule above.
+models/%-int8.onnx: | $(BIN)/.installed
+	$(call export_model,$*,--precision int8)
+
+models/%-fp16.onnx: | $(BIN)/.installed
+	$(call export_model,$*,--precision fp16)
+
+models: $(foreach m,$(MODELS),models/$(m).onnx $(foreach q,$(QUANTIZE),models/$(m)-$(q).onnx))
 
 serve: models
 	$(BIN)/python -m server --model-dir models --host $(HOST) --port $(PORT)

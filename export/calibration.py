@@ -65,8 +65,8 @@ def skimage_photos() -> CalibrationSet:
     except (ModuleNotFoundError, OSError) as e:
         raise CalibrationError(
             f"the default calibration photos come from scikit-image, which is missing or "
-            f"incomplete ({e}): pip install 'resnet-server[export]', or pass "
-            "--calibration-dir DIR with your own photos"
+            f"incomplete ({e}): pip install 'resnet-server[export]' (for --precision int8 "
+            "you can also pass --calibration-dir DIR with your own photos)"
         ) from None
     return CalibrationSet(photos, source)
 
@@ -97,6 +97,14 @@ def check_disjoint(photos: list[Photo]) -> None:
             f"calibration photo {clash[0][0]} is the verification photo {clash[0][1]}: "
             "verification photos must never be used for calibration; remove it"
         )
+
+
+def check_usable(photos: list[Photo]) -> None:
+    """Raises ``CalibrationError`` naming the first photo that is a verification photo
+    (:func:`check_disjoint`) or that does not decode (:func:`decode_photo`)."""
+    check_disjoint(photos)
+    for photo in photos:
+        decode_photo(photo)
 
 
 def decode_photo(photo: Photo) -> Image.Image:

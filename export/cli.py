@@ -25,7 +25,8 @@ from torch import nn
 
 from export.calibration import (
     CalibrationError,
-    check_disjoint,
+    CalibrationSet,
+    check_usable,
     folder_photos,
     samples,
     skimage_photos,
@@ -178,11 +179,16 @@ def _export_float(
     export_onnx(wrapped, path, crop_size=pre.crop_size, opset=opts.opset, meta=meta)
 
 
-def _calibration(
-    opts: ExportOptions, weights: ResolvedWeights
-) -> tuple[np.ndarray, CalibrationRecord]:
+def _calibration_photos(opts: ExportOptions) -> CalibrationSet:
+    """The INT8 calibration photos, each checked (decodes, is no verification photo)."""
     chosen = folder_photos(opts.calibration_dir) if opts.calibration_dir else skimage_photos()
-    check_disjoint(chosen.photos)
+    check_usable(chosen.photos)
+    return chosen
+
+
+def _calibration(
+    chosen: CalibrationSet, weights: ResolvedWeights
+) -> tuple[np.ndarray, CalibrationRecord]:
     inputs = samples(chosen.photos, weights.preprocessing, per_photo=SAMPLES_PER_PHOTO)
     recipe = DEFAULT_RECIPE
     record = CalibrationRecord(
@@ -226,6 +232,9 @@ def export_one(architecture: str, path: Path, opts: ExportOptions) -> Report:
     """
     providers = serving_providers(opts.provider)
     floors = default_floors(opts.precision).with_overrides(opts.floors)
+    # Calibration photos first: a corrupt one fails before any slow step (a download of
+    # published weights, the BatchNorm statistics of random ones).
+    photos = _calibration_photos(opts) if opts.precision == "int8" else None
     weights = resolve(
         architecture, opts.weights, weights_name=opts.weights_name, seed=opts.seed,
         cache_dir=opts.cache_dir,
@@ -233,8 +242,7 @@ def export_one(architecture: str, path: Path, opts: ExportOptions) -> Report:
     model = build(architecture)
     load_into(model, weights.state_dict)
     model.eval()
-    # Calibration photos first: a corrupt one fails before any slow step.
-    calibration = _calibration(opts, weights) if opts.precision == "int8" else None
+    calibration = _calibration(photos, weights) if photos is not None else None
     data = verification_data(model, weights.preprocessing)
     meta = build_metadata(architecture, weights, opts.precision, opts.opset, _reference(data))
     target = Target(data, providers, floors, read_cpuinfo())

@@ -51,6 +51,15 @@ RECIPES: dict[str, Recipe] = {
     "percentile-pc-u8s8-reduce": Recipe(method="Percentile", reduce_range=True),
     "entropy-pc-u8s8-reduce": Recipe(method="Entropy", reduce_range=True),
     "minmax-pt-u8s8-reduce": Recipe(per_channel=False, reduce_range=True),
+    "minmax-pc-u8s8-reduce-conv-gemm": Recipe(reduce_range=True, op_types=("Conv", "Gemm")),
+    "minmax-pc-u8s8-reduce-float-logits": Recipe(
+        reduce_range=True, options={"OpTypesToExcludeOutputQuantization": ["Gemm"]}
+    ),
+    "percentile-pc-u8s8-reduce-float-logits": Recipe(
+        method="Percentile",
+        reduce_range=True,
+        options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
+    ),
 }
 
 
@@ -100,6 +109,11 @@ def main() -> None:
     )
     p.add_argument("--per-photo", type=int, default=4)
     p.add_argument("--noise-calibration", action="store_true", help="calibrate on noise instead")
+    p.add_argument(
+        "--held-out-calibration", action="store_true",
+        help="diagnostic, never a recipe: calibrate on the 70 held-out crops themselves (what "
+        "better calibration photos could at best give)",
+    )  # fmt: skip
     args = p.parse_args()
     torch.set_grad_enabled(False)
     cpu = read_cpuinfo()
@@ -120,7 +134,9 @@ def main() -> None:
         wrapped = NHWCUint8Classifier(fuse_conv_bn(model.eval()), spec.mean, spec.std)
         export_onnx(wrapped, fp32, crop_size=spec.crop_size, opset=17, meta=meta)
         held_out = ten_crops(spec)
-        if args.noise_calibration:
+        if args.held_out_calibration:
+            calib = held_out
+        elif args.noise_calibration:
             rng = np.random.default_rng(0)
             calib = rng.integers(0, 256, (40, 224, 224, 3), dtype=np.uint8)
         else:

@@ -1,40 +1,73 @@
-"""Exports shared by the export tests: one per architecture, done once per session."""
+"""Exports shared by the export tests, each made once per session and only when a test asks.
+
+An export costs a float64 reference run plus an export and checks on each engine (seconds for
+ResNet18, several times that for ResNet50 on 2 cores), so the tests share a handful of them:
+random-weight ResNet18 through the CLI in fp32 and INT8, and the realistic-statistics models
+of both architectures (``export_one`` in-process). ResNet50 is exported only for the tests
+about ResNet50.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import torch
+from torch import nn
 
-from export.cli import ExportOptions, export_one
-from export.verify import Report
-
-
-def _export(out_dir: Path, architecture: str) -> tuple[Path, Report]:
-    opts = ExportOptions("random", None, 0, out_dir, "fp32", 17, None)
-    path = out_dir / f"{architecture}.onnx"
-    with torch.no_grad():
-        return path, export_one(architecture, path, opts)
+from export import cli
+from export.verify import VerificationData
+from server.modelmeta import Preprocessing
+from tests.export.helpers import CliExport, RealisticExport, run_cli
+from tests.export.realistic import realistic_state_dict
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Report]]:
-    out = tmp_path_factory.mktemp("models")
-    return {a: _export(out, a) for a in ("resnet18", "resnet50")}
-
-
-@pytest.fixture(scope="session")
-def int8_resnet18(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """``python -m export resnet18 --weights random --precision int8`` (provider auto);
-    returns the file and the command's output."""
-    out = tmp_path_factory.mktemp("int8")
-    result = subprocess.run(
-        [sys.executable, "-m", "export", "resnet18", "--weights", "random", "--precision",
-         "int8", "--out-dir", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+def fp32_resnet18(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
+    """``python -m export resnet18 --weights random`` (seed 0, provider auto: verified on
+    the serving engine and on ONNX Runtime CPU)."""
+    out = tmp_path_factory.mktemp("fp32")
+    result = run_cli("resnet18", "--weights", "random", "--out-dir", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
-    return out / "resnet18-int8.onnx", result.stdout
+    return CliExport(out / "resnet18.onnx", result.stdout)
+
+
+@pytest.fixture(scope="session")
+def int8_resnet18(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
+    """``python -m export resnet18 --weights random --precision int8`` (provider auto,
+    the default calibration photos)."""
+    out = tmp_path_factory.mktemp("int8")
+    result = run_cli(
+        "resnet18", "--weights", "random", "--precision", "int8", "--out-dir", str(out)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return CliExport(out / "resnet18-int8.onnx", result.stdout)
+
+
+@pytest.fixture(scope="session")
+def realistic(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], RealisticExport]:
+    """``realistic(arch)``: that architecture's realistic export, made on first use."""
+    out = tmp_path_factory.mktemp("realistic")
+    made: dict[str, RealisticExport] = {}
+
+    def get(arch: str) -> RealisticExport:
+        if arch not in made:
+            weights, path = out / f"{arch}.pth", out / f"{arch}.onnx"
+            torch.save(realistic_state_dict(arch), weights)
+            seen: list[VerificationData] = []
+
+            def keep(model: nn.Module, spec: Preprocessing, seed: int = 0) -> VerificationData:
+                seen.append(real(model, spec, seed))
+                return seen[-1]
+
+            # The data export_one verifies with is kept, so that the deliberately broken
+            # exports of test_verify.py are judged against the very reference this file passed.
+            real = cli.verification_data
+            opts = cli.ExportOptions(str(weights), None, 0, out, "fp32", 17, None, "cpu")
+            with pytest.MonkeyPatch.context() as mp, torch.no_grad():
+                mp.setattr(cli, "verification_data", keep)
+                report = cli.export_one(arch, path, opts)
+            made[arch] = RealisticExport(weights, path, report, seen[0])
+        return made[arch]
+
+    return get

@@ -13,8 +13,7 @@ from export.labels import imagenet_synsets
 from server.cpuinfo import read_cpuinfo
 from server.engines import EngineOptions, open_engine
 from server.photos import photo_batch, verification_photos
-
-Exported = dict[str, tuple[Path, object]]
+from tests.export.helpers import CliExport
 
 
 def _ranked(path: Path, provider: str) -> np.ndarray:
@@ -24,10 +23,10 @@ def _ranked(path: Path, provider: str) -> np.ndarray:
 
 
 @pytest.fixture
-def labelled(exported: Exported, tmp_path: Path) -> tuple[Path, np.ndarray]:
+def labelled(fp32_resnet18: CliExport, tmp_path: Path) -> tuple[Path, np.ndarray]:
     """The 7 verification photos filed under the WordNet id of the fp32 model's own top-1,
     except photo 0, filed under its third-ranked class (a top-1 miss, a top-5 hit)."""
-    ranked = _ranked(exported["resnet18"][0], "openvino")
+    ranked = _ranked(fp32_resnet18.path, "openvino")
     labels = ranked[:, 0].copy()
     labels[0] = ranked[0, 2]
     wnids = imagenet_synsets()
@@ -39,14 +38,14 @@ def labelled(exported: Exported, tmp_path: Path) -> tuple[Path, np.ndarray]:
 
 
 def test_evaluate_folder_fp32_and_int8(
-    exported: Exported, int8_resnet18: tuple[Path, str], labelled: tuple[Path, np.ndarray],
+    fp32_resnet18: CliExport, int8_resnet18: CliExport, labelled: tuple[Path, np.ndarray],
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     data, labels = labelled
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copy(exported["resnet18"][0], models / "resnet18.onnx")
-    shutil.copy(int8_resnet18[0], models / "resnet18-int8.onnx")
+    shutil.copy(fp32_resnet18.path, models / "resnet18.onnx")
+    shutil.copy(int8_resnet18.path, models / "resnet18-int8.onnx")
     code = evaluate.main(
         ["--data", str(data), "--model-dir", str(models), "--provider", "openvino"]
     )
@@ -54,7 +53,7 @@ def test_evaluate_folder_fp32_and_int8(
     assert code == 0
     rows = {line.split()[0] + " " + line.split()[1]: line.split() for line in out.splitlines()[1:3]}
     assert rows["resnet18 fp32"][2:7] == ["openvino", "7", "85.714", "100.000", "+0.000"]
-    int8 = _ranked(int8_resnet18[0], "openvino")
+    int8 = _ranked(int8_resnet18.path, "openvino")
     top1 = 100 * float((int8[:, 0] == labels).mean())
     top5 = 100 * float((int8[:, :5] == labels[:, None]).any(axis=1).mean())
     assert rows["resnet18-int8 int8"][4:8] == [
@@ -67,9 +66,8 @@ def test_evaluate_folder_fp32_and_int8(
 
 
 def test_labels_file_and_bad_input(
-    exported: Exported, labelled: tuple[Path, np.ndarray], tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    labelled: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, labels = labelled
     samples = evaluate.folder_samples(data)
     lines = [f"{s.path.relative_to(data)} {s.label}" for s in samples]

@@ -5,19 +5,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import socket
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import openvino
 import pytest
 import torch
 
+import export.cli
 from export.fold import fuse_conv_bn
 from export.onnx_export import count_ops
 from export.resnet import build
@@ -30,14 +31,16 @@ from export.weights import (
     load_into,
     lookup,
     random_weights,
+    sha256_file,
 )
 from server.agreement import DEFAULT_FLOORS, compare
 from server.cpuinfo import read_cpuinfo
 from server.modelmeta import parse_metadata
 from server.photos import photo_batch, verification_photos
+from tests.export.helpers import CliExport, RealisticExport, report_lines, run_cli
 
-Exported = dict[str, tuple[Path, Report]]
-ARCHS = ("resnet18", "resnet50")
+ORT = f"onnxruntime {ort.__version__}"
+OPENVINO = f"openvino {openvino.get_version().split('-')[0]}"
 
 
 @pytest.mark.parametrize(("arch", "count"), [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
@@ -93,9 +96,17 @@ def test_fusion_is_exact_resnet50_float64() -> None:
     assert diff <= 1e-10
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_graph_has_no_batchnorm_and_declared_io(exported: Exported, arch: str) -> None:
-    model = onnx.load(str(exported[arch][0]))
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_graph_has_no_batchnorm_and_declared_io(
+    fp32_resnet18: CliExport, realistic: Callable[[str], RealisticExport], arch: str
+) -> None:
+    # ResNet50's file is the realistic-statistics export (test_verify.py), made anyway.
+    path = fp32_resnet18.path if arch == "resnet18" else realistic(arch).path
+    model = onnx.load(str(path))
     assert count_ops(model, "BatchNormalization") == 0
     (inp,), (out,) = model.graph.input, model.graph.output
     assert inp.name == "images"
@@ -108,39 +119,44 @@ def test_graph_has_no_batchnorm_and_declared_io(exported: Exported, arch: str) -
     ]
     assert out.name == "logits"
     assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    meta = parse_metadata({p.key: p.value for p in model.metadata_props})
+    assert meta.architecture == arch
+    if arch == "resnet50":
+        assert meta.weights_sha256 == sha256_file(realistic(arch).weights)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16])
-def test_dynamic_batch(exported: Exported, batch: int) -> None:
-    session = ort.InferenceSession(str(exported["resnet18"][0]), providers=["CPUExecutionProvider"])
+def test_dynamic_batch(fp32_resnet18: CliExport, batch: int) -> None:
+    session = _session(fp32_resnet18.path)
     (logits,) = session.run(None, {"images": random_images(batch, 224, seed=batch)})
     assert logits.shape == (batch, 1000)
     assert logits.dtype == np.float32
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_ort_matches_pytorch(exported: Exported, arch: str) -> None:
-    report = exported[arch][1]
-    assert report.ok, report.format()
-    names = {c.name for c in report.checks}
-    assert {"BatchNormalization nodes", "onnx.checker"} <= names
-    # verified on the serving engine (auto: OpenVINO here) and on ONNX Runtime CPU
-    for engine in ("openvino (openvino", "cpu (onnxruntime"):
-        checks = [c for c in report.checks if c.name.startswith(engine)]
-        assert [c.name.split(": ", 1)[1] for c in checks] == [
+def test_cli_verifies_on_the_serving_engine_and_ort_cpu(fp32_resnet18: CliExport) -> None:
+    out = fp32_resnet18.stdout
+    assert f"verify {fp32_resnet18.path}: OK" in out
+    assert "[ok] onnx.checker: passed" in out
+    assert "[ok] BatchNormalization nodes: 0" in out
+    # provider auto is OpenVINO here (no CUDA); ONNX Runtime CPU is checked as well
+    for label in (f"openvino ({OPENVINO}, fp32)", f"cpu ({ORT}, fp32)"):
+        lines = report_lines(out, label)
+        assert [line.split(": ")[1] for line in lines] == [
             "batch 1 = row of batch 7",
             "max |file - float64 torch|",
             "top-1 identical",
             "photos",
         ]
-        assert "top-1 7/7, top-5 overlap 1.000" in checks[3].detail
+        assert [line.split("]")[0] for line in lines] == ["[ok", "[ok", "[ok", "[info"]
+        assert "x PyTorch float32's own error" in lines[1]
+        assert ": 9/9 rows" in lines[2]
+        assert ": photos: top-1 7/7, top-5 overlap 1.000," in lines[3]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_metadata_round_trip(exported: Exported, arch: str) -> None:
-    session = ort.InferenceSession(str(exported[arch][0]), providers=["CPUExecutionProvider"])
+def test_metadata_round_trip(fp32_resnet18: CliExport) -> None:
+    session = _session(fp32_resnet18.path)
     meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
-    assert meta.architecture == arch
+    assert meta.architecture == "resnet18"
     assert meta.num_classes == 1000
     assert meta.labels[0] == "tench"
     assert meta.labels[207] == "golden retriever"
@@ -153,7 +169,7 @@ def test_metadata_round_trip(exported: Exported, arch: str) -> None:
         "seed=0",
     )
     assert meta.random_weights is True
-    assert meta.weights_sha256 == random_weights(arch, 0).sha256
+    assert meta.weights_sha256 == random_weights("resnet18", 0).sha256
     assert (meta.input_name, meta.input_layout, meta.input_dtype) == ("images", "NHWC", "uint8")
     assert (meta.output_name, meta.precision, meta.opset) == ("logits", "fp32", "17")
     assert meta.accuracy == {}
@@ -240,49 +256,32 @@ def test_no_network_names_the_alternatives(tmp_path: Path) -> None:
         imagenet_weights("resnet18", cache_dir=tmp_path, base_url=url, progress=False)
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "export", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-
-
-def test_cli_exports_random_resnet18(tmp_path: Path) -> None:
-    result = _cli(
-        "resnet18", "--weights", "random", "--out-dir", str(tmp_path), "--name", "r18",
-        "--provider", "cpu",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert f"verify {tmp_path / 'r18.onnx'}: OK" in result.stdout
-    assert "[ok] cpu (onnxruntime 1.32.0, fp32): max |file - float64 torch|" in result.stdout
-    assert "openvino" not in result.stdout
-    assert (tmp_path / "r18.onnx").is_file()
+def test_default_file_names() -> None:
+    assert export.cli.default_file_name("resnet50", "fp32") == "resnet50.onnx"
+    assert export.cli.default_file_name("resnet50", "fp16") == "resnet50-fp16.onnx"
+    assert export.cli.default_file_name("resnet18", "int8") == "resnet18-int8.onnx"
 
 
 def test_cli_no_network_exit_code_3(tmp_path: Path) -> None:
-    import os
-
     env = {**os.environ, BASE_URL_ENV: f"http://127.0.0.1:{_closed_port()}/"}
-    result = _cli("resnet18", "--cache-dir", str(tmp_path), "--out-dir", str(tmp_path), env=env)
+    result = run_cli("resnet18", "--cache-dir", str(tmp_path), "--out-dir", str(tmp_path), env=env)
     assert result.returncode == 3
     assert "--weights random" in result.stderr
     assert "--weights PATH" in result.stderr
     assert not (tmp_path / "resnet18.onnx").exists()
 
 
-def test_cli_fp16(tmp_path: Path) -> None:
-    result = _cli(
+def test_cli_fp16_judged_on_photos(tmp_path: Path) -> None:
+    result = run_cli(
         "resnet18", "--weights", "random", "--precision", "fp16", "--out-dir", str(tmp_path),
-        "--provider", "cpu",
+        "--provider", "cpu", "--name", "r18-half",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
-    assert "[ok] cpu (onnxruntime 1.32.0, fp16): agreement on 7 photos: top-1 7/7" in result.stdout
-    session = ort.InferenceSession(
-        str(tmp_path / "resnet18-fp16.onnx"), providers=["CPUExecutionProvider"]
-    )
+    assert f"verify {tmp_path / 'r18-half.onnx'}: OK" in result.stdout
+    assert f"[ok] cpu ({ORT}, fp16): agreement on 7 photos: top-1 7/7" in result.stdout
+    assert "openvino" not in result.stdout  # --provider cpu: checked on ONNX Runtime CPU only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r18-half.onnx"]
+    session = _session(tmp_path / "r18-half.onnx")
     meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
     assert meta.precision == "fp16"
     assert meta.agreement is not None
@@ -299,21 +298,24 @@ def test_cli_fp16(tmp_path: Path) -> None:
 def test_a_model_that_fails_verification_never_replaces_the_served_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import export.cli
-
     served = tmp_path / "resnet18.onnx"
     served.write_bytes(b"the good model already being served")
 
-    def failing_verify(path: Path, *args: object, **kwargs: object) -> Report:
+    def failing_export(architecture: str, path: Path, opts: export.cli.ExportOptions) -> Report:
+        path.write_bytes(b"a model that failed verification")
         report = Report(path)
         report.add("cpu: max |file - float64 torch|", False, "1.0e+00 (bound 1e-04)")
         return report
 
-    monkeypatch.setattr(export.cli, "verify", failing_verify)
+    monkeypatch.setattr(export.cli, "export_one", failing_export)
     code = export.cli.main(["resnet18", "--weights", "random", "--out-dir", str(tmp_path)])
     assert code == export.cli.EXIT_VERIFY
     assert served.read_bytes() == b"the good model already being served"
     rejected = tmp_path / "resnet18.onnx.unverified"
-    assert rejected.stat().st_size > 1_000_000
-    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == ["resnet18.onnx"]
-    assert "verification failed" in capsys.readouterr().out
+    assert rejected.read_bytes() == b"a model that failed verification"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet18.onnx", rejected.name]
+    out = capsys.readouterr().out
+    assert f"verify {served}: FAILED" in out
+    assert out.endswith(
+        f"verification failed: {served} left unchanged; the rejected model is {rejected}\n"
+    )

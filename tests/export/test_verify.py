@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,92 +13,65 @@ import torch
 from torch import Tensor, nn
 
 from export import reference
-from export.cli import ExportOptions, export_one
 from export.fold import fuse_conv_bn
 from export.onnx_export import NHWCUint8Classifier, build_metadata, export_onnx
 from export.resnet import build
-from export.verify import Report, Target, VerificationData, random_images, verification_data, verify
-from export.weights import file_weights, imagenet_transform, random_weights
+from export.verify import Target, VerificationData, random_images, verify
+from export.weights import file_weights, imagenet_transform
 from server.agreement import DEFAULT_FLOORS
 from server.cpuinfo import read_cpuinfo
-from tests.export.realistic import realistic_state_dict
+from tests.export.helpers import RealisticExport
 
 SPEC = imagenet_transform()
-
-
-@pytest.fixture(scope="module")
-def realistic_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("realistic")
-    files = {}
-    for arch in ("resnet18", "resnet50"):
-        files[arch] = out / f"{arch}_realistic.pth"
-        torch.save(realistic_state_dict(arch), files[arch])
-    return files
-
-
-@pytest.fixture(scope="module")
-def realistic_exports(
-    realistic_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, tuple[Path, Report]]:
-    out = tmp_path_factory.mktemp("realistic-models")
-    result = {}
-    for arch, weights in realistic_files.items():
-        opts = ExportOptions(str(weights), None, 0, out, "fp32", 17, None, provider="cpu")
-        path = out / f"{arch}.onnx"
-        with torch.no_grad():
-            result[arch] = (path, export_one(arch, path, opts))
-    return result
+Realistic = Callable[[str], RealisticExport]
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_realistic_weights_export_and_verify(
-    realistic_files: dict[str, Path], realistic_exports: dict[str, tuple[Path, Report]], arch: str
-) -> None:
-    state = torch.load(realistic_files[arch], weights_only=True)
+def test_realistic_weights_export_and_verify(realistic: Realistic, arch: str) -> None:
+    made = realistic(arch)
+    state = torch.load(made.weights, weights_only=True)
     variances = torch.cat([v for k, v in state.items() if k.endswith("running_var")])
     assert float(variances.min()) < 1e-5  # the tiny-variance channels are there
-    report = realistic_exports[arch][1]
-    assert report.ok, report.format()
-    names = [c.name for c in report.checks]
-    assert any(
-        n.startswith("cpu (onnxruntime") and n.endswith("max |file - float64 torch|") for n in names
-    )
-    assert "x PyTorch float32's own error" in report.format()
+    assert made.report.ok, made.report.format()
+    bound = [c for c in made.report.checks if c.name.endswith("max |file - float64 torch|")]
+    assert [c.name for c in bound] == [
+        f"cpu (onnxruntime {ort.__version__}, fp32): max |file - float64 torch|"
+    ]
+    assert "x PyTorch float32's own error" in bound[0].detail
+    assert made.path.is_file()
 
 
-def test_the_old_fixed_bound_rejects_realistic_resnet50(
-    realistic_files: dict[str, Path], realistic_exports: dict[str, tuple[Path, Report]]
-) -> None:
+def test_the_old_fixed_bound_rejects_realistic_resnet50(realistic: Realistic) -> None:
     # The check before this change: ORT CPU vs the unfused float32 model on seeded noise
     # (batch 1 seed 0, batch 4 seed 1), fixed bound 1e-4. It rejects a correct file.
+    made = realistic("resnet50")
     model = build("resnet50")
-    model.load_state_dict(file_weights(realistic_files["resnet50"]).state_dict)
-    session = ort.InferenceSession(
-        str(realistic_exports["resnet50"][0]), providers=["CPUExecutionProvider"]
-    )
+    model.load_state_dict(file_weights(made.weights).state_dict)
+    session = ort.InferenceSession(str(made.path), providers=["CPUExecutionProvider"])
     diffs = []
     for seed, batch in enumerate((1, 4)):
         images = random_images(batch, 224, seed)
         torch32 = reference.logits(model, images, SPEC, torch.float32)
         diffs.append(float(np.abs(session.run(None, {"images": images})[0] - torch32).max()))
     assert max(diffs) > 1e-4
-    assert realistic_exports["resnet50"][1].ok
+    assert made.report.ok
 
 
 # --- deliberately broken exports ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def r18(realistic_files: dict[str, Path]) -> tuple[nn.Module, VerificationData]:
+def r18(realistic: Realistic) -> tuple[nn.Module, VerificationData]:
+    """The realistic ResNet18 and the data its correct export passed verification with."""
+    made = realistic("resnet18")
     model = build("resnet18")
-    model.load_state_dict(file_weights(realistic_files["resnet18"]).state_dict)
-    model.eval()
-    return model, verification_data(model, SPEC)
+    model.load_state_dict(file_weights(made.weights).state_dict)
+    return model.eval(), made.data
 
 
 @pytest.fixture(scope="module")
-def meta() -> dict[str, str]:
-    return build_metadata("resnet18", random_weights("resnet18", 0), "fp32", 17)
+def meta(realistic: Realistic) -> dict[str, str]:
+    return build_metadata("resnet18", file_weights(realistic("resnet18").weights), "fp32", 17)
 
 
 class _BGR(NHWCUint8Classifier):
