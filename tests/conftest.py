@@ -45,15 +45,27 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def variant_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """resnet18 in fp32 (a link to model_dir's) and its INT8 export, side by side."""
-    out = tmp_path_factory.mktemp("variants")
-    (out / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
-    subprocess.run(
+def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``python -m export resnet18 --weights random --precision int8`` (seed 0, provider auto,
+    the default calibration photos), once per session: its file and what the command printed."""
+    out = tmp_path_factory.mktemp("int8")
+    result = subprocess.run(
         [sys.executable, "-m", "export", "resnet18", "--weights", "random", "--seed", "0",
          "--precision", "int8", "--out-dir", str(out)],
-        check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / "resnet18-int8.onnx", result.stdout
+
+
+@pytest.fixture(scope="session")
+def variant_dir(
+    model_dir: Path, int8_export: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """resnet18 in fp32 and its INT8 export, side by side (links to the session's files)."""
+    out = tmp_path_factory.mktemp("variants")
+    (out / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
+    (out / "resnet18-int8.onnx").symlink_to(int8_export[0])
     return out
 
 

@@ -10,6 +10,7 @@ about ResNet50.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,15 +34,10 @@ def fp32_resnet18(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
 
 
 @pytest.fixture(scope="session")
-def int8_resnet18(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
+def int8_resnet18(int8_export: tuple[Path, str]) -> CliExport:
     """``python -m export resnet18 --weights random --precision int8`` (provider auto,
-    the default calibration photos)."""
-    out = tmp_path_factory.mktemp("int8")
-    result = run_cli(
-        "resnet18", "--weights", "random", "--precision", "int8", "--out-dir", str(out)
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return CliExport(out / "resnet18-int8.onnx", result.stdout)
+    the default calibration photos): the session's export, shared with the server tests."""
+    return CliExport(*int8_export)
 
 
 @pytest.fixture(scope="session")
