@@ -84,10 +84,14 @@ COPY docker/export_models.py docker/export_models.py
 COPY docker/weights/ docker/weights/
 # WEIGHTS: imagenet (default, downloads at build time) | random | docker/weights/<file>.pth
 # MODELS:  which architectures to export (one only when WEIGHTS is a file).
+# QUANTIZE: reduced precisions to export beside each fp32 model, e.g. "int8" (calibrated on
+#          scikit-image's photos, verified on OpenVINO, the CPU image's provider)
 ARG WEIGHTS=imagenet
 ARG MODELS="resnet18 resnet50"
+ARG QUANTIZE=""
 ENV WEIGHTS=${WEIGHTS} \
     MODELS=${MODELS} \
+    QUANTIZE=${QUANTIZE} \
     MODEL_DIR=/models
 RUN python docker/export_models.py
 
