@@ -61,6 +61,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-peers", action="store_true", help="skip the peer servers")
     p.add_argument(
+        "--no-agreement-check",
+        action="store_true",
+        help="start our servers with --agreement-check false, so that a file below its "
+        "agreement floors (random weights) is measured under load too; said in the report",
+    )
+    p.add_argument(
         "--render",
         type=Path,
         default=None,
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mode = "quick" if args.quick else "smoke" if args.smoke else "full"
-    cfg = replace(PRESETS[mode], gpu=args.gpu, intra_op_threads=args.threads)
+    cfg = replace(PRESETS[mode], gpu=args.gpu, intra_op_threads=args.threads,
+                  agreement_check=not args.no_agreement_check)  # fmt: skip
     if args.models:
         cfg = replace(cfg, models=tuple(m.strip() for m in args.models.split(",") if m.strip()))
     if args.no_peers:

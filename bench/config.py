@@ -39,6 +39,9 @@ class BenchConfig:
     batching_repeats: int = 2
     batching_delay_ms: float = 5.0
     max_batch_size: int = 32
+    agreement_check: bool = True
+    """False: our servers start with ``--agreement-check false``, to put under load a file
+    whose agreement misses its floors (random weights); its agreement is still reported"""
     intra_op_threads: int = 0
     """0 = the server default (its core budget / instances)"""
     overload_factor: float = 3.0

@@ -94,6 +94,14 @@ def _env(res: Results) -> list[str]:
     ]
     for key, why in res.plan.skipped.items():
         out.append(f"  - **skipped** `{key}`: {why}.")
+    if not cfg.agreement_check:
+        out.append(
+            "  - **Agreement check at load off** (`--no-agreement-check`): every server here "
+            "started with `--agreement-check false`, so that files whose agreement misses "
+            "their floors (random weights) are measured under load as well. Speed does not "
+            "depend on the weights' values; their agreement is in section 2, and a server with "
+            "the default settings refuses them."
+        )
     out += [
         f"- **Method**: closed-loop phases {cfg.phase_seconds:g} s after "
         f"{cfg.warmup_seconds:g} s warm-up, {cfg.repeats} interleaved round(s) (each round "

@@ -65,6 +65,8 @@ def server_flags(
         flags["intra-op-threads"] = str(cfg.intra_op_threads)
     if variant.provider == "cuda":
         flags["allow-cpu-fallback"] = "false"
+    if not cfg.agreement_check:
+        flags["agreement-check"] = "false"
     flags.update(extra)
     return flags
 
