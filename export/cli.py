@@ -262,6 +262,7 @@ def _run(architecture: str, path: Path, opts: ExportOptions) -> int:
     # Verified first, published after: a model that fails verification never replaces a
     # good one in the model directory (it is kept beside it, under a name the server ignores).
     staging = path.with_name(path.name + ".unverified")
+    staging.unlink(missing_ok=True)  # a rejected file of an earlier run is not this run's
     try:
         report = export_one(architecture, staging, opts)
     except WeightsDownloadError as e:
@@ -271,13 +272,16 @@ def _run(architecture: str, path: Path, opts: ExportOptions) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     seconds = time.perf_counter() - start
-    size_mb = staging.stat().st_size / 1e6
-    report.add("file", True, f"{size_mb:.1f} MB, export+verify {seconds:.1f} s")
+    # An INT8 export whose fp32 base failed writes no file: its report says why.
+    written = staging.exists()
+    size = f"{staging.stat().st_size / 1e6:.1f} MB" if written else "not written"
+    report.add("file", True, f"{size}, export+verify {seconds:.1f} s")
     if report.ok:
         os.replace(staging, path)
     print(report.format().replace(str(staging), str(path)), flush=True)
     if not report.ok:
-        print(f"verification failed: {path} left unchanged; the rejected model is {staging}")
+        kept = f"; the rejected model is {staging}" if written else ""
+        print(f"verification failed: {path} left unchanged{kept}")
     return 0 if report.ok else EXIT_VERIFY
 
 

@@ -224,6 +224,9 @@ def verify(path: Path, target: Target, precision: str) -> Report:
         except EngineUnavailable as e:
             report.add(f"{provider}: engine", False, str(e), gating)
             continue
+        if engine.report.fallback:  # e.g. CUDA asked, the session silently got the CPU
+            report.add(f"{provider}: engine", False, engine.report.fallback_reason, gating)
+            continue
         got, single = _run_engine(engine, data.images, len(data.photos))
         label = f"{provider} ({engine.report.runtime}, {engine.report.precision})"
         scale = float(np.abs(data.reference).max())
@@ -240,7 +243,7 @@ def verify(path: Path, target: Target, precision: str) -> Report:
             continue
         agreement = _check_reduced(report, label, data, got, floors, gating)
         report.measurements.append(
-            Measurement(provider, engine.report.runtime, engine.report.precision,
+            Measurement(engine.report.provider, engine.report.runtime, engine.report.precision,
                         cpu.describe(), agreement)
         )  # fmt: skip
     return report

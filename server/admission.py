@@ -46,14 +46,17 @@ class Admission:
         capacity: int,
         timeout: float,
         clock: Callable[[], float] | None = None,
+        headroom: int = 0,
     ) -> None:
         """``timeout``: seconds from admission to dispatch; ``capacity`` >= 1; ``clock``:
-        monotonic seconds (default: the running event loop's time)."""
+        monotonic seconds (default: the running event loop's time); ``headroom``: images the
+        engines take at once (instances x max batch), which wait for nobody."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.model = model
         self.capacity = capacity
         self.timeout = timeout
+        self.headroom = headroom
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self.in_flight = 0
         self.decoding = 0
@@ -70,6 +73,9 @@ class Admission:
         """Images per second the model has been finishing while busy, over the last
         ``RATE_WINDOW_S``; None until enough completions were seen."""
         events = self._completions
+        horizon = self._clock() - RATE_WINDOW_S
+        while events and events[0][0] < horizon:  # a rate is recent or it is nothing
+            events.popleft()
         if len(events) < 3 or events[-1][0] - events[0][0] < RATE_MIN_SPAN_S:
             return None
         finished = sum(n for _, n in events) - events[0][1]  # counted from the first one on
@@ -94,13 +100,14 @@ class Admission:
                 "retry later"
             )
         rate = self.rate()
-        if self.in_flight and rate is not None:
-            wait = (self.in_flight + images) / rate
+        ahead = self.in_flight + images - self.headroom  # what the engines cannot take now
+        if self.in_flight and ahead > 0 and rate is not None:
+            wait = ahead / rate
             if wait > self.timeout:
                 raise QueueFull(
-                    f"model {self.model!r} would need about {wait:.2f} s for the "
-                    f"{self.in_flight} images in flight ahead of this request, more than its "
-                    f"queue timeout of {self.timeout:g} s; retry later"
+                    f"model {self.model!r} is finishing about {rate:.1f} images/s: this "
+                    f"request's images would wait about {wait:.2f} s, more than its queue "
+                    f"timeout of {self.timeout:g} s; retry later"
                 )
         self.in_flight += images
 
@@ -114,12 +121,17 @@ class Ticket:
         self.deadline = deadline
         """event-loop time by which every image must have been dispatched to the engine"""
         self.stage = Stage.DECODING
+        self.refused = False
+        """a chunk of this request was refused (so the refusal is counted once)"""
         self._released = False
 
     def grow(self, images: int) -> None:
-        """Take ``images`` more (a request turned out to hold several); QueueFull if over."""
+        """Take ``images`` more (a request turned out to hold several); QueueFull if over.
+        Only while decoding (RuntimeError after :meth:`queued`: the stages would drift)."""
         if images <= 0:
             return
+        if self.stage is not Stage.DECODING:
+            raise RuntimeError("Ticket.grow after queued()")
         self._admission._take(images)
         self._admission.decoding += images
         self.images += images

@@ -9,14 +9,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.types import Scope
 
 from . import __version__
 from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo, read_cpuinfo
-from .errors import install_handlers
-from .limits import LimitsMiddleware
+from .errors import ServerError, install_handlers
+from .limits import LimitsMiddleware, is_inference
 from .metrics import Metrics
-from .observe import record_refusal
+from .observe import record_unrouted
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
 from .repository import ModelRepository
@@ -59,7 +60,15 @@ def create_app(
     )
     app.state.server = state
     app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
-    install_handlers(app)
+
+    def count_unrouted(scope: Scope, err: ServerError) -> None:
+        # Answered before (or instead of) the route, which would otherwise have counted it.
+        if is_inference(scope):
+            record_unrouted(
+                metrics_, scope, state.repository.configured, settings.default_model, err
+            )
+
+    install_handlers(app, on_early_error=count_unrouted)
     routers = [health.router, predict.router, metrics.router, v2.router]
     if settings.ui:
         routers.append(ui.router)
@@ -71,9 +80,7 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
         max_concurrent=settings.max_concurrent_requests,
         max_bytes_in_flight=settings.max_body_bytes_in_flight,
-        on_refusal=lambda scope, err: record_refusal(
-            metrics_, scope, state.repository.configured, settings.default_model, err
-        ),
+        on_refusal=count_unrouted,
     )
     return app
 

@@ -12,7 +12,10 @@ import logging
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fastapi import FastAPI
+    from starlette.types import Scope
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +157,14 @@ def error_headers(err: ServerError) -> dict[str, str]:
     return {} if err.retry_after is None else {"Retry-After": str(err.retry_after)}
 
 
-def install_handlers(app: FastAPI) -> None:
-    """Map every error to ``{"error", "code"}`` JSON: the one place status codes are chosen."""
+def install_handlers(
+    app: FastAPI, on_early_error: Callable[[Scope, ServerError], None] | None = None
+) -> None:
+    """Map every error to ``{"error", "code"}`` JSON: the one place status codes are chosen.
+
+    ``on_early_error`` sees the errors raised before a route body runs (a missing API key, a
+    malformed query parameter), which the route's own counting never sees.
+    """
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
@@ -163,6 +172,8 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_server_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServerError)
+        if isinstance(exc, Unauthorized) and on_early_error is not None:  # a dependency's
+            on_early_error(request.scope, exc)
         if exc.status >= 500 and not isinstance(
             exc, (NotReady, QueueFull, QueueTimeout, ShuttingDown, Overloaded)
         ):
@@ -176,6 +187,8 @@ def install_handlers(app: FastAPI) -> None:
             where = ".".join(str(x) for x in e.get("loc", ()))
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
         err = InvalidParameter("invalid request: " + "; ".join(parts))
+        if on_early_error is not None:
+            on_early_error(request.scope, err)
         return JSONResponse(error_body(err), err.status)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import BodyTimeout, BodyTooLarge, ClientDisconnected, Overloaded, ServerError
 
 
-def _is_inference(scope: Scope) -> bool:
+def is_inference(scope: Scope) -> bool:
+    """A POST to ``/predict...`` or a v2 ``.../infer``: what the limits and counters cover."""
     path: str = scope.get("path", "")
     return scope["method"] == "POST" and (path.startswith("/predict") or path.endswith("/infer"))
 
@@ -58,7 +59,7 @@ class LimitsMiddleware:
         self.bytes_in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_inference(scope):
+        if scope["type"] != "http" or not is_inference(scope):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"content-length", b"")

@@ -41,10 +41,11 @@ async def observe_request(
         metrics.request_duration.labels(label, endpoint).observe(time.monotonic() - start)
 
 
-def record_refusal(
+def record_unrouted(
     metrics: Metrics, scope: Scope, served: Collection[str], default_model: str, error: ServerError
 ) -> None:
-    """Count a request refused before it reached its route (the limits middleware): the same
+    """Count an answer that no route counted: a refusal by the limits middleware, or an
+    error raised before the route body ran (a missing API key, a malformed query). The same
     ``resnet_requests_total`` series a route would have counted, with the model the path or
     query names (``_unknown`` if it is not served)."""
     path: str = scope.get("path", "")

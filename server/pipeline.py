@@ -14,6 +14,7 @@ dropped with 503 ``queue_timeout``.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,11 +55,14 @@ class Decoded:
 
 def _decode_into(
     data: bytes, spec: Preprocessing, limits: DecodeLimits, out: np.ndarray, metrics: Metrics,
-    model: str, budget: CpuBudget,
+    model: str, budget: CpuBudget, abandoned: threading.Event,
 ) -> float:  # fmt: skip
     """Runs in the pool, on one core of the budget; timed once it has the core, so waiting
-    for a thread or a core is not counted as decoding."""
+    for a thread or a core is not counted as decoding. Skipped (0 s) if its request was
+    abandoned (failed, timed out, client gone) while it waited for the core."""
     with budget.hold(1):
+        if abandoned.is_set():
+            return 0.0
         start = time.monotonic()
         preprocess(data, spec, limits, out)
         seconds = time.monotonic() - start
@@ -127,9 +131,10 @@ class Pipeline:
         spec = model.meta.preprocessing
         pixels = np.empty((len(items), *model.engine.input_shape), dtype=np.uint8)
         loop = asyncio.get_running_loop()
+        abandoned = threading.Event()
         futures = [
             loop.run_in_executor(self._pool, _decode_into, data, spec, self._limits, pixels[i],
-                                 self._metrics, model.name, self._budget)
+                                 self._metrics, model.name, self._budget, abandoned)
             for i, data in enumerate(items)
         ]  # fmt: skip
         try:
@@ -146,7 +151,10 @@ class Pipeline:
                 f"not decoded and queued within {model.admission.timeout:g} s; dropped"
             ) from None
         finally:
-            for f in futures:  # a failure or timeout: what has not started never will
+            # A failure or timeout: what has not started never will, and what waits for a
+            # core skips its work (on success every decode is done, so this changes nothing).
+            abandoned.set()
+            for f in futures:
                 f.cancel()
         return Decoded(pixels, np.asarray(seconds, dtype=np.float64))
 
@@ -163,6 +171,9 @@ class Pipeline:
         try:
             done = await model.batcher.submit(Job(rows, top_k), len(rows), ticket.deadline)
         except (QueueFull, QueueTimeout, ShuttingDown) as e:
+            if ticket.refused:  # another chunk of this request was refused: counted once
+                raise
+            ticket.refused = True
             if isinstance(e, QueueTimeout):
                 self._count_timeout(model)
             else:

@@ -192,10 +192,18 @@ class ModelRepository:
         agreement = None
         if s.agreement_check:  # before anything else: a model that disagrees is not served
             agreement = await asyncio.to_thread(check_agreement, name, engine)
+            if agreement is None:
+                log.warning(
+                    "model %s: agreement not checked at load (its file carries no reference "
+                    "logits for the shipped verification photos; re-export it)", name,
+                )  # fmt: skip
         run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
+        # A CUDA run keeps one host thread busy (launches and copies): the cores stay with the
+        # decodes, which must overlap the GPU's work, not take turns with it.
+        held = 1 if engine.report.provider == "cuda" else s.threads
         runners = [
             Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
-                   metrics=self._metrics, budget=self._budget, threads=s.threads)
+                   metrics=self._metrics, budget=self._budget, threads=held)
             for i in range(engine.instances)
         ]  # fmt: skip
         config = batch_config(s, engine.report.provider)
@@ -203,7 +211,10 @@ class ModelRepository:
         # batch queue holds up to all of them (an eager batch may run with one image), so
         # it never refuses what admission took.
         capacity = config.max_queue_size + engine.instances * config.max_batch_size
-        admission = Admission(name, capacity, config.queue_timeout)
+        admission = Admission(
+            name, capacity, config.queue_timeout,
+            headroom=engine.instances * config.max_batch_size,
+        )  # fmt: skip
         queue_config = dataclasses.replace(config, max_queue_size=capacity)
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
         model = ServedModel(name, engine, batcher, config, admission, runners, agreement)

@@ -49,9 +49,9 @@ class Runner:
     Awaiting the runner returns one :class:`~server.scores.Scores` per job (its ``top_k``
     classes scored), or, for a job with a non-finite logit, a :class:`NonFiniteLogits` in its
     place (the other jobs of the batch are unaffected). An exception from the engine fails
-    the whole batch.
-    ``compute`` bounds how many engine runs execute at once across every model of the
-    process, so inference threads never outnumber the cores budgeted for them.
+    the whole batch, as does one that returns other than one row of logits per image.
+    Each run holds ``threads`` cores of the process's :class:`~server.cpubudget.CpuBudget`,
+    so the threads doing work never outnumber the cores, across every model.
     """
 
     def __init__(
@@ -94,6 +94,8 @@ class Runner:
             start = time.monotonic()
             logits = self._run(self._instance, batch)
             seconds = time.monotonic() - start
+        if logits.ndim != 2 or len(logits) != rows:
+            raise RuntimeError(f"engine returned logits of shape {logits.shape} for {rows} rows")
         self._metrics.observe_batch(self._model, rows, seconds)
         finite = np.asarray(np.isfinite(logits).all(axis=1))
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are dropped below

@@ -61,7 +61,10 @@ def _layer_precisions(compiled: Any) -> Counter[str]:
 
 
 def _metadata(model: Any) -> dict[str, str]:
-    """The ONNX ``metadata_props``, which OpenVINO keeps in the model's ``framework`` info."""
+    """The ONNX ``metadata_props``, which OpenVINO keeps in the model's ``framework`` info
+    (none for a plain ONNX file: parse_metadata then names what is missing)."""
+    if not model.has_rt_info("framework"):
+        return {}
     framework = model.get_rt_info()["framework"]
     raw = framework if isinstance(framework, dict) else framework.astype(dict)
     return {str(k): v if isinstance(v, str) else v.astype(str) for k, v in raw.items()}

@@ -319,3 +319,31 @@ def test_a_model_that_fails_verification_never_replaces_the_served_one(
     assert out.endswith(
         f"verification failed: {served} left unchanged; the rejected model is {rejected}\n"
     )
+
+
+def test_a_failure_that_writes_no_file_is_reported_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An INT8 export whose fp32 base fails verification writes no file: the report says
+    which check failed (no traceback), and a stale rejected file of an earlier run is not
+    passed off as this run's."""
+    from export import cli
+    from export.verify import Report
+
+    def failing(architecture: str, path: Path, opts: cli.ExportOptions) -> Report:
+        report = Report(path)
+        report.add("cpu (fp32 base): max |file - float64 torch|", False, "9.9e-01 (bound 1e-04)")
+        return report
+
+    monkeypatch.setattr(cli, "export_one", failing)
+    target = tmp_path / "resnet18-int8.onnx"
+    stale = tmp_path / "resnet18-int8.onnx.unverified"
+    stale.write_bytes(b"an earlier run's rejected file")
+    opts = cli.ExportOptions("random", None, 0, tmp_path, "int8", 17, None)
+    assert cli._run("resnet18", target, opts) == cli.EXIT_VERIFY
+    out = capsys.readouterr().out
+    assert "[FAIL] cpu (fp32 base): max |file - float64 torch|: 9.9e-01 (bound 1e-04)" in out
+    assert "file: not written, export+verify" in out
+    assert f"verification failed: {target} left unchanged\n" in out
+    assert "rejected model" not in out
+    assert not stale.exists() and not target.exists()

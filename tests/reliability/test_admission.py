@@ -43,6 +43,15 @@ def gauge(srv: ServerProcess, name: str) -> float:
     return metric(srv, name, model="resnet18")
 
 
+def running(srv: ServerProcess) -> float:
+    """Images admitted that are neither decoding nor queued: in a running batch."""
+    return (
+        gauge(srv, "resnet_images_in_flight")
+        - gauge(srv, "resnet_decode_backlog")
+        - gauge(srv, "resnet_queue_depth")
+    )
+
+
 def multipart(*images: bytes) -> dict[str, tuple[str, bytes, str]]:
     return {f"f{i}": (f"{i}.png", im, "image/png") for i, im in enumerate(images)}
 
@@ -119,12 +128,17 @@ def test_decode_backlog_counts_a_body_still_arriving(srv: ServerProcess) -> None
 def test_non_finite_logits_fail_only_their_own_request(srv: ServerProcess) -> None:
     failed = metric(srv, "resnet_requests_total", outcome="inference_failed")
     batches = metric(srv, "resnet_inference_exec_count_total", model="resnet18")
-    with ThreadPoolExecutor(2) as pool:  # the 300 ms delay puts both in one batch
-        grey, good = pool.map(
-            lambda d: post_files(srv, d),
-            [GREY, encode(Image.new("RGB", (64, 64), (10, 200, 30)), "PNG")],
-        )
-    assert metric(srv, "resnet_inference_exec_count_total", model="resnet18") - batches == 1
+    green = encode(Image.new("RGB", (64, 64), (10, 200, 30)), "PNG")
+    with ThreadPoolExecutor(3) as pool:
+        # A white image holds the runner; the two behind it leave the queue as one full batch.
+        white_f = pool.submit(post_files, srv, WHITE)
+        assert wait_for(lambda: running(srv) == 1, 5)
+        grey_f = pool.submit(post_files, srv, GREY)
+        assert wait_for(lambda: gauge(srv, "resnet_queue_depth") == 1, 5)
+        good = pool.submit(post_files, srv, green).result()
+        grey, white = grey_f.result(), white_f.result()
+    assert white.status_code == 200
+    assert metric(srv, "resnet_inference_exec_count_total", model="resnet18") - batches == 2
     assert_error(grey, 500, "inference_failed")
     assert grey.json()["error"] == "inference failed: NonFiniteLogits"
     assert good.status_code == 200 and good.json()["results"][0]["timing"]["batch_size"] == 2
@@ -144,6 +158,8 @@ def test_body_bytes_in_flight_are_bounded_and_refusals_counted(srv: ServerProces
         r = srv.client().post("/predict/resnet18", content=b"\xff" * 120_000,
                               headers={"content-type": "image/jpeg"})  # fmt: skip
         assert_error(r, 503, "overloaded", "body bytes in flight (limit 200000)")
+    # The slow request's reservation returns once the server has seen the socket close.
+    assert wait_for(lambda: gauge(srv, "resnet_decode_backlog") == 0, 5)
     assert metric(srv, "resnet_requests_total", model="resnet18", endpoint="predict",
                   outcome="overloaded") - overloaded == 1  # fmt: skip
     assert (

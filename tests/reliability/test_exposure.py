@@ -14,7 +14,7 @@ import pytest
 from server.settings import Settings
 from tests.conftest import ROOT, ServerProcess, start_server
 from tests.imagegen import jpeg
-from tests.reliability.helpers import assert_error
+from tests.reliability.helpers import assert_error, metric
 
 KEY = "s3cret-key-for-tests"
 JPEG = jpeg(200, 150, seed=2)
@@ -50,6 +50,24 @@ def test_inference_needs_the_key(
     r = srv.client().post(path, content=body, headers={"content-type": ctype, **auth})
     assert_error(r, 401, "unauthorized", UNAUTHORIZED)
     assert KEY not in r.text
+
+
+def test_answers_before_the_route_are_counted_too(srv: ServerProcess) -> None:
+    """A missing key (a dependency) and a malformed query (FastAPI's validation) are answered
+    before the route body, which counts everything else: they are counted all the same."""
+    labels = {"model": "resnet18", "endpoint": "predict"}
+    before_401 = metric(srv, "resnet_requests_total", outcome="unauthorized", **labels)
+    before_422 = metric(srv, "resnet_requests_total", outcome="invalid_parameter", **labels)
+    r = srv.client().post("/predict/resnet18", content=JPEG, headers={"content-type": "image/jpeg"})
+    assert_error(r, 401, "unauthorized")
+    r = srv.client().post("/predict/resnet18?top_k=abc", content=JPEG,
+                          headers={"content-type": "image/jpeg", "x-api-key": KEY})  # fmt: skip
+    assert_error(r, 422, "invalid_parameter", "top_k")
+    assert metric(srv, "resnet_requests_total", outcome="unauthorized", **labels) == before_401 + 1
+    assert (
+        metric(srv, "resnet_requests_total", outcome="invalid_parameter", **labels)
+        == before_422 + 1
+    )
 
 
 @pytest.mark.parametrize(("path", "body", "ctype"), INFER)

@@ -112,8 +112,8 @@ def test_a_request_that_would_wait_past_its_deadline_is_refused_at_the_door() ->
     with pytest.raises(QueueFull) as e:
         adm.admit(1)
     assert e.value.message == (
-        "model 'm' would need about 1.05 s for the 20 images in flight ahead of this request, "
-        "more than its queue timeout of 1 s; retry later"
+        "model 'm' is finishing about 20.0 images/s: this request's images would wait about "
+        "1.05 s, more than its queue timeout of 1 s; retry later"
     )
     assert adm.in_flight == 20
     two.release()
@@ -132,3 +132,46 @@ def test_old_completions_leave_the_window() -> None:
     clock.now += 5.0
     adm.completed(1)
     assert adm.rate() is None  # only the last completion is within the window
+
+
+def test_a_stale_rate_expires_with_time_alone() -> None:
+    """A slow spell, then one request holding the model busy: the old rate must not keep
+    refusing work after its window, even though no completion arrives to prune it."""
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock)
+    held = adm.admit(1)
+    for _ in range(11):  # 2 images/s
+        adm.completed(1)
+        clock.now += 0.5
+    with pytest.raises(QueueFull, match="would wait about"):
+        adm.admit(30)
+    clock.now += 3.0
+    assert adm.rate() is None
+    adm.admit(30).release()
+    held.release()
+
+
+def test_images_the_engines_take_at_once_wait_for_nobody() -> None:
+    """With room for a batch of 32 running, a 32-image request behind one in flight is not
+    refused for a slow recent rate: only the images beyond that headroom must wait."""
+    clock = FakeClock()
+    adm = Admission("m", capacity=200, timeout=2.0, clock=clock, headroom=32)
+    held = adm.admit(1)
+    for _ in range(11):  # 10 images/s
+        adm.completed(1)
+        clock.now += 0.1
+    adm.admit(31).release()  # (1 + 31 - 32) = 0 ahead
+    adm.admit(40).release()  # 9 ahead: 0.9 s
+    with pytest.raises(QueueFull, match=r"would wait about 2\.10 s"):
+        adm.admit(52)  # 21 ahead: 2.1 s > 2 s
+    held.release()
+
+
+def test_grow_after_queued_is_a_programming_error() -> None:
+    adm = Admission("m", capacity=4, timeout=1.0, clock=FakeClock())
+    ticket = adm.admit(1)
+    ticket.queued()
+    with pytest.raises(RuntimeError, match="grow after queued"):
+        ticket.grow(1)
+    ticket.release()
+    assert (adm.in_flight, adm.decoding) == (0, 0)
