@@ -167,13 +167,16 @@ LABEL org.opencontainers.image.title="resnet-server" \
 USER 10001:10001
 
 # ---------------------------------------------------------------------------------------------
-# cpu (DEFAULT target): onnxruntime (CPU) + OpenVINO, non-root, models baked in.
+# cpu (DEFAULT target): OpenVINO (onnxruntime's CPU provider also installed), non-root, models baked in.
 # ---------------------------------------------------------------------------------------------
 FROM runtime AS cpu
 COPY --from=cpu-deps /opt/venv /opt/venv
 COPY --from=export /models /models
 COPY --from=app /opt/app /opt/app
-ENV RESNET_PROVIDER=cpu
+# auto = OpenVINO where installed (CPU_EXTRAS=openvino, the default): fp32 as exact as ORT's CPU
+# provider, and the CPU's matrix units for bf16 / INT8 (docs/PRECISION.md); ONNX Runtime's CPU
+# provider in an image built with CPU_EXTRAS=. RESNET_PROVIDER=cpu forces the latter.
+ENV RESNET_PROVIDER=auto
 LABEL org.opencontainers.image.title="resnet-server" \
       org.opencontainers.image.description="ResNet18/50 ImageNet inference on ONNX Runtime (CPU)" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -57,7 +57,7 @@ def test_image_config(cpu_image: Image) -> None:
     assert cfg.entrypoint == ("python", "-m", "server")  # exec form: no shell between
     assert cfg.stop_signal == signal.SIGTERM
     assert cfg.exposed_ports == ("8000/tcp",)
-    assert cfg.env["RESNET_PROVIDER"] == "cpu" and cfg.env["RESNET_MODEL_DIR"] == "/models"
+    assert cfg.env["RESNET_PROVIDER"] == "auto" and cfg.env["RESNET_MODEL_DIR"] == "/models"
 
 
 def test_ready_serving_both_models_on_cpu(server: localbuild.Container) -> None:
@@ -65,7 +65,7 @@ def test_ready_serving_both_models_on_cpu(server: localbuild.Container) -> None:
     models = {m["name"]: m for m in httpx.get(server.url + "/models").json()["models"]}
     assert sorted(models) == ["resnet18", "resnet50"]
     for m in models.values():
-        assert (m["ready"], m["provider"], m["provider_fallback"]) == (True, "cpu", False)
+        assert (m["ready"], m["provider"], m["provider_fallback"]) == (True, "openvino", False)
         assert (m["weights"], m["random_weights"]) == ("random", True)
 
 
@@ -81,7 +81,7 @@ def test_predict_on_photos_equals_the_same_models_served_outside(
             shutil.copyfile(f"{mount}/models/{name}.onnx", models / f"{name}.onnx")
     finally:
         localbuild.buildah("umount", server.cid)
-    outside = start_server(models, tmp_path)
+    outside = start_server(models, tmp_path, provider="openvino")
     try:
         for model in ("resnet18", "resnet50"):
             for photo, kind in ((ROCKET, "image/jpeg"), (CHELSEA, "image/png")):
@@ -118,7 +118,7 @@ def test_metrics_count_what_was_served(server: localbuild.Container) -> None:
         assert r.status_code == 200 and r.json()["model"] == "resnet18"
     assert requests_ok() - before == 3
     text = httpx.get(server.url + "/metrics").text
-    info = dict(model="resnet50", provider="cpu", fallback="false", random_weights="true")
+    info = dict(model="resnet50", provider="openvino", fallback="false", random_weights="true")
     assert metric(text, "resnet_model_info", **info) == 1
 
 
