@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The GPU measurements on a lent machine that has CUDA 13, PyTorch and nothing else we need,
+# and no network (docs/BENCHMARKS.md, "GPU"). onnxruntime-gpu 1.31.1 (255 MB) travels as an
+# xz tarball split over four calls (.gpu1/part .. .gpu4/part, 64 MiB per call); the server's
+# wheels and `hey` travel in .whl/. Everything lands in /root/gpu and survives while the
+# machine stays warm between calls.
+#   bash bench/gpu_session.sh stage1   # part 1, wheels, env report, export models (CPU verified)
+#   bash bench/gpu_session.sh stage 2  # part 2 (then 3)
+#   bash bench/gpu_session.sh run      # part 4, install onnxruntime-gpu, gpu_check.sh, raw, server
+# Output goes to $OUT (the device tool brings it back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+G="${GPU_WORK:-/root/gpu}"
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$G/parts" "$G/site" "$OUT"
+export GPU_WORK="$G" PYTHONPATH="$G/site" PYTHONUNBUFFERED=1 PATH="$G/bin:$PATH"
+
+install_wheels() {
+  mkdir -p "$G/bin"; cp .whl/hey "$G/bin/hey"; chmod +x "$G/bin/hey"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$G/site" .whl/*.whl
+}
+
+cuda_libs() {  # directories holding the pip CUDA/cuDNN libraries that PyTorch's image carries
+  python3 - <<'PY'
+import pathlib, site
+dirs = set()
+for sp in site.getsitepackages():
+    for lib in pathlib.Path(sp, "nvidia").rglob("lib*.so*"):
+        dirs.add(str(lib.parent))
+print(":".join(sorted(dirs)))
+PY
+}
+
+case "${1:-}" in
+stage1)
+  cp .gpu1/part "$G/parts/1"
+  { date -u; nvidia-smi; nproc; python3 --version; grep -m1 "model name" /proc/cpuinfo
+    python3 -m pip list 2>/dev/null | grep -iE "^(torch|onnx|onnxruntime|numpy|nvidia-cudnn|nvidia-cublas|nvidia-cuda-runtime|pillow) "
+  } >"$OUT/env.txt" 2>&1
+  install_wheels >>"$OUT/env.txt" 2>&1
+  mkdir -p "$G/models"
+  # Random weights' ResNet50 in fp16 misses the fp16 relative-logit floor (0.017 > 0.01 on the
+  # CPU provider): its logits are far larger than a trained network's. Relaxed, and said so.
+  for p in fp32 fp16; do
+    floors=(); [[ $p == fp16 ]] && floors=(--floor max_rel_logit_error=0.05)
+    timeout 300 python3 -m export resnet18 resnet50 --weights random --seed 0 --precision "$p" \
+      "${floors[@]}" --provider cpu --out-dir "$G/models" >>"$OUT/export.log" 2>&1 \
+      || echo "export $p FAILED rc=$?" | tee -a "$OUT/export.log"
+  done
+  ls -la "$G/models" | tee -a "$OUT/export.log"
+  ;;
+stage)
+  cp ".gpu$2/part" "$G/parts/$2" && ls -la "$G/parts"
+  ;;
+run)
+  cp .gpu4/part "$G/parts/4"
+  cat "$G"/parts/1 "$G"/parts/2 "$G"/parts/3 "$G"/parts/4 | sha256sum
+  cat "$G"/parts/1 "$G"/parts/2 "$G"/parts/3 "$G"/parts/4 | xz -dc -T4 | tar x -C "$G/site" || exit 1
+  [[ -x "$G/bin/hey" ]] || install_wheels
+  # First without LD_LIBRARY_PATH: does onnxruntime-gpu find the pip CUDA libraries by itself?
+  timeout 60 python3 - >"$OUT/cuda_libs.txt" 2>&1 <<'PY'
+import onnxruntime as ort
+print(ort.__version__, ort.__file__, ort.get_available_providers())
+for preload in (False, True):
+    if preload:
+        try:
+            ort.preload_dlls()
+        except Exception as e:
+            print("preload_dlls failed:", e)
+    try:
+        import os; s = ort.InferenceSession(os.environ["GPU_WORK"] + "/models/resnet18.onnx", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        print("preload", preload, "->", s.get_providers())
+    except Exception as e:
+        print("preload", preload, "-> failed:", e)
+PY
+  LIBS="$(cuda_libs)"
+  echo "LD_LIBRARY_PATH=$LIBS" >>"$OUT/cuda_libs.txt"
+  export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "== gpu_check.sh, unchanged"
+  PYTHON=python3 GPU_CHECK_SECONDS=3 timeout 180 bash bench/gpu_check.sh >"$OUT/gpu_check.log" 2>&1
+  echo "gpu_check rc=$?" | tee -a "$OUT/gpu_check.log"; tail -25 "$OUT/gpu_check.log"
+  echo "== raw ONNX Runtime"
+  timeout 150 python3 -m bench.gpu_raw "$G/models" --out "$OUT/raw.json" >"$OUT/raw.log" 2>&1
+  echo "raw rc=$?"; grep -E "agreement|b=  1|b= 32|b=128|b=256|io |FAIL" "$OUT/raw.log" | head -60
+  echo "== server"
+  mkdir -p "$G/server"
+  timeout 190 python3 -m bench.gpu_server "$G/models" --out "$G/server/server.json" --seconds 4 \
+    >"$OUT/server.log" 2>&1
+  echo "server rc=$?"; cp "$G/server/server.json" "$OUT/" 2>/dev/null; cat "$OUT/server.log" | cut -c1-400 | tail -40
+  tail -c 20000 "$G"/server/server-*.log >"$OUT/server_stderr.log" 2>/dev/null
+  ;;
+*) echo "usage: $0 stage1 | stage N | run" >&2; exit 2 ;;
+esac
