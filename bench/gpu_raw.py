@@ -188,6 +188,29 @@ def _graph(path: Path, provider: str, batch: np.ndarray, seconds: float) -> floa
         return None
 
 
+def shape_costs(path: Path, provider: str) -> dict[str, float]:
+    """Milliseconds per run: a first run at an unseen batch size, the second run at it, and
+    runs alternating between two seen sizes against runs repeating one (is the cost of a
+    new shape paid once per shape, or on every change?)."""
+    sess = session(path, provider)
+    meta = parse_metadata(sess.get_modelmeta().custom_metadata_map)
+    rng = np.random.default_rng(2)
+    batches = {n: rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8) for n in (32, 37, 64)}
+
+    def ms(n: int) -> float:
+        start = time.perf_counter()
+        sess.run([meta.output_name], {meta.input_name: batches[n]})
+        return (time.perf_counter() - start) * 1e3
+
+    out = {"first_32_ms": ms(32), "first_64_ms": ms(64)}
+    out["first_37_ms"], out["second_37_ms"] = ms(37), ms(37)
+    out["steady_32_ms"] = float(np.median([ms(32) for _ in range(10)]))
+    out["steady_64_ms"] = float(np.median([ms(64) for _ in range(10)]))
+    out["alternating_32_64_ms"] = float(np.median([ms(32) + ms(64) for _ in range(10)]) / 2)
+    print(f"shapes {path.name}: " + ", ".join(f"{k} {v:.1f}" for k, v in out.items()), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_raw")
     p.add_argument("model_dir", type=Path)
@@ -195,7 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--provider", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--seconds", type=float, default=0.3)
     p.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    p.add_argument("--only-shapes", action="store_true", help="only the shape-change costs")
     args = p.parse_args(argv)
+    if args.only_shapes:
+        shapes = {name: shape_costs(args.model_dir / name, args.provider)
+                  for name in ("resnet50.onnx", "resnet50-fp16.onnx")}  # fmt: skip
+        args.out.write_text(json.dumps(shapes, indent=1))
+        return 0
     batches = tuple(int(b) for b in args.batches.split(","))
     result: dict[str, Any] = {
         "onnxruntime": ort.__version__, "available": ort.get_available_providers(),

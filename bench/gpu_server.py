@@ -141,7 +141,8 @@ def phase(proc: Any, url: str, model: str, name: str, images_per_request: int,
 
 def single(args: argparse.Namespace, work: Path, instances: int, phases: list[Any]) -> list[Any]:
     settings: dict[str, object] = dict(
-        instances=instances, max_batch_size=128, max_queue_size=2048, max_concurrent_requests=2048
+        instances=instances, max_batch_size=128, max_queue_size=2048, max_concurrent_requests=2048,
+        agreement_check=args.agreement_check, pad_batches=args.pad_batches,
     )
     rows: list[Any] = []
     try:
@@ -152,7 +153,7 @@ def single(args: argparse.Namespace, work: Path, instances: int, phases: list[An
               flush=True)  # fmt: skip
         rows.append({"start_failed": str(e)})
         proc, url = start(args.model_dir, work / f"server-{instances}b.log", args.provider,
-                          agreement_check="false", **settings)  # fmt: skip
+                          **{**settings, "agreement_check": "false"})  # fmt: skip
     try:
         rows.append({"models": httpx.get(url + "/models", timeout=10).json()})
         for name, model, n, body, ctype, headers, c in phases:
@@ -175,7 +176,8 @@ def multi(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, Any]:
     logs = [work / f"server-p{i}.log" for i in range(args.procs)]
     servers = [
         launch(args.model_dir, log, args.provider, cores=cores, max_batch_size=64,
-               max_queue_size=1024)
+               max_queue_size=1024, agreement_check=args.agreement_check,
+               pad_batches=args.pad_batches)
         for log in logs
     ]  # fmt: skip
     for (proc, url), log in zip(servers, logs, strict=True):
@@ -229,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--hey", default=shutil.which("hey") or "hey")
     p.add_argument("--quick", action="store_true", help="two phases only (a dry run)")
+    p.add_argument("--agreement-check", default="true", choices=["true", "false"])
+    p.add_argument("--pad-batches", default="auto", choices=["auto", "on", "off"])
     args = p.parse_args(argv)
     HEY = args.hey
     work = args.out.parent

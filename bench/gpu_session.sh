@@ -90,5 +90,16 @@ PY
   echo "server rc=$?"; cp "$G/server/server.json" "$OUT/" 2>/dev/null; cat "$OUT/server.log" | cut -c1-400 | tail -40
   tail -c 20000 "$G"/server/server-*.log >"$OUT/server_stderr.log" 2>/dev/null
   ;;
+run2)  # after run: the shape-change costs, then the server again with padded batches
+  cp .gpu4/part "$G/parts/4"
+  cat "$G"/parts/1 "$G"/parts/2 "$G"/parts/3 "$G"/parts/4 | xz -dc -T4 | tar x -C "$G/site" || exit 1
+  export LD_LIBRARY_PATH="$(cuda_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  timeout 90 python3 -m bench.gpu_raw "$G/models" --out "$OUT/shapes.json" --only-shapes 2>&1 | tee "$OUT/shapes.log"
+  mkdir -p "$G/server"
+  timeout 300 python3 -m bench.gpu_server "$G/models" --out "$G/server/server2.json" --seconds 4 \
+    --agreement-check false >"$OUT/server2.log" 2>&1
+  echo "server rc=$?"; cp "$G/server/server2.json" "$OUT/" 2>/dev/null; cut -c1-330 "$OUT/server2.log" | tail -30
+  tail -c 8000 "$G"/server/server-1.log >"$OUT/server2_stderr.log" 2>/dev/null
+  ;;
 *) echo "usage: $0 stage1 | stage N | run" >&2; exit 2 ;;
 esac

@@ -203,7 +203,8 @@ class ModelRepository:
         held = 1 if engine.report.provider == "cuda" else s.threads
         runners = [
             Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
-                   metrics=self._metrics, budget=self._budget, threads=held)
+                   metrics=self._metrics, budget=self._budget, threads=held,
+                   pad_to=s.pad_sizes if s.pads(engine.report.provider) else ())
             for i in range(engine.instances)
         ]  # fmt: skip
         config = batch_config(s, engine.report.provider)

@@ -5,6 +5,11 @@ blocks on inference and two instances of a model can run at once. Everything per
 happens here, in that thread, as array operations over the whole batch: one copy of the crops
 into a batch buffer allocated once, one engine run, a finiteness check per row, softmax and
 top-k for every row at once, one metrics update per batch.
+
+With ``pad_to`` (the warmed batch sizes; on by default on the GPU) a batch runs padded up to
+the next of those sizes: ONNX Runtime's CUDA provider pays for every input shape it has not
+seen (cuDNN algorithm choice, workspace allocation) about 100 ms for ResNet50, so a batch of
+a size the warm-up did not run can cost 10x one that it did (docs/BENCHMARKS.md, "GPU").
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Runner:
         metrics: Metrics,
         budget: CpuBudget,
         threads: int,
+        pad_to: Sequence[int] = (),
     ) -> None:
         self._model = model
         self._run = run
@@ -73,6 +79,9 @@ class Runner:
         self._budget = budget
         self._threads = threads
         self._buffer = np.empty((max_rows, *input_shape), dtype=np.uint8)
+        self._pad_to = sorted(pad_to)
+        if self._pad_to and self._pad_to[-1] < max_rows:
+            raise ValueError(f"pad_to {self._pad_to} must reach max_rows {max_rows}")
         self._thread = ThreadPoolExecutor(
             1, thread_name_prefix=f"{model}-run{instance}", initializer=name_os_thread
         )
@@ -86,16 +95,20 @@ class Runner:
 
     def _run_batch(self, jobs: Sequence[Job]) -> list[Scores | Exception]:
         rows = sum(len(j) for j in jobs)
-        if len(jobs) == 1:
+        size = self._padded(rows)
+        if len(jobs) == 1 and size == rows:
             batch = jobs[0].rows
         else:  # the one copy: every crop into the reused buffer
-            batch = np.concatenate([j.rows for j in jobs], out=self._buffer[:rows])
+            np.concatenate([j.rows for j in jobs], out=self._buffer[:rows])
+            # Rows past ``rows`` hold earlier crops: run, then dropped with their logits.
+            batch = self._buffer[:size]
         with self._budget.hold(self._threads):
             start = time.monotonic()
             logits = self._run(self._instance, batch)
             seconds = time.monotonic() - start
-        if logits.ndim != 2 or len(logits) != rows:
-            raise RuntimeError(f"engine returned logits of shape {logits.shape} for {rows} rows")
+        if logits.ndim != 2 or len(logits) != size:
+            raise RuntimeError(f"engine returned logits of shape {logits.shape} for {size} rows")
+        logits = logits[:rows]
         self._metrics.observe_batch(self._model, rows, seconds)
         finite = np.asarray(np.isfinite(logits).all(axis=1))
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are dropped below
@@ -110,3 +123,10 @@ class Runner:
                 results.append(NonFiniteLogits(f"model {self._model} produced non-finite logits"))
             offset = end
         return results
+
+    def _padded(self, rows: int) -> int:
+        """The smallest ``pad_to`` size holding ``rows`` (``rows`` itself without padding)."""
+        for size in self._pad_to:
+            if size >= rows:
+                return size
+        return rows

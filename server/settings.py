@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     warmup_batch_sizes: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="empty = 1 and every power of two up to max_batch_size"
     )
+    pad_batches: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="run each batch padded up to the next warm-up size (shapes the engine has "
+        "seen); auto = on for cuda, where an unseen shape costs ~100 ms, off on CPUs",
+    )
 
     # Preprocessing and limits
     preprocess_threads: int = Field(0, ge=0, description="decode threads; 0 = cores")
@@ -171,6 +176,15 @@ class Settings(BaseSettings):
     @property
     def pool_threads(self) -> int:
         return self.preprocess_threads or self.budget_cores
+
+    def pads(self, provider: str) -> bool:
+        """Whether batches on ``provider`` (the engine's actual one) run padded."""
+        return self.pad_batches == "on" or (self.pad_batches == "auto" and provider == "cuda")
+
+    @property
+    def pad_sizes(self) -> list[int]:
+        """Batch sizes a padded batch runs at: the warm-up sizes, and max_batch_size."""
+        return sorted({*self.warmup_sizes, self.max_batch_size})
 
     @property
     def warmup_sizes(self) -> list[int]:

@@ -123,3 +123,31 @@ async def test_a_run_holds_its_cores_of_the_budget() -> None:
         runner.close()
     assert seen == [2] and budget.busy == 0
     assert threading.active_count() >= 1
+
+
+@pytest.mark.asyncio
+async def test_a_padded_batch_runs_at_the_next_size_and_answers_only_its_rows() -> None:
+    engine = FakeEngine()
+    metrics = Metrics(CollectorRegistry(), 8)
+    runner = Runner("m", engine, 0, max_rows=8, input_shape=SHAPE, metrics=metrics,
+                    budget=CpuBudget(2), threads=2, pad_to=(1, 2, 4, 8))  # fmt: skip
+    try:
+        await runner([_job([255, 255, 255, 255, 255], 1)])  # leaves broken rows in the buffer
+        a, b = await runner([_job([1, 2], 2), _job([3], 1)])  # 3 rows: padded to 4
+        (c,) = await runner([_job([7, 9], 1)])  # one job at a padded size: no padding
+    finally:
+        runner.close()
+    assert [len(x) for x in engine.batches] == [8, 4, 2]
+    assert np.array_equal(engine.batches[1][:3, 0, 0, 0], [1, 2, 3])
+    # The padding row (an earlier broken image, NaN logits) fails nothing.
+    assert isinstance(a, Scores) and isinstance(b, Scores) and isinstance(c, Scores)
+    assert a.logits.shape == (2, 10) and b.logits.shape == (1, 10)
+    assert np.allclose(b.logits[0], engine.base + 0.3)
+    assert np.allclose(c.logits[:, 0], engine.base[0] + np.array([0.7, 0.9]))
+
+
+def test_pad_sizes_must_reach_the_largest_batch() -> None:
+    with pytest.raises(ValueError, match="must reach max_rows 8"):
+        Runner("m", FakeEngine(), 0, max_rows=8, input_shape=SHAPE,
+               metrics=Metrics(CollectorRegistry(), 8), budget=CpuBudget(2), threads=2,
+               pad_to=(1, 2, 4))  # fmt: skip
