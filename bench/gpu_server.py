@@ -141,8 +141,12 @@ def phase(proc: Any, url: str, model: str, name: str, images_per_request: int,
 
 def single(args: argparse.Namespace, work: Path, instances: int, phases: list[Any]) -> list[Any]:
     settings: dict[str, object] = dict(
-        instances=instances, max_batch_size=128, max_queue_size=2048, max_concurrent_requests=2048,
-        agreement_check=args.agreement_check, pad_batches=args.pad_batches,
+        instances=instances,
+        max_batch_size=128,
+        max_queue_size=2048,
+        max_concurrent_requests=2048,
+        agreement_check=args.agreement_check,
+        pad_batches=args.pad_batches,
     )
     rows: list[Any] = []
     try:
@@ -233,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="two phases only (a dry run)")
     p.add_argument("--agreement-check", default="true", choices=["true", "false"])
     p.add_argument("--pad-batches", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--no-two-instances", action="store_true")
     args = p.parse_args(argv)
     HEY = args.hey
     work = args.out.parent
@@ -255,11 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         ("predict jpeg", "resnet50-fp16", 1, *j, 64),
         ("v2 binary", "resnet50-fp16", 32, *v32, 16),
     ]
+    phases = [ph for ph in phases if (args.model_dir / f"{ph[1]}.onnx").exists()]
     if args.quick:
         phases = phases[:1] + phases[7:8]
     result: dict[str, Any] = {"cpus": os.cpu_count(), "single": single(args, work, 1, phases)}
     args.out.write_text(json.dumps(result, indent=1, default=str))
-    if not args.quick:
+    if not args.quick and not args.no_two_instances:
         two = [ph for ph in phases if ph[1] == "resnet50" and (ph[2], ph[6]) in ((32, 4), (32, 16))
                or ph[:2] == ("predict jpeg", "resnet50") and ph[6] == 64]  # fmt: skip
         result["two_instances"] = single(args, work, 2, two)

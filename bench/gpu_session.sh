@@ -101,5 +101,15 @@ run2)  # after run: the shape-change costs, then the server again with padded ba
   echo "server rc=$?"; cp "$G/server/server2.json" "$OUT/" 2>/dev/null; cut -c1-330 "$OUT/server2.log" | tail -30
   tail -c 8000 "$G"/server/server-1.log >"$OUT/server2_stderr.log" 2>/dev/null
   ;;
+run3)  # after run2: sessions per batch size (ResNet50 only, to fit the time left)
+  cp .gpu4/part "$G/parts/4"
+  cat "$G"/parts/1 "$G"/parts/2 "$G"/parts/3 "$G"/parts/4 | xz -dc -T4 | tar x -C "$G/site" || exit 1
+  export LD_LIBRARY_PATH="$(cuda_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  mkdir -p "$G/m50" "$G/server" && ln -sf "$G"/models/resnet50.onnx "$G"/models/resnet50-fp16.onnx "$G/m50/"
+  timeout 280 python3 -m bench.gpu_server "$G/m50" --out "$G/server/server3.json" --seconds 4 \
+    --agreement-check false --no-two-instances >"$OUT/server3.log" 2>&1
+  echo "server rc=$?"; cp "$G/server/server3.json" "$OUT/" 2>/dev/null; cut -c1-330 "$OUT/server3.log" | tail -30
+  grep -v "No execution plans" "$G"/server/server-1.log | tail -c 6000 >"$OUT/server3_stderr.log" 2>/dev/null
+  ;;
 *) echo "usage: $0 stage1 | stage N | run" >&2; exit 2 ;;
 esac

@@ -184,6 +184,7 @@ class ModelRepository:
         return EngineOptions(
             provider=self.provider, precision=spec.precision, threads=s.threads,
             instances=s.instances, cuda_device_id=s.cuda_device_id,
+            batch_sizes=tuple(s.pad_sizes) if s.pads(self.provider) else (),
         )  # fmt: skip
 
     async def _load(self, spec: ModelSpec) -> ServedModel:

@@ -46,7 +46,9 @@ class EngineReport:
     ``offloaded_nodes``: graph nodes the runtime placed on a provider other than the one
     requested (ONNX Runtime's fallback to its CPU provider). ``layers``: convolution and
     fully-connected layers counted by the precision they execute in (OpenVINO), e.g.
-    ``{"u8": 21}`` for a fully quantised ResNet18.
+    ``{"u8": 21}`` for a fully quantised ResNet18. ``session_batch_sizes``: batch sizes that
+    run on a session of their own (ONNX Runtime's CUDA provider), empty when one session per
+    instance takes every size.
     """
 
     requested_provider: str
@@ -57,6 +59,7 @@ class EngineReport:
     devices: tuple[str, ...]
     offloaded_nodes: int = 0
     layers: dict[str, int] = field(default_factory=dict)
+    session_batch_sizes: tuple[int, ...] = ()
 
     @property
     def fallback(self) -> bool:
@@ -80,6 +83,7 @@ class EngineReport:
             "devices": list(self.devices),
             "offloaded_nodes": self.offloaded_nodes,
             "layers_by_precision": dict(self.layers),
+            "session_batch_sizes": list(self.session_batch_sizes),
         }
 
 
@@ -125,6 +129,9 @@ class EngineOptions:
     threads: int = 1
     instances: int = 1
     cuda_device_id: int = 0
+    batch_sizes: tuple[int, ...] = ()
+    """Batch sizes that get a session of their own (ONNX Runtime only; the server asks for it
+    on CUDA, whose provider re-plans every convolution when the input shape changes)."""
 
 
 def openvino_installed() -> bool:

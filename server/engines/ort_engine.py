@@ -61,7 +61,15 @@ def _nodes_by_provider(session: ort.InferenceSession) -> Counter[str]:
 
 
 class OrtEngine(Engine):
-    """``instances`` ONNX Runtime sessions over the same file."""
+    """``instances`` ONNX Runtime sessions over the same file, and with ``batch_sizes``, per
+    instance one more session for each of those sizes.
+
+    Why sessions per size: ONNX Runtime's CUDA provider keeps the convolution plan of the last
+    input shape only. Measured on an H200 (docs/BENCHMARKS.md, "GPU"): ResNet50 fp32 batches
+    alternating between 32 and 64 rows took 100 ms a run against 13 and 22 ms each alone
+    (fp16: 271 ms against 5 and 10), so a session that sees every batch size re-plans on
+    almost every batch. A session that only ever sees one shape never does.
+    """
 
     def __init__(self, path: Path, options: EngineOptions) -> None:
         providers = provider_list(options.provider, options.cuda_device_id)
@@ -78,8 +86,16 @@ class OrtEngine(Engine):
                 "take no bf16 hint): use --provider openvino, or serve fp32 / int8"
             )
         got = tuple(sessions[0].get_providers())
-        nodes = _nodes_by_provider(sessions[0])
         requested_ep = CUDA if options.provider == "cuda" else CPU
+        # Only where the requested provider really runs: a CUDA request that fell back to
+        # the CPU gains nothing from them.
+        sizes = tuple(sorted(set(options.batch_sizes))) if got[0] == requested_ep else ()
+        self._by_size = [
+            {n: ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+             for n in sizes}
+            for _ in range(options.instances)
+        ]  # fmt: skip
+        nodes = _nodes_by_provider(sessions[0])
         report = EngineReport(
             requested_provider=options.provider,
             provider=_SHORT.get(got[0], got[0]),
@@ -90,13 +106,14 @@ class OrtEngine(Engine):
             offloaded_nodes=sum(n for ep, n in nodes.items() if ep != requested_ep)
             if got[0] == requested_ep
             else 0,
+            session_batch_sizes=sizes,
         )
         super().__init__(meta, report, options.instances)
         self.sessions = sessions
         self._use_iobinding = report.provider == "cuda"
 
     def run(self, instance: int, batch: np.ndarray) -> np.ndarray:
-        session = self.sessions[instance]
+        session = self._by_size[instance].get(len(batch), self.sessions[instance])
         if self._use_iobinding:
             return self._run_iobinding(session, batch)
         out: np.ndarray = session.run([self.meta.output_name], {self.meta.input_name: batch})[0]

@@ -46,6 +46,38 @@ def test_openvino_fp32_agrees_with_onnxruntime(model_dir: Path, name: str) -> No
     assert (got.argmax(1) == ref.argmax(1)).all()
 
 
+def test_batch_sizes_get_sessions_of_their_own(model_dir: Path) -> None:
+    # The server asks for this on CUDA only (no GPU here): the same code on the CPU provider.
+    path = model_dir / "resnet18.onnx"
+    general = open_engine(path, EngineOptions("cpu", threads=2), CPU)
+    engine = open_engine(path, EngineOptions("cpu", threads=2, instances=2, batch_sizes=(4, 2)),
+                         CPU)  # fmt: skip
+    assert engine.report.session_batch_sizes == (2, 4)
+    assert engine.report.describe()["session_batch_sizes"] == [2, 4]
+    assert general.report.session_batch_sizes == ()
+    by_size = engine._by_size  # type: ignore[attr-defined]
+    assert [sorted(d) for d in by_size] == [[2, 4], [2, 4]]
+    assert len({id(s) for d in by_size for s in d.values()} | {id(s) for s in engine.sessions}) == 6
+    calls: list[int] = []
+    for d in by_size:  # record which session answers which size
+        for n, sess in d.items():
+            d[n] = _Spy(sess, n, calls)
+    x = _crops(4)
+    for rows in (2, 4, 3):
+        assert np.array_equal(engine.run(1, x[:rows]), general.run(0, x[:rows]))
+    assert calls == [2, 4]  # 3 rows: the instance's general session
+
+
+class _Spy:
+    def __init__(self, session: object, size: int, calls: list[int]) -> None:
+        self._session, self._size, self._calls = session, size, calls
+
+    def __getattr__(self, name: str) -> object:
+        if name == "run":
+            self._calls.append(self._size)
+        return getattr(self._session, name)
+
+
 def test_openvino_reports_what_runs(model_dir: Path) -> None:
     engine = open_engine(model_dir / "resnet18.onnx", EngineOptions("openvino", threads=1), CPU)
     r = engine.report
