@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def sweep(path: Path, provider: str, seconds: float, batches: tuple[int, ...]) -
         for n in batches:
             batch = rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
             d = rate(device_mode(sess, batch, dev), n, seconds)
-            e = rate(lambda b=batch: engine.run(0, b), n, seconds)  # type: ignore[misc]
+            e = rate(partial(engine.run, 0, batch), n, seconds)
             rows.append({"file": path.name, "tf32": tf32, "batch": n, "device_ips": d,
                          "engine_ips": e})  # fmt: skip
             print(f"{path.name:22s} tf32={tf32} b={n:3d}: device {d:8.1f} img/s  "
@@ -145,10 +146,9 @@ def io_variants(path: Path, provider: str, seconds: float, batches: tuple[int, .
     for n in batches:
         batch = rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
         row: dict[str, Any] = {"file": path.name, "batch": n}
-        row["session_run_ips"] = rate(
-            lambda: sess.run([meta.output_name], {meta.input_name: batch}), n, seconds
-        )
-        row["engine_ips"] = rate(lambda: engine.run(0, batch), n, seconds)
+        feed = {meta.input_name: batch}
+        row["session_run_ips"] = rate(partial(sess.run, [meta.output_name], feed), n, seconds)
+        row["engine_ips"] = rate(partial(engine.run, 0, batch), n, seconds)
         row["engine_2_threads_ips"] = _two_threads(engine, batch, seconds)
         row["cuda_graph_device_ips"] = _graph(path, provider, batch, seconds)
         rows.append(row)
@@ -240,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         for path in (fp32, args.model_dir / f"{arch}-fp16.onnx"):
             if not path.exists():
                 continue
-            for key, fn in (("agreement", lambda: agreement(path, args.provider,
-                                                            reference.astype(np.float64), photos)),
-                            ("sweep", lambda: sweep(path, args.provider, args.seconds, batches))):  # fmt: skip
+            ref64 = reference.astype(np.float64)
+            steps: list[tuple[str, Callable[[], list[Any]]]] = [
+                ("agreement", partial(agreement, path, args.provider, ref64, photos)),
+                ("sweep", partial(sweep, path, args.provider, args.seconds, batches)),
+            ]
+            for key, fn in steps:
                 try:
                     result[key] += fn()
                 except Exception as e:  # keep measuring the rest, say what broke

@@ -205,7 +205,7 @@ def multi(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, Any]:
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
             for _, url in servers
         ]
         outs = [p.communicate(timeout=args.seconds + 60)[0] for p in loads]
@@ -243,13 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out.parent
     jpeg = work / "chelsea.jpg"
     jpeg.write_bytes(photo("chelsea", (500, 375)).jpeg)
-    bodies = {}
+    bodies: dict[int, tuple[Path, str, tuple[str, ...]]] = {}
     for n in (1, 32):
         body, hlen = v2_body(n)
         (work / f"v2-{n}.bin").write_bytes(body)
         bodies[n] = (work / f"v2-{n}.bin", "application/octet-stream",
                      (f"Inference-Header-Content-Length: {hlen}",))  # fmt: skip
-    j = (jpeg, "image/jpeg", ())
+    j: tuple[Path, str, tuple[str, ...]] = (jpeg, "image/jpeg", ())
     v1, v32 = bodies[1], bodies[32]
     # (name, model, images per request, body file, content type, headers, concurrency)
     phases = [("predict jpeg", "resnet50", 1, *j, c) for c in (1, 16, 64, 256)]
@@ -266,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"cpus": os.cpu_count(), "single": single(args, work, 1, phases)}
     args.out.write_text(json.dumps(result, indent=1, default=str))
     if not args.quick and not args.no_two_instances:
-        two = [ph for ph in phases if ph[1] == "resnet50" and (ph[2], ph[6]) in ((32, 4), (32, 16))
-               or ph[:2] == ("predict jpeg", "resnet50") and ph[6] == 64]  # fmt: skip
+        two = [ph for ph in phases
+               if (ph[1] == "resnet50" and (ph[2], ph[6]) in ((32, 4), (32, 16)))
+               or (ph[:2] == ("predict jpeg", "resnet50") and ph[6] == 64)]  # fmt: skip
         result["two_instances"] = single(args, work, 2, two)
         args.out.write_text(json.dumps(result, indent=1, default=str))
     try:

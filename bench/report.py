@@ -717,11 +717,19 @@ def benchmarks_md(res: Results) -> str:
     return "\n".join(lines)
 
 
+#: The GPU section: measured on a lent GPU machine by ``bench/gpu_session.sh``, not by this
+#: run (no GPU here), kept by hand beside its raw results and appended to every report.
+GPU_SECTION = Path(__file__).resolve().parents[1] / "docs" / "bench" / "gpu" / "GPU.md"
+
+
 def write(res: Results, out: Path) -> list[Path]:
-    """Write BENCHMARKS.md, BATCHING.md and the plots (under ``out/bench/``)."""
+    """Write BENCHMARKS.md (with :data:`GPU_SECTION` appended), BATCHING.md and the plots
+    (under ``out/bench/``)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = plots.write_all(res, out / "bench")
-    for name, text in (("BENCHMARKS.md", benchmarks_md(res)), ("BATCHING.md", batching_md(res))):
+    gpu = "\n" + GPU_SECTION.read_text() if GPU_SECTION.exists() else ""
+    for name, text in (("BENCHMARKS.md", benchmarks_md(res) + gpu),
+                       ("BATCHING.md", batching_md(res))):  # fmt: skip
         (out / name).write_text(text)
         paths.append(out / name)
     return paths

@@ -24,6 +24,16 @@ def test_settings_from_env_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert s.warmup_sizes == [1, 2, 4]
 
 
+def test_batches_run_padded_on_cuda_by_default(tmp_path: Path) -> None:
+    s = Settings(model_dir=tmp_path, max_batch_size=24)
+    assert (s.pads("cuda"), s.pads("cpu"), s.pads("openvino")) == (True, False, False)
+    assert s.pad_sizes == [1, 2, 4, 8, 16, 24]
+    on = Settings(model_dir=tmp_path, pad_batches="on", max_batch_size=8,
+                  warmup_batch_sizes=[1, 4])  # fmt: skip
+    assert on.pads("cpu") and on.pad_sizes == [1, 4, 8]  # max_batch_size always a size
+    assert not Settings(model_dir=tmp_path, pad_batches="off").pads("cuda")
+
+
 def test_missing_model_dir_says_how_to_export(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="python -m export resnet18 resnet50"):
         Settings(model_dir=tmp_path / "absent")
