@@ -178,6 +178,6 @@ COPY --from=app /opt/app /opt/app
 # provider in an image built with CPU_EXTRAS=. RESNET_PROVIDER=cpu forces the latter.
 ENV RESNET_PROVIDER=auto
 LABEL org.opencontainers.image.title="resnet-server" \
-      org.opencontainers.image.description="ResNet18/50 ImageNet inference on ONNX Runtime (CPU)" \
+      org.opencontainers.image.description="ResNet18/50 ImageNet inference on OpenVINO or ONNX Runtime (CPU)" \
       org.opencontainers.image.licenses="Apache-2.0"
 USER 10001:10001

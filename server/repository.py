@@ -184,7 +184,7 @@ class ModelRepository:
         return EngineOptions(
             provider=self.provider, precision=spec.precision, threads=s.threads,
             instances=s.instances, cuda_device_id=s.cuda_device_id,
-            batch_sizes=tuple(s.pad_sizes) if s.pads(self.provider) else (),
+            batch_sizes=s.session_sizes(self.provider),
         )  # fmt: skip
 
     async def _load(self, spec: ModelSpec) -> ServedModel:
@@ -220,7 +220,7 @@ class ModelRepository:
         queue_config = dataclasses.replace(config, max_queue_size=capacity)
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
         model = ServedModel(name, engine, batcher, config, admission, runners, agreement)
-        await asyncio.to_thread(engine.warmup, s.warmup_sizes)
+        await asyncio.to_thread(engine.warmup, s.warmup_sizes_for(engine.report.provider))
         await batcher.start()
         model.load_seconds = time.monotonic() - start
         self._publish(model)
@@ -234,7 +234,8 @@ class ModelRepository:
         log.info(
             "model %s loaded: %s %s weights=%s provider=%s (%s) in %.2fs (warm-up sizes %s)",
             name, engine.meta.architecture, report.precision, engine.meta.weights,
-            report.provider, report.runtime, model.load_seconds, s.warmup_sizes,
+            report.provider, report.runtime, model.load_seconds,
+            s.warmup_sizes_for(report.provider),
         )  # fmt: skip
         if engine.meta.random_weights:
             log.warning(

@@ -80,8 +80,8 @@ class Runner:
         self._threads = threads
         self._buffer = np.empty((max_rows, *input_shape), dtype=np.uint8)
         self._pad_to = sorted(pad_to)
-        if self._pad_to and self._pad_to[-1] < max_rows:
-            raise ValueError(f"pad_to {self._pad_to} must reach max_rows {max_rows}")
+        if self._pad_to and self._pad_to[-1] != max_rows:
+            raise ValueError(f"pad_to {self._pad_to} must end at max_rows {max_rows}")
         self._thread = ThreadPoolExecutor(
             1, thread_name_prefix=f"{model}-run{instance}", initializer=name_os_thread
         )

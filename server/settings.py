@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     pad_batches: Literal["auto", "on", "off"] = Field(
         "auto",
         description="run each batch padded up to the next warm-up size (shapes the engine has "
-        "seen); auto = on for cuda, where an unseen shape costs ~100 ms, off on CPUs",
+        "seen; on cuda, with a session per size); auto = on for cuda, where a shape change "
+        "costs ~100 ms, off on CPUs",
     )
 
     # Preprocessing and limits
@@ -180,6 +181,16 @@ class Settings(BaseSettings):
     def pads(self, provider: str) -> bool:
         """Whether batches on ``provider`` (the engine's actual one) run padded."""
         return self.pad_batches == "on" or (self.pad_batches == "auto" and provider == "cuda")
+
+    def session_sizes(self, provider: str) -> tuple[int, ...]:
+        """Batch sizes that get an ONNX Runtime session of their own: the pad sizes, on CUDA
+        only (a CPU session has no per-shape plan to lose, and each one costs the weights)."""
+        return tuple(self.pad_sizes) if provider == "cuda" and self.pads(provider) else ()
+
+    def warmup_sizes_for(self, provider: str) -> list[int]:
+        """What to run before readiness: the warm-up sizes, and every pad size when padding,
+        so no batch ever runs at a shape its session has not seen."""
+        return self.pad_sizes if self.pads(provider) else self.warmup_sizes
 
     @property
     def pad_sizes(self) -> list[int]:

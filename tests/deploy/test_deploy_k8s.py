@@ -175,7 +175,7 @@ def test_cpu_overlay() -> None:
     docs = render("cpu")
     c = container(docs)
     assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
-    assert configmap_data(docs)["RESNET_PROVIDER"] == "openvino"
+    assert configmap_data(docs)["RESNET_PROVIDER"] == "auto"
     assert c["image"].endswith(":cpu")
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"

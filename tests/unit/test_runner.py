@@ -138,6 +138,8 @@ async def test_a_padded_batch_runs_at_the_next_size_and_answers_only_its_rows() 
     finally:
         runner.close()
     assert [len(x) for x in engine.batches] == [8, 4, 2]
+    inferred = metrics.registry.get_sample_value("resnet_inference_count_total", {"model": "m"})
+    assert inferred == 5 + 3 + 2  # the real rows, not the padded ones
     assert np.array_equal(engine.batches[1][:3, 0, 0, 0], [1, 2, 3])
     # The padding row (an earlier broken image, NaN logits) fails nothing.
     assert isinstance(a, Scores) and isinstance(b, Scores) and isinstance(c, Scores)
@@ -147,7 +149,11 @@ async def test_a_padded_batch_runs_at_the_next_size_and_answers_only_its_rows() 
 
 
 def test_pad_sizes_must_reach_the_largest_batch() -> None:
-    with pytest.raises(ValueError, match="must reach max_rows 8"):
+    with pytest.raises(ValueError, match="must end at max_rows 8"):
         Runner("m", FakeEngine(), 0, max_rows=8, input_shape=SHAPE,
                metrics=Metrics(CollectorRegistry(), 8), budget=CpuBudget(2), threads=2,
                pad_to=(1, 2, 4))  # fmt: skip
+    with pytest.raises(ValueError, match="must end at max_rows 8"):
+        Runner("m", FakeEngine(), 0, max_rows=8, input_shape=SHAPE,
+               metrics=Metrics(CollectorRegistry(), 8), budget=CpuBudget(2), threads=2,
+               pad_to=(1, 16))  # fmt: skip

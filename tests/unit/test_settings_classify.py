@@ -32,6 +32,11 @@ def test_batches_run_padded_on_cuda_by_default(tmp_path: Path) -> None:
                   warmup_batch_sizes=[1, 4])  # fmt: skip
     assert on.pads("cpu") and on.pad_sizes == [1, 4, 8]  # max_batch_size always a size
     assert not Settings(model_dir=tmp_path, pad_batches="off").pads("cuda")
+    # Sessions per size on CUDA only; warm-up covers every size a padded batch can take.
+    assert s.session_sizes("cuda") == (1, 2, 4, 8, 16, 24) and s.session_sizes("cpu") == ()
+    assert on.session_sizes("cpu") == () and on.session_sizes("cuda") == (1, 4, 8)
+    assert on.warmup_sizes_for("cpu") == [1, 4, 8] and on.warmup_sizes == [1, 4]
+    assert s.warmup_sizes_for("cpu") == s.warmup_sizes
 
 
 def test_missing_model_dir_says_how_to_export(tmp_path: Path) -> None:
