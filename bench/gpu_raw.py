@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from server.agreement import compare
 from server.engines import EngineOptions
-from server.engines.ort_engine import OrtEngine, session_options
+from server.engines.ort_engine import OrtEngine, provider_list, session_options
 from server.modelmeta import parse_metadata
 from server.photos import photo_batch, verification_photos
 
@@ -43,18 +43,13 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def providers(provider: str, tf32: int, graph: bool = False) -> list[Any]:
+    """The server's own provider list (``provider_list``), with TF32 and CUDA graphs as asked."""
+    listed = provider_list(provider)
     if provider == "cpu":
-        return ["CPUExecutionProvider"]
-    opts = {
-        "device_id": 0,
-        "cudnn_conv_algo_search": "HEURISTIC",
-        "arena_extend_strategy": "kSameAsRequested",
-        "do_copy_in_default_stream": True,
-        "use_tf32": tf32,
-    }
-    if graph:
-        opts["enable_cuda_graph"] = 1
-    return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
+        return listed
+    (cuda, options), cpu = listed
+    extra = {"use_tf32": tf32, **({"enable_cuda_graph": 1} if graph else {})}
+    return [(cuda, {**options, **extra}), cpu]
 
 
 def session(path: Path, provider: str, tf32: int = 0, graph: bool = False) -> ort.InferenceSession:

@@ -95,13 +95,18 @@ def v2_body(n: int) -> tuple[bytes, int]:
     return header + x.tobytes(), len(header)
 
 
-def hey(url: str, body: Path, content_type: str, c: int, seconds: float,
-        headers: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+def hey_cmd(url: str, body: Path, content_type: str, c: int, seconds: float,
+            headers: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
+    """``hey``: ``c`` connections POSTing ``body`` to ``url`` for ``seconds``."""
     cmd = [HEY, "-z", f"{seconds}s", "-c", str(c), "-m", "POST", "-T", content_type,
            "-D", str(body), "-t", "30"]  # fmt: skip
     for h in headers:
         cmd += ["-H", h]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    return [*cmd, url]
+
+
+def parse_hey(out: str) -> dict[str, Any]:
+    """Requests/s, p50/p99 (seconds) and status codes from hey's report."""
     codes = {m[0]: int(m[1]) for m in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
 
     def pct(p: str) -> float:
@@ -111,6 +116,13 @@ def hey(url: str, body: Path, content_type: str, c: int, seconds: float,
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     return {"rps": float(rps.group(1)) if rps else 0.0, "p50_s": pct("50"), "p99_s": pct("99"),
             "codes": codes, "hey_tail": out[-400:] if not codes else ""}  # fmt: skip
+
+
+def hey(url: str, body: Path, content_type: str, c: int, seconds: float,
+        headers: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    cmd = hey_cmd(url, body, content_type, c, seconds, headers)
+    return parse_hey(subprocess.run(cmd, capture_output=True, text=True,
+                                    timeout=seconds + 60).stdout)  # fmt: skip
 
 
 def phase(proc: Any, url: str, model: str, name: str, images_per_request: int,
@@ -188,30 +200,13 @@ def multi(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, Any]:
         wait_ready(proc, url, log)
     try:
         loads = [
-            subprocess.Popen(
-                [
-                    HEY,
-                    "-z",
-                    f"{args.seconds}s",
-                    "-c",
-                    "32",
-                    "-m",
-                    "POST",
-                    "-T",
-                    "image/jpeg",
-                    "-D",
-                    str(jpeg),
-                    url + "/predict/resnet50",
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
+            subprocess.Popen(hey_cmd(url + "/predict/resnet50", jpeg, "image/jpeg", 32,
+                                     args.seconds), stdout=subprocess.PIPE, text=True)
             for _, url in servers
-        ]
-        outs = [p.communicate(timeout=args.seconds + 60)[0] for p in loads]
-        rps = [float(m.group(1)) if (m := re.search(r"Requests/sec:\s+([\d.]+)", o)) else 0.0
-               for o in outs]  # fmt: skip
-        codes = [re.findall(r"\[(\d+)\]\s+(\d+) responses", o) for o in outs]
+        ]  # fmt: skip
+        answers = [parse_hey(p.communicate(timeout=args.seconds + 60)[0]) for p in loads]
+        rps = [a["rps"] for a in answers]
+        codes = [a["codes"] for a in answers]
     finally:
         for proc, _ in servers:
             stop(proc)

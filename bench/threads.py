@@ -16,15 +16,14 @@ to the file named by ``BENCH_THREAD_LOG``, which tells Python threads from nativ
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+
+from server.threadname import name_os_thread
 
 LOOP = "event loop"
 DECODE = "decode"
@@ -37,7 +36,6 @@ GROUPS = (LOOP, DECODE, RUNNER, RUNTIME, POOL, OTHER)
 
 THREAD_LOG_ENV = "BENCH_THREAD_LOG"
 _TICK = os.sysconf("SC_CLK_TCK")
-_PR_SET_NAME = 15
 
 
 @dataclass(frozen=True)
@@ -160,14 +158,6 @@ def usage(
 # -- in the measured process ---------------------------------------------------------------
 
 
-def _set_os_name(name: str) -> None:
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None or not sys.platform.startswith("linux"):
-        return
-    libc: Any = ctypes.CDLL(libc_name, use_errno=True)
-    libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-
-
 def name_threads() -> None:
     """From now on, every thread started from ``threading`` sets its OS name (``comm``) from
     its Python name and, if ``BENCH_THREAD_LOG`` names a file, appends ``TID NAME`` to it.
@@ -179,7 +169,7 @@ def name_threads() -> None:
     lock = threading.Lock()
 
     def record(thread: threading.Thread) -> None:
-        _set_os_name(thread.name)
+        name_os_thread()  # record() runs in ``thread`` itself
         if log:
             with lock, open(log, "a") as f:
                 f.write(f"{threading.get_native_id()} {thread.name}\n")

@@ -72,10 +72,7 @@ class Admission:
     def rate(self) -> float | None:
         """Images per second the model has been finishing while busy, over the last
         ``RATE_WINDOW_S``; None until enough completions were seen."""
-        events = self._completions
-        horizon = self._clock() - RATE_WINDOW_S
-        while events and events[0][0] < horizon:  # a rate is recent or it is nothing
-            events.popleft()
+        events = self._prune(self._clock())
         if len(events) < 3 or events[-1][0] - events[0][0] < RATE_MIN_SPAN_S:
             return None
         finished = sum(n for _, n in events) - events[0][1]  # counted from the first one on
@@ -85,8 +82,14 @@ class Admission:
         """``images`` of a request finished (their batch ran). Feeds :meth:`rate`."""
         now = self._clock()
         self._completions.append((now, images))
-        while self._completions and self._completions[0][0] < now - RATE_WINDOW_S:
-            self._completions.popleft()
+        self._prune(now)
+
+    def _prune(self, now: float) -> deque[tuple[float, int]]:
+        """Drop completions older than ``RATE_WINDOW_S``: a rate is recent or it is nothing."""
+        events = self._completions
+        while events and events[0][0] < now - RATE_WINDOW_S:
+            events.popleft()
+        return events
 
     def _idle(self) -> None:
         # Nothing in flight: the next interval between completions would count idle time.

@@ -205,7 +205,7 @@ class ModelRepository:
         runners = [
             Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
                    metrics=self._metrics, budget=self._budget, threads=held,
-                   pad_to=s.pad_sizes if s.pads(engine.report.provider) else ())
+                   pad_to=s.pad_sizes_for(engine.report.provider))
             for i in range(engine.instances)
         ]  # fmt: skip
         config = batch_config(s, engine.report.provider)

@@ -7,9 +7,9 @@ into a batch buffer allocated once, one engine run, a finiteness check per row, 
 top-k for every row at once, one metrics update per batch.
 
 With ``pad_to`` (the warmed batch sizes; on by default on the GPU) a batch runs padded up to
-the next of those sizes: ONNX Runtime's CUDA provider pays for every input shape it has not
-seen (cuDNN algorithm choice, workspace allocation) about 100 ms for ResNet50, so a batch of
-a size the warm-up did not run can cost 10x one that it did (docs/BENCHMARKS.md, "GPU").
+the next of those sizes, so the engine sees a handful of shapes, each on a session of its own
+(``OrtEngine``): ONNX Runtime's CUDA provider re-plans every convolution when the input shape
+changes, about 100 ms for ResNet50 (docs/BENCHMARKS.md, "GPU").
 """
 
 from __future__ import annotations

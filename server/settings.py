@@ -182,15 +182,19 @@ class Settings(BaseSettings):
         """Whether batches on ``provider`` (the engine's actual one) run padded."""
         return self.pad_batches == "on" or (self.pad_batches == "auto" and provider == "cuda")
 
+    def pad_sizes_for(self, provider: str) -> tuple[int, ...]:
+        """The sizes batches on ``provider`` are padded to; empty when they are not."""
+        return tuple(self.pad_sizes) if self.pads(provider) else ()
+
     def session_sizes(self, provider: str) -> tuple[int, ...]:
         """Batch sizes that get an ONNX Runtime session of their own: the pad sizes, on CUDA
         only (a CPU session has no per-shape plan to lose, and each one costs the weights)."""
-        return tuple(self.pad_sizes) if provider == "cuda" and self.pads(provider) else ()
+        return self.pad_sizes_for(provider) if provider == "cuda" else ()
 
     def warmup_sizes_for(self, provider: str) -> list[int]:
         """What to run before readiness: the warm-up sizes, and every pad size when padding,
         so no batch ever runs at a shape its session has not seen."""
-        return self.pad_sizes if self.pads(provider) else self.warmup_sizes
+        return list(self.pad_sizes_for(provider)) or self.warmup_sizes
 
     @property
     def pad_sizes(self) -> list[int]:
