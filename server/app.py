@@ -38,13 +38,20 @@ def create_app(
     registry: CollectorRegistry | None = None,
     run_wrapper: Callable[[EngineRun], EngineRun] | None = None,
     cpu: CpuInfo | None = None,
+    load_first: bool = False,
 ) -> FastAPI:
     """Build the app. Nothing is loaded here: models load and warm up in the lifespan.
 
     ``run_wrapper`` wraps each model's blocking ``Engine.run``; tests use it to inject
     faults into a real server. ``cpu``: the CPU's features (default: read from the machine).
+    ``load_first``: load before serving (the lifespan's startup waits, and fails if a model
+    does), for a worker that other workers cover meanwhile; otherwise models load in the
+    background while liveness and readiness answer.
     """
-    metrics_ = Metrics(registry or CollectorRegistry(), settings.max_batch_size)
+    metrics_ = Metrics(
+        registry or CollectorRegistry(), settings.max_batch_size,
+        multiprocess=settings.workers > 1,
+    )  # fmt: skip
     budget = CpuBudget(settings.budget_cores)
     state = AppState(
         settings=settings,
@@ -56,7 +63,7 @@ def create_app(
         title="resnet-server",
         version=__version__,
         description="ImageNet classification (ResNet18/50) on ONNX Runtime with dynamic batching.",
-        lifespan=_lifespan(state),
+        lifespan=_lifespan(state, load_first),
     )
     app.state.server = state
     app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
@@ -85,13 +92,19 @@ def create_app(
     return app
 
 
-def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _lifespan(
+    state: AppState, load_first: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.pipeline.start()
         # Load in the background so liveness and readiness (503 "loading") answer meanwhile.
         loading = asyncio.create_task(_load(state))
         try:
+            if load_first:
+                await loading
+                if state.lifecycle.startup_error:  # uvicorn then exits without serving
+                    raise RuntimeError(state.lifecycle.startup_error)
             yield
         finally:
             state.lifecycle.draining = True

@@ -2,11 +2,18 @@
 
 Names and labels are listed in ``docs/DESIGN.md``. Label values are bounded: model names come
 from the served set (``UNKNOWN_MODEL`` otherwise) and outcomes from error codes.
+
+With several worker processes (``workers`` > 1) every value lives in prometheus_client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before it starts the
+workers) and :meth:`Metrics.view` reads all workers' files: a scrape of any worker reports the
+whole server. Each gauge says how workers' values combine (``multiprocess_mode``; ignored in a
+single process).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 UNKNOWN_MODEL = "_unknown"
 
@@ -25,8 +32,11 @@ def _batch_buckets(max_batch_size: int) -> tuple[float, ...]:
 class Metrics:
     """The server's metrics. One instance per app; tests read values back from ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry, max_batch_size: int) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, max_batch_size: int, *, multiprocess: bool = False
+    ) -> None:
         self.registry = registry
+        self.multiprocess = multiprocess
         r = registry
         self.requests = Counter(
             "resnet_requests", "Requests answered, by outcome (ok or error code).",
@@ -61,21 +71,25 @@ class Metrics:
         )  # fmt: skip
         self.last_inference = Gauge(
             "resnet_last_inference_timestamp_seconds", "Unix time of the last batch execution.",
-            ["model"], registry=r,
+            ["model"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
         self.queue_depth = Gauge(
-            "resnet_queue_depth", "Images waiting in the batch queue.", ["model"], registry=r
+            "resnet_queue_depth",
+            "Images waiting in the batch queue.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
             "resnet_images_in_flight",
             "Images admitted and not finished: body read, decoding, queued or running. The "
             "load signal to scale on.",
-            ["model"], registry=r,
+            ["model"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.decode_backlog = Gauge(
             "resnet_decode_backlog",
             "Images admitted whose body is being read or decoded (not yet queued).",
-            ["model"], registry=r,
+            ["model"], registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.rejected = Counter(
             "resnet_rejected_requests",
@@ -85,14 +99,23 @@ class Metrics:
             ["model", "reason"], registry=r,
         )  # fmt: skip
         self.model_load = Gauge(
-            "resnet_model_load_seconds", "Time to load and warm up the model.", ["model"],
-            registry=r,
+            "resnet_model_load_seconds", "Time to load and warm up the model (the slowest worker).",
+            ["model"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.model_info = Gauge(
             "resnet_model_info", "Served model; provider is what the session actually uses.",
             ["model", "architecture", "weights", "random_weights", "precision", "provider",
-             "requested_provider", "fallback"], registry=r,
+             "requested_provider", "fallback"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+
+    def view(self) -> CollectorRegistry:
+        """The registry to read values from: this process's, or with several workers a fresh
+        one that collects every worker's files (one file read per worker and metric type)."""
+        if not self.multiprocess:
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
 
     def observe_batch(self, model: str, rows: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(rows)

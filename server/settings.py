@@ -91,7 +91,15 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="cores shared by engine runs and image decodes (a run holds intra_op_threads "
-        "of them, a decode one); 0 = CPUs available to this process",
+        "of them, a decode one), split evenly between workers; 0 = CPUs available to this process",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port, each with its own sessions, batcher and "
+        "decode threads (and cores / workers cores); metrics and statistics add them all up. "
+        "More than one where one Python process is the limit (a GPU with many cores)",
     )
     intra_op_threads: int = Field(
         0, ge=0, description="threads of one engine run; 0 = cores / instances"
@@ -166,7 +174,8 @@ class Settings(BaseSettings):
 
     @property
     def budget_cores(self) -> int:
-        return self.cores or available_cpus()
+        """Cores of one worker process: its share of ``cores`` (at least one)."""
+        return max(1, (self.cores or available_cpus()) // self.workers)
 
     @property
     def threads(self) -> int:

@@ -1,4 +1,4 @@
-"""Prometheus exposition of the app's own registry."""
+"""Prometheus exposition of the app's metrics (every worker's, with several)."""
 
 from __future__ import annotations
 
@@ -19,4 +19,4 @@ _TEXT: dict[int | str, dict[str, Any]] = {200: {"description": "Prometheus text 
 @router.get("/metrics", response_class=Response, responses=_TEXT)
 async def metrics(state: Annotated[AppState, Depends(get_state)]) -> Response:
     """Prometheus text format (metric names in docs/DESIGN.md)."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.view()), media_type=CONTENT_TYPE_LATEST)

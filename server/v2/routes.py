@@ -103,7 +103,7 @@ async def ready(state: State) -> Response:
 @router.get("/v2/models/stats", response_model=StatsResponse)
 async def all_stats(state: State) -> StatsResponse:
     """Statistics of every served model (shadows a model named "stats")."""
-    samples = Samples(state.metrics.registry)
+    samples = Samples(state.metrics.view())
     models = state.repository.models.values()
     return StatsResponse(model_stats=[model_stats(samples, m) for m in models])
 
@@ -147,7 +147,7 @@ async def model_config(state: State, model: str, version: str | None = None) -> 
 async def model_statistics(state: State, model: str, version: str | None = None) -> StatsResponse:
     """Triton statistics of ``model`` (statistics extension), from the Prometheus metrics."""
     m = describe.model_at(state, model, version)
-    return StatsResponse(model_stats=[model_stats(Samples(state.metrics.registry), m)])
+    return StatsResponse(model_stats=[model_stats(Samples(state.metrics.view()), m)])
 
 
 @_model_route("POST", "/infer", response_class=Response, responses=_INFER_RESPONSES,

@@ -39,6 +39,15 @@ def test_batches_run_padded_on_cuda_by_default(tmp_path: Path) -> None:
     assert s.warmup_sizes_for("cpu") == s.warmup_sizes
 
 
+def test_workers_split_the_cores(tmp_path: Path) -> None:
+    one = Settings(model_dir=tmp_path, cores=8, instances=2)
+    assert (one.budget_cores, one.threads, one.pool_threads) == (8, 4, 8)
+    four = Settings(model_dir=tmp_path, cores=8, instances=2, workers=4)
+    assert (four.budget_cores, four.threads, four.pool_threads) == (2, 1, 2)
+    assert Settings(model_dir=tmp_path, cores=2, workers=3).budget_cores == 1  # never 0
+    assert Settings(model_dir=tmp_path, workers=2).budget_cores == max(1, available_cpus() // 2)
+
+
 def test_missing_model_dir_says_how_to_export(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="python -m export resnet18 resnet50"):
         Settings(model_dir=tmp_path / "absent")
@@ -52,6 +61,7 @@ def test_missing_model_dir_says_how_to_export(tmp_path: Path) -> None:
         ({"queue_timeout_ms": 1, "max_queue_delay_ms": 5}, "queue_timeout_ms must be greater"),
         ({"warmup_batch_sizes": [64]}, "outside 1..max_batch_size"),
         ({"provider": "tpu"}, "provider"),
+        ({"workers": 0}, "workers"),
         ({"unknown_setting": 1}, "unknown_setting"),
     ],
 )

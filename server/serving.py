@@ -1,0 +1,64 @@
+"""One server process: the app on uvicorn, with a drain on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from types import FrameType
+
+import uvicorn
+
+from .app import create_app
+from .settings import Settings
+from .state import AppState
+
+log = logging.getLogger("server")
+
+
+class DrainingServer(uvicorn.Server):
+    """On the first SIGTERM/SIGINT: readiness turns 503 at once, requests keep being served
+    for ``shutdown_delay_s`` (so load balancers notice), then uvicorn's graceful shutdown
+    (stop accepting, finish in-flight requests) and the lifespan's bounded batcher drain."""
+
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self._state = state
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._exit_at is not None:
+            super().handle_exit(sig, frame)  # a second signal: uvicorn forces the exit
+            return
+        self._state.lifecycle.draining = True
+        self._exit_at = time.monotonic() + self._state.settings.shutdown_delay_s
+        log.info("signal %d: draining (readiness now 503)", sig)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        if self._state.lifecycle.startup_error:  # a model failed to load: exit, do not linger
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def serve(
+    settings: Settings, sockets: list[socket.socket] | None = None, *, load_first: bool = False
+) -> str:
+    """Serve until a signal (or a failed model load) ends it; returns the startup error, ""
+    if none. ``sockets``: already listening ones to accept on (a worker's share of the
+    supervisor's); None binds ``settings.host:port``. ``load_first``: see ``create_app``."""
+    app = create_app(settings, load_first=load_first)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        server_header=False,
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
+        access_log=settings.log_level == "debug",
+        lifespan="on",
+    )
+    state: AppState = app.state.server
+    DrainingServer(config, state).run(sockets)
+    return state.lifecycle.startup_error

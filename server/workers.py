@@ -1,0 +1,206 @@
+"""Several server processes on one port (``workers`` > 1), and the supervisor that owns them.
+
+Why: one Python process is the limit where the engine is fast and the cores are many. On a
+16-vCPU H200 machine one process capped JPEG ``/predict`` near 500 images/s (its decode
+threads and event loop share one GIL) while four processes served 2.9x that
+(docs/BENCHMARKS.md, "GPU"). Each worker is a whole server: its own sessions, batcher,
+decode threads, admission limits and a ``cores // workers`` share of the cores.
+
+What the supervisor (the process started by ``python -m server``) does:
+
+- binds the port and hands the listening socket to every worker (spawned, not forked: a
+  worker inherits no threads or sessions). The kernel gives each connection to a worker that
+  is accepting, and a worker accepts only once its models are loaded, except worker 0 at
+  start, which answers liveness and readiness (503 "loading") meanwhile as a single process
+  does. So once the server is ready, no request meets a loading worker, not even a
+  replacement's;
+- SIGTERM or SIGINT: forwarded to every worker, which drains as a single server does
+  (readiness 503, ``shutdown_delay_s``, in-flight requests finished); a worker still there
+  after the drain's deadline is killed. Workers run in their own process group, so a
+  terminal's Ctrl-C reaches them once, through the supervisor;
+- a worker that fails to load its models stops the whole server (exit 1), as a single
+  process would; one that dies later (killed, crashed) is replaced, up to
+  ``_RESTARTS_PER_MINUTE`` times a minute, then the server stops (exit 1);
+- metrics: prometheus_client's multiprocess mode, in a fresh directory removed at exit
+  (``PROMETHEUS_MULTIPROC_DIR`` if set, emptied first), so any worker's ``/metrics`` and v2
+  statistics report the whole server; a dead worker's live gauges are dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import multiprocess
+
+from .serving import serve
+from .settings import Settings
+from .threadname import name_os_thread
+
+log = logging.getLogger("server.workers")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_STARTUP_FAILED = 3  # a worker's exit status when its models did not load
+_RESTARTS_PER_MINUTE = 5
+_PR_SET_PDEATHSIG = 1
+_KILL_GRACE_S = 5.0  # beyond the workers' own drain, before they are killed
+
+
+class Supervisor:
+    """Starts ``settings.workers`` server processes and keeps them running until a signal."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._workers: dict[int, BaseProcess] = {}
+        self._restarts: deque[float] = deque()
+        self._stop_by: float | None = None  # monotonic deadline once stopping
+        self._status = 0
+
+    def run(self) -> int:
+        """Serve until a signal or a failure; returns the exit status (0: stopped by a signal)."""
+        sock = _bind(self.settings.host, self.settings.port)
+        metrics_dir = _metrics_dir()
+        os.environ[MULTIPROC_ENV] = str(metrics_dir)  # read by each spawned worker at import
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        log.info(
+            "%d workers on %s:%d, %d cores each; metrics in %s", self.settings.workers,
+            self.settings.host, sock.getsockname()[1], self.settings.budget_cores, metrics_dir,
+        )  # fmt: skip
+        try:
+            for index in range(self.settings.workers):
+                self._start(index, sock, load_first=index > 0)
+            self._watch(sock)
+        finally:
+            sock.close()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        return self._status
+
+    def _start(self, index: int, sock: socket.socket, *, load_first: bool) -> None:
+        process = self._ctx.Process(
+            target=_worker_main, name=f"worker-{index}",
+            args=(self.settings, sock, index, load_first, os.getpid()),
+        )  # fmt: skip
+        process.start()
+        self._workers[index] = process
+        log.info("worker %d started (pid %s)", index, process.pid)
+
+    def _watch(self, sock: socket.socket) -> None:
+        while self._workers:
+            sentinels = {p.sentinel: i for i, p in self._workers.items()}
+            for sentinel in wait(list(sentinels), timeout=0.5):
+                index = sentinels[sentinel]  # type: ignore[index]
+                self._on_exit(index, self._workers.pop(index), sock)
+            if self._stop_by is not None and time.monotonic() > self._stop_by:
+                for index, p in self._workers.items():
+                    log.error("worker %d still running after the drain deadline: killed", index)
+                    p.kill()
+                self._stop_by = float("inf")  # killed once; wait() reaps them
+
+    def _on_exit(self, index: int, process: BaseProcess, sock: socket.socket) -> None:
+        process.join(5)  # its sentinel can close an instant before it can be reaped
+        code, pid = process.exitcode, process.pid
+        if pid is not None:
+            # Drop its live gauges; its counters stay in the totals.
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        if self._stop_by is not None:
+            log.info("worker %d exited (%s)", index, code)
+            return
+        if code == _STARTUP_FAILED:
+            log.error("worker %d could not load its models: stopping the server", index)
+            self._stop(status=1)
+            return
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > 60:
+            self._restarts.popleft()
+        if len(self._restarts) >= _RESTARTS_PER_MINUTE:
+            log.error("worker %d died (exit %s), %d restarts in a minute: stopping the server",
+                      index, code, len(self._restarts))  # fmt: skip
+            self._stop(status=1)
+            return
+        self._restarts.append(now)
+        log.error("worker %d died (exit %s): starting a replacement", index, code)
+        self._start(index, sock, load_first=True)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping %d workers", sig, len(self._workers))
+        self._stop(status=self._status)
+
+    def _stop(self, status: int) -> None:
+        """Forward SIGTERM to every worker (a second call forwards a second one, which makes
+        uvicorn exit at once, as a second signal does to a single server)."""
+        self._status = status
+        if self._stop_by is None:
+            s = self.settings
+            self._stop_by = (
+                time.monotonic() + s.shutdown_delay_s + s.drain_timeout_s + _KILL_GRACE_S
+            )
+        for p in self._workers.values():
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sys.exit(f"cannot listen on {host}:{port}: {e}")
+    sock.set_inheritable(True)
+    return sock
+
+
+def _metrics_dir() -> Path:
+    given = os.environ.get(MULTIPROC_ENV)
+    if not given:
+        return Path(tempfile.mkdtemp(prefix="resnet-metrics-"))
+    path = Path(given)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):  # a previous run's values would be added to this one's
+        stale.unlink()
+    return path
+
+
+def _worker_main(
+    settings: Settings, sock: socket.socket, index: int, load_first: bool, parent: int
+) -> None:
+    """A worker process: one server on the supervisor's socket."""
+    os.setpgrp()
+    _die_with(parent)
+    threading.current_thread().name = f"worker-{index}"
+    name_os_thread()  # ps and top show worker-N
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s [worker {index}]: %(message)s",
+    )
+    error = serve(settings, [sock], load_first=load_first)
+    if error:
+        log.error("exiting: %s", error)
+        sys.exit(_STARTUP_FAILED)
+
+
+def _die_with(parent: int) -> None:
+    """Get SIGTERM (a drain) if the supervisor dies without stopping this worker (killed)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,151 @@
+"""``workers`` > 1: several real server processes on one port, under one supervisor."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ServerProcess, start_server
+from tests.imagegen import jpeg
+from tests.integration.test_predict import direct_probs, metric
+
+WORKER_SETTINGS = {"workers": 2, "cores": 2, "models": "resnet18", "warmup_batch_sizes": "1,4"}
+
+
+def workers_of(srv: ServerProcess) -> dict[str, int]:
+    """``{"worker-0": pid, ...}``: the supervisor's live children, by their OS name."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == srv.proc.pid and comm.startswith("worker-") and state != "Z":
+            found[comm] = int(entry.name)
+    return found
+
+
+def wait_for(predicate: object, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"not in {timeout} s: {what}")
+
+
+def ready_lines(srv: ServerProcess, worker: int) -> int:
+    return len(re.findall(rf"\[worker {worker}\]: ready: serving", srv.log))
+
+
+def post_fresh(srv: ServerProcess, data: bytes) -> httpx.Response:
+    """One request on a new connection: the kernel picks the worker that accepts it."""
+    return httpx.post(f"{srv.url}/predict/resnet18?top_k=5", content=data,
+                      headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
+
+
+def ok_count(srv: ServerProcess) -> float:
+    return metric(srv, "resnet_requests_total", model="resnet18", endpoint="predict", outcome="ok")
+
+
+@pytest.fixture(scope="module")
+def pool(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start_server(model_dir, tmp_path_factory.mktemp("workers"), **WORKER_SETTINGS)
+    try:
+        # Worker 1 accepts only once loaded; wait for it so both serve from the first request.
+        wait_for(lambda: ready_lines(srv, 1) == 1, what="worker 1 ready")
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_every_worker_answers_like_one_server_and_metrics_add_up(
+    pool: ServerProcess, model_dir: Path
+) -> None:
+    assert sorted(workers_of(pool)) == ["worker-0", "worker-1"]
+    assert "2 workers on 127.0.0.1" in pool.log and "1 cores each" in pool.log
+    images = [jpeg(320, 240, seed=i) for i in range(16)]
+    with ThreadPoolExecutor(4) as ex:
+        answers = list(ex.map(lambda d: post_fresh(pool, d), images))
+    for data, r in zip(images, answers, strict=True):
+        assert r.status_code == 200, r.text
+        probs = direct_probs(model_dir, "resnet18", data)
+        expected = np.argsort(-probs, kind="stable")[:5]
+        preds = r.json()["results"][0]["predictions"]
+        assert [p["index"] for p in preds] == expected.tolist()
+        np.testing.assert_allclose([p["probability"] for p in preds], probs[expected], atol=1e-5)
+    # Each scrape may reach either worker; each reports both workers' requests.
+    for _ in range(6):
+        pool.client().close()  # a new connection per scrape
+        pool._client = None
+        assert ok_count(pool) == 16
+        assert metric(pool, "resnet_inference_count_total", model="resnet18") == 16
+        assert metric(pool, "resnet_images_in_flight", model="resnet18") == 0
+    info = pool.client().get("/metrics").text
+    assert info.count("resnet_model_info{") == 1  # both workers serve the same file: one series
+    stats = pool.client().get("/v2/models/resnet18/stats").json()["model_stats"][0]
+    assert stats["inference_count"] == 16 and stats["inference_stats"]["success"]["count"] == 16
+
+
+def test_a_killed_worker_is_replaced_and_nothing_is_lost(pool: ServerProcess) -> None:
+    before = ok_count(pool)
+    victim = workers_of(pool)["worker-0"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: workers_of(pool).get("worker-0") != victim, what="worker 0 reaped")
+    data = jpeg(320, 240, seed=99)
+    # Worker 1 serves meanwhile: the replacement accepts only once its model is loaded.
+    for _ in range(8):
+        r = post_fresh(pool, data)
+        assert r.status_code == 200, r.text
+    wait_for(lambda: ready_lines(pool, 0) == 2, what="the replacement ready")
+    replacement = workers_of(pool)["worker-0"]
+    assert replacement != victim
+    assert "worker 0 died (exit -9): starting a replacement" in pool.log
+    for _ in range(8):
+        assert post_fresh(pool, data).status_code == 200
+    pool.client().close()
+    pool._client = None
+    assert ok_count(pool) == before + 16  # the dead worker's counts stay in the totals
+    assert metric(pool, "resnet_images_in_flight", model="resnet18") == 0
+    assert pool.client().get("/readyz").status_code == 200
+
+
+def test_sigterm_stops_every_worker_and_removes_the_metrics(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    srv = start_server(model_dir, tmp_path, **WORKER_SETTINGS)
+    wait_for(lambda: ready_lines(srv, 1) == 1, what="worker 1 ready")
+    pids = workers_of(srv).values()
+    found = re.search(r"metrics in (\S+)", srv.log)
+    assert found and Path(found[1]).is_dir()
+    assert srv.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not Path(found[1]).exists()
+    assert "worker 0 exited (0)" in srv.log and "worker 1 exited (0)" in srv.log
+
+
+def test_a_worker_that_cannot_load_stops_the_server(model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "models"
+    broken.mkdir()
+    (broken / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
+    (broken / "zz_broken.onnx").write_bytes(b"this is not an ONNX file")
+    settings = {**WORKER_SETTINGS, "models": ""}
+    srv = start_server(broken, tmp_path, wait=False, **settings)
+    try:
+        rc = srv.proc.wait(90)
+    finally:
+        srv.stop()
+    assert rc == 1
+    assert "could not load its models: stopping the server" in srv.log
+    assert "model load failed" in srv.log
