@@ -11,7 +11,8 @@ Phases: ``/predict`` with one JPEG per request (the 500x375 chelsea photo) at ri
 concurrency; the v2 binary path with ``images`` UINT8 ``[N, 224, 224, 3]`` (decode-free: what
 the GPU path costs without JPEG); then the same with two ONNX Runtime instances; then several
 server processes side by side (one per ``--procs`` slice of the cores), to see what a
-multi-process server would reach where one event loop is the cap.
+multi-process server would reach where one event loop is the cap; then the built-in
+``workers`` mode against one process (``--only-workers`` runs just that, on any provider).
 """
 
 from __future__ import annotations
@@ -220,6 +221,50 @@ def multi(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, Any]:
     return row
 
 
+def workers_ab(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, Any]:
+    """One server process against one with ``--procs`` workers (``RESNET_WORKERS``), the same
+    cores, both started at once and loaded in turn, ``--rounds`` interleaved rounds of JPEG
+    ``/predict`` at concurrency 1 and 32 per worker; medians and their ratio per level."""
+    common = dict(max_batch_size=64, max_queue_size=1024, max_concurrent_requests=2048,
+                  agreement_check=args.agreement_check, pad_batches=args.pad_batches)  # fmt: skip
+    kinds = {"1 process": 1, f"{args.procs} workers": args.procs}
+    logs = {k: work / f"server-w{n}.log" for k, n in kinds.items()}
+    servers = {k: launch(args.model_dir, logs[k], args.provider, workers=n, log_level="info",
+                         **common) for k, n in kinds.items()}  # fmt: skip
+    levels = (1, 32 * args.procs)
+    rows: dict[tuple[str, int], list[dict[str, Any]]] = {(k, c): [] for k in kinds for c in levels}
+    try:
+        for k, (proc, url) in servers.items():
+            wait_ready(proc, url, logs[k])
+        # Workers past the first accept once loaded: wait for all of them.
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and any(
+            f"[worker {i}]: ready" not in logs[k].read_text(errors="replace")
+            for k, n in kinds.items() if n > 1 for i in range(n)
+        ):  # fmt: skip
+            time.sleep(0.5)
+        for _ in range(args.rounds):
+            for (k, c), got in rows.items():
+                r = hey(servers[k][1] + f"/predict/{args.model}", jpeg, "image/jpeg", c,
+                        args.seconds)  # fmt: skip
+                got.append(r)
+                print(f"{k:12s} /predict {args.model} JPEG c={c:3d}: {r['rps']:8.1f} img/s "
+                      f"p50 {r['p50_s'] * 1e3:7.1f} ms p99 {r['p99_s'] * 1e3:7.1f} ms "
+                      f"codes {r['codes']}", flush=True)  # fmt: skip
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+    out: dict[str, Any] = {"model": args.model, "cpus": os.cpu_count(), "levels": {}}
+    for c in levels:
+        med = {k: float(np.median([r["rps"] for r in rows[(k, c)]])) for k in kinds}
+        one, many = med.values()
+        out["levels"][c] = {"median_rps": med, "ratio": many / max(one, 1e-9),
+                            "rounds": {k: rows[(k, c)] for k in kinds}}  # fmt: skip
+        print(f"c={c}: median images/s {med}: {args.procs} workers = "
+              f"{many / max(one, 1e-9):.2f}x one process", flush=True)  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     global HEY
     p = argparse.ArgumentParser(prog="python -m bench.gpu_server")
@@ -233,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agreement-check", default="true", choices=["true", "false"])
     p.add_argument("--pad-batches", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--no-two-instances", action="store_true")
+    p.add_argument(
+        "--only-workers",
+        action="store_true",
+        help="only one process against --procs workers (workers_ab)",
+    )
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--model", default="resnet50", help="the model of the workers comparison")
     args = p.parse_args(argv)
     HEY = args.hey
     work = args.out.parent
@@ -244,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         (work / f"v2-{n}.bin").write_bytes(body)
         bodies[n] = (work / f"v2-{n}.bin", "application/octet-stream",
                      (f"Inference-Header-Content-Length: {hlen}",))  # fmt: skip
+    if args.only_workers:
+        args.out.write_text(json.dumps(workers_ab(args, work, jpeg), indent=1, default=str))
+        return 0
     j: tuple[Path, str, tuple[str, ...]] = (jpeg, "image/jpeg", ())
     v1, v32 = bodies[1], bodies[32]
     # (name, model, images per request, body file, content type, headers, concurrency)
@@ -266,10 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                or (ph[:2] == ("predict jpeg", "resnet50") and ph[6] == 64)]  # fmt: skip
         result["two_instances"] = single(args, work, 2, two)
         args.out.write_text(json.dumps(result, indent=1, default=str))
-    try:
-        result["multi_process"] = multi(args, work, jpeg)
-    except Exception as e:
-        print(f"multi-process: FAILED {type(e).__name__}: {e}", flush=True)
+    for key, measure in (("multi_process", multi), ("workers", workers_ab)):
+        try:
+            result[key] = measure(args, work, jpeg)
+        except Exception as e:
+            print(f"{key}: FAILED {type(e).__name__}: {e}", flush=True)
+        args.out.write_text(json.dumps(result, indent=1, default=str))
     args.out.write_text(json.dumps(result, indent=1, default=str))
     return 0
 

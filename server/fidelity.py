@@ -4,8 +4,10 @@ fp32 reference its file carries.
 Every exported file carries the reference logits of the float64 PyTorch model on the
 verification photos (metadata ``reference``). At load the server runs those photos, through
 its own preprocessing, on the engine it will serve with (provider, precision, CPU of *this*
-machine), and compares with :func:`server.agreement.compare`. A variant below its floors is
-refused: a model that answers differently from its fp32 self is never served silently.
+machine), and compares with :func:`server.agreement.compare`: on the general session, and
+where the engine has a session per batch size (CUDA) on every one of those too, since those
+are the ones traffic runs on. A variant below its floors on any of them is refused: a model
+that answers differently from its fp32 self is never served silently.
 Blocking (runs the engine); called in a thread at load.
 """
 
@@ -15,8 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .agreement import Agreement, Floors, compare, default_floors, violations
-from .engines import Engine
+from .engines import Engine, EngineReport
 from .photos import Photo, photo_batch, verification_photos
 
 
@@ -32,12 +36,15 @@ class LoadAgreement:
     floors: Floors
     precision: str
     provider: str
+    size_sessions_checked: int = 0
+    """sessions per batch size that also passed the floors (their values are not kept)"""
 
     def describe(self) -> dict[str, Any]:
         return {
             "measured_on": f"{self.provider}, {self.precision}, this machine, at load",
             "values": self.agreement.to_dict(),
             "floors": self.floors.to_dict(),
+            "size_sessions_checked": self.size_sessions_checked,
         }
 
 
@@ -64,18 +71,43 @@ def check_agreement(
     if photos is None:
         return None
     report = engine.report
-    logits = engine.run(0, photo_batch(photos, engine.meta.preprocessing))
-    agreement = compare(reference.logits, logits)
+    batch = photo_batch(photos, engine.meta.preprocessing)
     # The variant's precision (the file's, or bf16), not what this CPU executed: an fp16 file
     # that OpenVINO upcasts still carries fp16-rounded weights and is judged as fp16.
     floors = default_floors(report.requested_precision).with_overrides(overrides or {})
+    agreement = compare(reference.logits, engine.run(0, batch))
+    _refuse_if_missed(name, report, agreement, floors, "")
+    # With sessions per batch size (CUDA), those are the sessions traffic runs on.
+    for instance in range(engine.instances if report.session_batch_sizes else 0):
+        for n in report.session_batch_sizes:
+            got = compare(reference.logits, run_in_batches_of(engine, instance, batch, n))
+            _refuse_if_missed(name, report, got, floors, f" (instance {instance}, batch {n})")
+    return LoadAgreement(agreement, floors, report.precision, report.provider,
+                         len(report.session_batch_sizes) * engine.instances)  # fmt: skip
+
+
+def run_in_batches_of(engine: Engine, instance: int, x: np.ndarray, n: int) -> np.ndarray:
+    """Logits ``[len(x), classes]`` of ``x`` run in batches of exactly ``n`` rows (the last
+    one filled up with copies of its first row, whose logits are dropped)."""
+    out = []
+    for i in range(0, len(x), n):
+        chunk = x[i : i + n]
+        rows = len(chunk)
+        if rows < n:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], n - rows, axis=0)])
+        out.append(engine.run(instance, chunk)[:rows])
+    return np.concatenate(out)
+
+
+def _refuse_if_missed(
+    name: str, report: EngineReport, agreement: Agreement, floors: Floors, where: str
+) -> None:
     missed = violations(agreement, floors)
     if missed:
         raise AgreementError(
-            f"model {name} ({report.precision} on {report.provider}, {report.runtime}) misses "
-            f"its agreement floors on {agreement.photos} verification photos: "
+            f"model {name} ({report.precision} on {report.provider}, {report.runtime}){where} "
+            f"misses its agreement floors on {agreement.photos} verification photos: "
             f"{'; '.join(missed)}. Serve the fp32 model, re-export this one on this machine "
             "(python -m export ... --precision ...), or set agreement_check=false to serve "
             "it anyway"
         )
-    return LoadAgreement(agreement, floors, report.precision, report.provider)

@@ -22,7 +22,7 @@ from unittest import mock
 
 import numpy as np
 
-from server import cli
+from server import cli, serving
 from server.app import create_app
 from server.runner import EngineRun
 
@@ -48,7 +48,7 @@ def main() -> None:
     def faulty_app(*args: Any, **kwargs: Any) -> Any:
         return create_app(*args, run_wrapper=faulty, **kwargs)
 
-    with mock.patch.object(cli, "create_app", faulty_app):
+    with mock.patch.object(serving, "create_app", faulty_app):
         cli.main([])
 
 

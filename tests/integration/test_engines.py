@@ -14,6 +14,7 @@ import pytest
 
 from server.cpuinfo import read_cpuinfo
 from server.engines import EngineOptions, EngineUnavailable, open_engine, served_precision
+from server.fidelity import AgreementError, check_agreement, run_in_batches_of
 from server.preprocess import preprocess
 from server.repository import discover
 from server.settings import Settings
@@ -76,6 +77,40 @@ class _Spy:
         if name == "run":
             self._calls.append(self._size)
         return getattr(self._session, name)
+
+
+def test_the_agreement_check_runs_on_every_session_per_size(model_dir: Path) -> None:
+    # Sessions per size are what traffic runs on under CUDA (asked for there only; no GPU
+    # here): the same code on the CPU provider, one session made to answer wrong.
+    path = model_dir / "resnet18.onnx"
+    engine = open_engine(path, EngineOptions("cpu", threads=2, instances=2,
+                                             batch_sizes=(1, 4, 16)), CPU)  # fmt: skip
+    calls: list[int] = []
+    for d in engine._by_size:  # type: ignore[attr-defined]
+        for n, sess in d.items():
+            d[n] = _Spy(sess, n, calls)
+    checked = check_agreement("resnet18", engine)
+    assert checked is not None and checked.size_sessions_checked == 6
+    assert checked.describe()["size_sessions_checked"] == 6
+    # 7 photos: 7 batches of 1, 2 of 4 (the last filled up), 1 of 16, on each instance
+    assert sorted(calls) == [1] * 14 + [4] * 4 + [16] * 2
+    x = _crops(7)
+    general = open_engine(path, EngineOptions("cpu", threads=2), CPU)
+    np.testing.assert_allclose(run_in_batches_of(engine, 1, x, 4), general.run(0, x),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    engine._by_size[1][4] = _Wrong(engine._by_size[1][4])  # type: ignore[attr-defined]
+    with pytest.raises(AgreementError, match=r"\(instance 1, batch 4\) misses its agreement"):
+        check_agreement("resnet18", engine)
+
+
+class _Wrong:
+    """A session whose logits come out shifted by one class."""
+
+    def __init__(self, session: object) -> None:
+        self._session = session
+
+    def run(self, *args: object) -> list[np.ndarray]:
+        return [np.roll(out, 1, axis=1) for out in self._session.run(*args)]  # type: ignore[attr-defined]
 
 
 def test_openvino_reports_what_runs(model_dir: Path) -> None:
