@@ -7,6 +7,7 @@
 #   bash bench/gpu_session.sh stage1   # part 1, wheels, env report, export models (CPU verified)
 #   bash bench/gpu_session.sh stage 2  # part 2 (then 3)
 #   bash bench/gpu_session.sh run      # part 4, install onnxruntime-gpu, gpu_check.sh, raw, server
+#   bash bench/gpu_session.sh workers  # part 4 instead: workers=4 against one process, gpu_check
 # Output goes to $OUT (the device tool brings it back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -111,5 +112,19 @@ run3)  # after run2: sessions per batch size (ResNet50 only, to fit the time lef
   echo "server rc=$?"; cp "$G/server/server3.json" "$OUT/" 2>/dev/null; cut -c1-330 "$OUT/server3.log" | tail -30
   grep -v "No execution plans" "$G"/server/server-1.log | tail -c 6000 >"$OUT/server3_stderr.log" 2>/dev/null
   ;;
-*) echo "usage: $0 stage1 | stage N | run" >&2; exit 2 ;;
+workers)  # after stage1 and stage 2, 3: the built-in workers mode against one process, with
+  # the agreement check on (it now runs on every session per batch size), then gpu_check.sh
+  cp .gpu4/part "$G/parts/4"
+  cat "$G"/parts/1 "$G"/parts/2 "$G"/parts/3 "$G"/parts/4 | xz -dc -T4 | tar x -C "$G/site" || exit 1
+  [[ -x "$G/bin/hey" ]] || install_wheels
+  export LD_LIBRARY_PATH="$(cuda_libs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  mkdir -p "$G/m50" "$G/server" && ln -sf "$G"/models/resnet50.onnx "$G/m50/"
+  timeout 300 python3 -m bench.gpu_server "$G/m50" --out "$G/server/workers.json" --seconds 4 \
+    --only-workers --procs 4 --rounds 2 --model resnet50 >"$OUT/workers.log" 2>&1
+  echo "workers rc=$?"; cp "$G/server/workers.json" "$OUT/" 2>/dev/null; cut -c1-330 "$OUT/workers.log" | tail -20
+  grep -E "agreement|worker [0-9]+ (died|could)|ERROR" "$G"/server/server-w*.log | tail -20
+  PYTHON=python3 GPU_CHECK_SECONDS=3 timeout 180 bash bench/gpu_check.sh >"$OUT/gpu_check.log" 2>&1
+  echo "gpu_check rc=$?" | tee -a "$OUT/gpu_check.log"; tail -15 "$OUT/gpu_check.log"
+  ;;
+*) echo "usage: $0 stage1 | stage N | run | run2 | run3 | workers" >&2; exit 2 ;;
 esac
