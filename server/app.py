@@ -16,7 +16,7 @@ from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo, read_cpuinfo
 from .errors import ServerError, install_handlers
 from .limits import LimitsMiddleware, is_inference
-from .metrics import Metrics
+from .metrics import SAMPLE_INTERVAL_S, Metrics
 from .observe import record_unrouted
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
@@ -100,16 +100,18 @@ def _lifespan(
         state.pipeline.start()
         # Load in the background so liveness and readiness (503 "loading") answer meanwhile.
         loading = asyncio.create_task(_load(state))
+        tasks = [loading]
+        if state.metrics.multiprocess:
+            tasks.append(asyncio.create_task(_sample_metrics(state.metrics)))
         try:
             if load_first:
-                await loading
-                if state.lifecycle.startup_error:  # uvicorn then exits without serving
-                    raise RuntimeError(state.lifecycle.startup_error)
+                await _loaded(state, loading)
             yield
         finally:
             state.lifecycle.draining = True
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             # uvicorn has already waited up to drain_timeout_s for in-flight requests; what is
             # still queued now gets a short grace, not a second full drain.
             await state.repository.stop(min(state.settings.drain_timeout_s, _BATCHER_GRACE_S))
@@ -117,6 +119,27 @@ def _lifespan(
             log.info("stopped")
 
     return lifespan
+
+
+async def _loaded(state: AppState, loading: asyncio.Task[None]) -> None:
+    """Wait for the load, or for a stop signal during it.
+
+    Raises:
+        RuntimeError: the load failed, or a stop came first; uvicorn then exits without
+            having served.
+    """
+    while not loading.done() and not state.lifecycle.draining:
+        await asyncio.wait({loading}, timeout=0.1)
+    if not loading.done():
+        raise RuntimeError("stopped while loading")
+    if state.lifecycle.startup_error:
+        raise RuntimeError(state.lifecycle.startup_error)
+
+
+async def _sample_metrics(metrics: Metrics) -> None:
+    while True:
+        metrics.sample()
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 
 async def _load(state: AppState) -> None:
@@ -131,4 +154,10 @@ async def _load(state: AppState) -> None:
         log.info("ready: serving %s", sorted(state.repository.models))
     else:
         bad = {n: m.not_ready_reason for n, m in state.repository.models.items() if not m.ready}
+        if state.settings.workers > 1:
+            # One worker unlike the others (a GPU out of memory for the last one, say) would
+            # make readiness and answers depend on which worker a connection reaches.
+            state.lifecycle.startup_error = f"models loaded but not ready: {bad}"
+            log.error("models loaded but NOT ready: this worker stops the server: %s", bad)
+            return
         log.error("models loaded but NOT ready (readiness stays 503): %s", bad)

@@ -4,7 +4,7 @@ fp32 reference its file carries.
 Every exported file carries the reference logits of the float64 PyTorch model on the
 verification photos (metadata ``reference``). At load the server runs those photos, through
 its own preprocessing, on the engine it will serve with (provider, precision, CPU of *this*
-machine), and compares with :func:`server.agreement.compare`: on the general session, and
+machine), and compares with :func:`server.agreement.compare`: as one batch of all the photos, and
 where the engine has a session per batch size (CUDA) on every one of those too, since those
 are the ones traffic runs on. A variant below its floors on any of them is refused: a model
 that answers differently from its fp32 self is never served silently.

@@ -7,15 +7,20 @@ With several worker processes (``workers`` > 1) every value lives in prometheus_
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before it starts the
 workers) and :meth:`Metrics.view` reads all workers' files: a scrape of any worker reports the
 whole server. Each gauge says how workers' values combine (``multiprocess_mode``; ignored in a
-single process).
+single process). Gauges read from live state (:meth:`Metrics.live`) cannot be callbacks there
+(another worker's scrape cannot call them): each worker writes their values to its file
+every ``SAMPLE_INTERVAL_S`` (:meth:`Metrics.sample`) and before it answers a scrape.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 UNKNOWN_MODEL = "_unknown"
+SAMPLE_INTERVAL_S = 0.25
 
 # Seconds: from sub-millisecond queue waits to multi-second overload latencies.
 _LATENCY_BUCKETS = (
@@ -37,6 +42,7 @@ class Metrics:
     ) -> None:
         self.registry = registry
         self.multiprocess = multiprocess
+        self._live: list[tuple[Gauge, Callable[[], float]]] = []
         r = registry
         self.requests = Counter(
             "resnet_requests", "Requests answered, by outcome (ok or error code).",
@@ -108,11 +114,25 @@ class Metrics:
              "requested_provider", "fallback"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
+    def live(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Report ``read()`` (cheap, thread-safe) as the value of ``gauge`` (one labelled
+        child): read at each scrape, or with several workers sampled (module docstring)."""
+        if self.multiprocess:
+            self._live.append((gauge, read))
+        else:
+            gauge.set_function(read)
+
+    def sample(self) -> None:
+        """Write the live gauges' values now (several workers only; a no-op otherwise)."""
+        for gauge, read in self._live:
+            gauge.set(read())
+
     def view(self) -> CollectorRegistry:
         """The registry to read values from: this process's, or with several workers a fresh
         one that collects every worker's files (one file read per worker and metric type)."""
         if not self.multiprocess:
             return self.registry
+        self.sample()
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry

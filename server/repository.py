@@ -259,9 +259,9 @@ class ModelRepository:
             fallback=str(report.fallback).lower(),
         ).set(1)
         batcher, admission = model.batcher, model.admission
-        m.queue_depth.labels(model.name).set_function(lambda: batcher.queue_depth)
-        m.in_flight.labels(model.name).set_function(lambda: admission.in_flight)
-        m.decode_backlog.labels(model.name).set_function(lambda: admission.decoding)
+        m.live(m.queue_depth.labels(model.name), lambda: batcher.queue_depth)
+        m.live(m.in_flight.labels(model.name), lambda: admission.in_flight)
+        m.live(m.decode_backlog.labels(model.name), lambda: admission.decoding)
 
     async def stop(self, drain_timeout: float) -> None:
         """Drain every batcher concurrently (bounded), then release the inference threads."""

@@ -28,7 +28,8 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._exit_at is not None:
-            super().handle_exit(sig, frame)  # a second signal: uvicorn forces the exit
+            # A second signal ends the delay at once; a SIGINT after that forces the exit.
+            super().handle_exit(sig, frame)
             return
         self._state.lifecycle.draining = True
         self._exit_at = time.monotonic() + self._state.settings.shutdown_delay_s
@@ -60,5 +61,11 @@ def serve(
         lifespan="on",
     )
     state: AppState = app.state.server
-    DrainingServer(config, state).run(sockets)
+    try:
+        DrainingServer(config, state).run(sockets)
+    except SystemExit:
+        # uvicorn's exit when the lifespan's startup raised: a load_first worker whose load
+        # failed (returned below) or that was stopped while loading (a clean stop).
+        if not (state.lifecycle.startup_error or state.lifecycle.draining):
+            raise
     return state.lifecycle.startup_error

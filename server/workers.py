@@ -14,16 +14,21 @@ What the supervisor (the process started by ``python -m server``) does:
   start, which answers liveness and readiness (503 "loading") meanwhile as a single process
   does. So once the server is ready, no request meets a loading worker, not even a
   replacement's;
-- SIGTERM or SIGINT: forwarded to every worker, which drains as a single server does
-  (readiness 503, ``shutdown_delay_s``, in-flight requests finished); a worker still there
-  after the drain's deadline is killed. Workers run in their own process group, so a
-  terminal's Ctrl-C reaches them once, through the supervisor;
-- a worker that fails to load its models stops the whole server (exit 1), as a single
-  process would; one that dies later (killed, crashed) is replaced, up to
-  ``_RESTARTS_PER_MINUTE`` times a minute, then the server stops (exit 1);
+- SIGTERM or SIGINT: passed on to every worker, which drains as a single server does
+  (readiness 503, ``shutdown_delay_s``, in-flight requests finished; a worker still loading
+  exits without serving); a worker still there after the drain's deadline is killed (exit
+  1). Workers run in their own process group, so a terminal's Ctrl-C reaches them once,
+  through the supervisor; if the supervisor is killed, they get SIGTERM (``PDEATHSIG``);
+- a worker whose models fail to load, or load but are not ready (a GPU out of memory for the
+  last worker, say), stops the whole server (exit 1): readiness and answers must not depend
+  on which worker a connection reaches. One that dies later (killed, crashed) is replaced,
+  up to ``_RESTARTS_PER_MINUTE`` times a minute, then the server stops (exit 1);
 - metrics: prometheus_client's multiprocess mode, in a fresh directory removed at exit
-  (``PROMETHEUS_MULTIPROC_DIR`` if set, emptied first), so any worker's ``/metrics`` and v2
-  statistics report the whole server; a dead worker's live gauges are dropped.
+  (made inside ``PROMETHEUS_MULTIPROC_DIR`` if that is set), so any worker's ``/metrics``
+  and v2 statistics report the whole server; a dead worker's live gauges are dropped.
+
+Test launchers that patch ``create_app`` (``tests/fault_server.py``) or name threads
+(``bench/serve.py``) reach one process only: the workers are fresh interpreters.
 """
 
 from __future__ import annotations
@@ -55,65 +60,92 @@ from .threadname import name_os_thread
 log = logging.getLogger("server.workers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_STARTUP_FAILED = 3  # a worker's exit status when its models did not load
+_LOAD_FAILED = 4  # a worker's exit status when its models did not load or are not ready
 _RESTARTS_PER_MINUTE = 5
 _PR_SET_PDEATHSIG = 1
 _KILL_GRACE_S = 5.0  # beyond the workers' own drain, before they are killed
 
 
 class Supervisor:
-    """Starts ``settings.workers`` server processes and keeps them running until a signal."""
+    """Starts ``settings.workers`` server processes and keeps them running until a signal.
+
+    Everything happens in :meth:`_watch`'s loop on the main thread: the signal handler only
+    records the signal (and wakes the loop through the wakeup fd), so starting, reaping and
+    stopping workers never interleave.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: dict[int, BaseProcess] = {}
         self._restarts: deque[float] = deque()
+        self._signals: deque[int] = deque()  # received, not yet acted on
+        self._sock: socket.socket | None = None  # open until the stop
         self._stop_by: float | None = None  # monotonic deadline once stopping
         self._status = 0
 
     def run(self) -> int:
-        """Serve until a signal or a failure; returns the exit status (0: stopped by a signal)."""
-        sock = _bind(self.settings.host, self.settings.port)
+        """Serve until a signal or a failure; returns the exit status: 0 when stopped by a
+        signal and every worker drained, 1 after a failure or a kill at the deadline."""
+        self._sock = _bind(self.settings.host, self.settings.port)
+        port = self._sock.getsockname()[1]
         metrics_dir = _metrics_dir()
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # read by each spawned worker at import
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info(
             "%d workers on %s:%d, %d cores each; metrics in %s", self.settings.workers,
-            self.settings.host, sock.getsockname()[1], self.settings.budget_cores, metrics_dir,
+            self.settings.host, port, self.settings.budget_cores, metrics_dir,
         )  # fmt: skip
         try:
             for index in range(self.settings.workers):
-                self._start(index, sock, load_first=index > 0)
-            self._watch(sock)
+                self._start(index, load_first=index > 0)
+            self._watch(wake_r)
         finally:
-            sock.close()
+            self._close_socket()
+            for p in self._workers.values():  # only after an error in this loop
+                p.kill()
+                p.join()
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
             shutil.rmtree(metrics_dir, ignore_errors=True)
         return self._status
 
-    def _start(self, index: int, sock: socket.socket, *, load_first: bool) -> None:
+    def _start(self, index: int, *, load_first: bool) -> None:
         process = self._ctx.Process(
             target=_worker_main, name=f"worker-{index}",
-            args=(self.settings, sock, index, load_first, os.getpid()),
+            args=(self.settings, self._sock, index, load_first, os.getpid()),
         )  # fmt: skip
         process.start()
         self._workers[index] = process
         log.info("worker %d started (pid %s)", index, process.pid)
 
-    def _watch(self, sock: socket.socket) -> None:
+    def _watch(self, wake_r: int) -> None:
         while self._workers:
             sentinels = {p.sentinel: i for i, p in self._workers.items()}
-            for sentinel in wait(list(sentinels), timeout=0.5):
-                index = sentinels[sentinel]  # type: ignore[index]
-                self._on_exit(index, self._workers.pop(index), sock)
+            ready = wait([*sentinels, wake_r], timeout=0.5)
+            if wake_r in ready:
+                os.read(wake_r, 512)
+            while self._signals:
+                sig = self._signals.popleft()
+                log.info("signal %d: stopping %d workers", sig, len(self._workers))
+                self._stop(self._status, sig)
+            for sentinel in ready:
+                if sentinel in sentinels:
+                    index = sentinels[sentinel]
+                    self._on_exit(index, self._workers.pop(index))
             if self._stop_by is not None and time.monotonic() > self._stop_by:
                 for index, p in self._workers.items():
                     log.error("worker %d still running after the drain deadline: killed", index)
                     p.kill()
+                    self._status = 1
                 self._stop_by = float("inf")  # killed once; wait() reaps them
 
-    def _on_exit(self, index: int, process: BaseProcess, sock: socket.socket) -> None:
+    def _on_exit(self, index: int, process: BaseProcess) -> None:
         process.join(5)  # its sentinel can close an instant before it can be reaped
         code, pid = process.exitcode, process.pid
         if pid is not None:
@@ -122,9 +154,9 @@ class Supervisor:
         if self._stop_by is not None:
             log.info("worker %d exited (%s)", index, code)
             return
-        if code == _STARTUP_FAILED:
-            log.error("worker %d could not load its models: stopping the server", index)
-            self._stop(status=1)
+        if code == _LOAD_FAILED:
+            log.error("worker %d could not load or ready its models: stopping the server", index)
+            self._stop(1, signal.SIGTERM)
             return
         now = time.monotonic()
         while self._restarts and now - self._restarts[0] > 60:
@@ -132,28 +164,36 @@ class Supervisor:
         if len(self._restarts) >= _RESTARTS_PER_MINUTE:
             log.error("worker %d died (exit %s), %d restarts in a minute: stopping the server",
                       index, code, len(self._restarts))  # fmt: skip
-            self._stop(status=1)
+            self._stop(1, signal.SIGTERM)
             return
         self._restarts.append(now)
         log.error("worker %d died (exit %s): starting a replacement", index, code)
-        self._start(index, sock, load_first=True)
+        self._start(index, load_first=True)
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping %d workers", sig, len(self._workers))
-        self._stop(status=self._status)
+        self._signals.append(sig)
 
-    def _stop(self, status: int) -> None:
-        """Forward SIGTERM to every worker (a second call forwards a second one, which makes
-        uvicorn exit at once, as a second signal does to a single server)."""
+    def _stop(self, status: int, sig: int) -> None:
+        """Pass ``sig`` on to every worker: the first makes each drain as a single server does,
+        a second ends the drain's delay, a SIGINT after that forces the exit (uvicorn's
+        rules). The supervisor's copy of the socket closes at once, so once every worker has
+        closed its listener new connections are refused, not left waiting."""
         self._status = status
         if self._stop_by is None:
             s = self.settings
             self._stop_by = (
                 time.monotonic() + s.shutdown_delay_s + s.drain_timeout_s + _KILL_GRACE_S
             )
+            self._close_socket()
         for p in self._workers.values():
-            if p.pid is not None and p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
+            if p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+                    os.kill(p.pid, sig)
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -169,14 +209,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _metrics_dir() -> Path:
-    given = os.environ.get(MULTIPROC_ENV)
-    if not given:
-        return Path(tempfile.mkdtemp(prefix="resnet-metrics-"))
-    path = Path(given)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):  # a previous run's values would be added to this one's
-        stale.unlink()
-    return path
+    """A fresh directory for this run's metrics files (inside ``PROMETHEUS_MULTIPROC_DIR``
+    when set: only what this run made is removed at exit)."""
+    return Path(tempfile.mkdtemp(prefix="resnet-metrics-", dir=os.environ.get(MULTIPROC_ENV)))
 
 
 def _worker_main(
@@ -194,7 +229,7 @@ def _worker_main(
     error = serve(settings, [sock], load_first=load_first)
     if error:
         log.error("exiting: %s", error)
-        sys.exit(_STARTUP_FAILED)
+        sys.exit(_LOAD_FAILED)
 
 
 def _die_with(parent: int) -> None:

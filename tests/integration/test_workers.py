@@ -13,10 +13,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.conftest import ServerProcess, start_server
 from tests.imagegen import jpeg
 from tests.integration.test_predict import direct_probs, metric
+from tests.reliability.helpers import connect, read_response, wait_for
+from tests.reliability.test_admission import headers_only
 
 WORKER_SETTINGS = {"workers": 2, "cores": 2, "models": "resnet18", "warmup_batch_sizes": "1,4"}
 
@@ -34,15 +37,6 @@ def workers_of(srv: ServerProcess) -> dict[str, int]:
         if int(ppid) == srv.proc.pid and comm.startswith("worker-") and state != "Z":
             found[comm] = int(entry.name)
     return found
-
-
-def wait_for(predicate: object, timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"not in {timeout} s: {what}")
 
 
 def ready_lines(srv: ServerProcess, worker: int) -> int:
@@ -64,16 +58,40 @@ def pool(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     srv = start_server(model_dir, tmp_path_factory.mktemp("workers"), **WORKER_SETTINGS)
     try:
         # Worker 1 accepts only once loaded; wait for it so both serve from the first request.
-        wait_for(lambda: ready_lines(srv, 1) == 1, what="worker 1 ready")
+        assert wait_for(lambda: ready_lines(srv, 1) == 1, 120), "worker 1 ready: not in time"
         yield srv
     finally:
         srv.stop()
 
 
+def ok_by_worker(srv: ServerProcess, pids: list[int]) -> dict[int, float]:
+    """Each worker's own count of answered /predict requests, from its file in the
+    supervisor's metrics directory (what every scrape adds up)."""
+    found = re.search(r"metrics in (\S+)", srv.log)
+    assert found, srv.log
+    out = {}
+    for pid in pids:
+        path = Path(found[1]) / f"counter_{pid}.db"
+        families = MultiProcessCollector.merge([str(path)]) if path.exists() else []
+        out[pid] = sum(
+            s.value for f in families for s in f.samples
+            if s.name == "resnet_requests_total" and s.labels.get("outcome") == "ok"
+        )  # fmt: skip
+    return out
+
+
+def fresh_scrape(srv: ServerProcess, name: str) -> float:
+    """``name`` (summed over labels of model resnet18) from a scrape on a new connection."""
+    srv.client().close()
+    srv._client = None
+    return metric(srv, name, model="resnet18")
+
+
 def test_every_worker_answers_like_one_server_and_metrics_add_up(
     pool: ServerProcess, model_dir: Path
 ) -> None:
-    assert sorted(workers_of(pool)) == ["worker-0", "worker-1"]
+    workers = workers_of(pool)
+    assert sorted(workers) == ["worker-0", "worker-1"]
     assert "2 workers on 127.0.0.1" in pool.log and "1 cores each" in pool.log
     images = [jpeg(320, 240, seed=i) for i in range(16)]
     with ThreadPoolExecutor(4) as ex:
@@ -85,30 +103,58 @@ def test_every_worker_answers_like_one_server_and_metrics_add_up(
         preds = r.json()["results"][0]["predictions"]
         assert [p["index"] for p in preds] == expected.tolist()
         np.testing.assert_allclose([p["probability"] for p in preds], probs[expected], atol=1e-5)
+    # The kernel picks the worker per connection: go on until both have answered some.
+    sent, pids = 16, list(workers.values())
+    while min(ok_by_worker(pool, pids).values()) == 0 and sent < 256:
+        with ThreadPoolExecutor(4) as ex:
+            assert all(r.status_code == 200 for r in ex.map(lambda d: post_fresh(pool, d),
+                                                            images[:8]))  # fmt: skip
+        sent += 8
+    per_worker = ok_by_worker(pool, pids)
+    assert min(per_worker.values()) > 0 and sum(per_worker.values()) == sent, per_worker
     # Each scrape may reach either worker; each reports both workers' requests.
     for _ in range(6):
-        pool.client().close()  # a new connection per scrape
-        pool._client = None
-        assert ok_count(pool) == 16
-        assert metric(pool, "resnet_inference_count_total", model="resnet18") == 16
-        assert metric(pool, "resnet_images_in_flight", model="resnet18") == 0
+        assert fresh_scrape(pool, "resnet_requests_total") == sent
+        assert fresh_scrape(pool, "resnet_inference_count_total") == sent
     info = pool.client().get("/metrics").text
     assert info.count("resnet_model_info{") == 1  # both workers serve the same file: one series
     stats = pool.client().get("/v2/models/resnet18/stats").json()["model_stats"][0]
-    assert stats["inference_count"] == 16 and stats["inference_stats"]["success"]["count"] == 16
+    assert stats["inference_count"] == sent and stats["inference_stats"]["success"]["count"] == sent
+
+
+def test_live_gauges_reach_every_workers_scrape(pool: ServerProcess) -> None:
+    """A body still arriving at one worker shows in the gauges whichever worker is scraped."""
+    data = jpeg(320, 240, seed=3)
+    with connect(pool) as sock:
+        sock.sendall(headers_only(b"/predict/resnet18", len(data)) + data[:100])
+        assert wait_for(lambda: fresh_scrape(pool, "resnet_decode_backlog") == 1, 5)
+        for _ in range(6):  # sampled every 0.25 s: 0.3 s apart, each sees it
+            time.sleep(0.3)
+            assert fresh_scrape(pool, "resnet_decode_backlog") == 1
+            assert fresh_scrape(pool, "resnet_images_in_flight") == 1
+        sock.sendall(data[100:])
+        r = read_response(sock)
+    assert r.status == 200, r.body
+    assert wait_for(lambda: fresh_scrape(pool, "resnet_images_in_flight") == 0, 5)
+    for _ in range(4):
+        time.sleep(0.3)
+        assert fresh_scrape(pool, "resnet_images_in_flight") == 0
+        assert fresh_scrape(pool, "resnet_decode_backlog") == 0
 
 
 def test_a_killed_worker_is_replaced_and_nothing_is_lost(pool: ServerProcess) -> None:
     before = ok_count(pool)
     victim = workers_of(pool)["worker-0"]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: workers_of(pool).get("worker-0") != victim, what="worker 0 reaped")
+    assert wait_for(lambda: workers_of(pool).get("worker-0") != victim, 60), (
+        "worker 0 reaped: not in time"
+    )
     data = jpeg(320, 240, seed=99)
     # Worker 1 serves meanwhile: the replacement accepts only once its model is loaded.
     for _ in range(8):
         r = post_fresh(pool, data)
         assert r.status_code == 200, r.text
-    wait_for(lambda: ready_lines(pool, 0) == 2, what="the replacement ready")
+    assert wait_for(lambda: ready_lines(pool, 0) == 2, 120), "the replacement ready: not in time"
     replacement = workers_of(pool)["worker-0"]
     assert replacement != victim
     assert "worker 0 died (exit -9): starting a replacement" in pool.log
@@ -117,7 +163,7 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost(pool: ServerProcess) ->
     pool.client().close()
     pool._client = None
     assert ok_count(pool) == before + 16  # the dead worker's counts stay in the totals
-    assert metric(pool, "resnet_images_in_flight", model="resnet18") == 0
+    assert fresh_scrape(pool, "resnet_images_in_flight") == 0
     assert pool.client().get("/readyz").status_code == 200
 
 
@@ -125,7 +171,7 @@ def test_sigterm_stops_every_worker_and_removes_the_metrics(
     model_dir: Path, tmp_path: Path
 ) -> None:
     srv = start_server(model_dir, tmp_path, **WORKER_SETTINGS)
-    wait_for(lambda: ready_lines(srv, 1) == 1, what="worker 1 ready")
+    assert wait_for(lambda: ready_lines(srv, 1) == 1, 120), "worker 1 ready: not in time"
     pids = workers_of(srv).values()
     found = re.search(r"metrics in (\S+)", srv.log)
     assert found and Path(found[1]).is_dir()
@@ -147,5 +193,21 @@ def test_a_worker_that_cannot_load_stops_the_server(model_dir: Path, tmp_path: P
     finally:
         srv.stop()
     assert rc == 1
-    assert "could not load its models: stopping the server" in srv.log
+    assert "could not load or ready its models: stopping the server" in srv.log
     assert "model load failed" in srv.log
+
+
+def test_workers_that_load_but_are_not_ready_stop_the_server(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # Readiness must not depend on the worker a connection reaches: one worker not ready
+    # (CUDA asked, no GPU here, fallback refused) stops the server.
+    settings = {**WORKER_SETTINGS, "provider": "cuda", "allow_cpu_fallback": "false"}
+    srv = start_server(model_dir, tmp_path, wait=False, **settings)
+    try:
+        rc = srv.proc.wait(90)
+    finally:
+        srv.stop()
+    assert rc == 1
+    assert "models loaded but NOT ready: this worker stops the server" in srv.log
+    assert "could not load or ready its models: stopping the server" in srv.log
