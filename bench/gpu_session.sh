@@ -9,6 +9,12 @@
 #   bash bench/gpu_session.sh run      # part 4, install onnxruntime-gpu, gpu_check.sh, raw, server
 #   bash bench/gpu_session.sh workers  # part 4 instead: workers=4 against one process, gpu_check
 # Output goes to $OUT (the device tool brings it back).
+# The carried files are git-ignored; to make them on a fresh clone:
+#   pip download --no-deps --python-version 3.12 --only-binary=:all: -d w onnxruntime-gpu==1.31.1
+#   mkdir -p x && unzip -q w/onnxruntime_gpu-*.whl -d x && tar c -C x . | xz -6 -T2 > ort.tar.xz
+#   split -b 46M ort.tar.xz p. && mkdir -p .gpu1 .gpu2 .gpu3 .gpu4 && mv p.aa .gpu1/part ...
+#   (.gpu1..4/part, in order); .whl/: the cp312 wheels of the server's runtime dependencies
+#   (pip download, no deps resolution on that machine) and a `hey` binary (Debian's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G="${GPU_WORK:-/root/gpu}"
