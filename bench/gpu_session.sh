@@ -12,8 +12,9 @@
 # The carried files are git-ignored; to make them on a fresh clone:
 #   pip download --no-deps --python-version 3.12 --only-binary=:all: -d w onnxruntime-gpu==1.31.1
 #   mkdir -p x && unzip -q w/onnxruntime_gpu-*.whl -d x && tar c -C x . | xz -6 -T2 > ort.tar.xz
-#   split -b 46M ort.tar.xz p. && mkdir -p .gpu1 .gpu2 .gpu3 .gpu4 && mv p.aa .gpu1/part ...
-#   (.gpu1..4/part, in order); .whl/: the cp312 wheels of the server's runtime dependencies
+#   head -c 46M ort.tar.xz > .gpu1/part (stage1 also carries .whl/, so its part is smaller),
+#   then 58M each into .gpu2/part, .gpu3/part and the rest into .gpu4/part (dd bs=1M skip=..);
+#   each call's carry stays under 64 MiB. .whl/: the cp312 wheels of the server's runtime dependencies
 #   (pip download, no deps resolution on that machine) and a `hey` binary (Debian's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
