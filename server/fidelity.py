@@ -78,7 +78,7 @@ def check_agreement(
     agreement = compare(reference.logits, engine.run(0, batch))
     _refuse_if_missed(name, report, agreement, floors, "")
     # With sessions per batch size (CUDA), those are the sessions traffic runs on.
-    for instance in range(engine.instances if report.session_batch_sizes else 0):
+    for instance in range(engine.instances):
         for n in report.session_batch_sizes:
             got = compare(reference.logits, run_in_batches_of(engine, instance, batch, n))
             _refuse_if_missed(name, report, got, floors, f" (instance {instance}, batch {n})")

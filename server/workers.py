@@ -51,6 +51,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
+import uvicorn
 from prometheus_client import multiprocess
 
 from .serving import serve
@@ -87,7 +88,9 @@ class Supervisor:
     def run(self) -> int:
         """Serve until a signal or a failure; returns the exit status: 0 when stopped by a
         signal and every worker drained, 1 after a failure or a kill at the deadline."""
-        self._sock = _bind(self.settings.host, self.settings.port)
+        # uvicorn's own binding (IPv6, SO_REUSEADDR, inheritable; exits with its message).
+        self._sock = uvicorn.Config("", host=self.settings.host, port=self.settings.port,
+                                    log_config=None).bind_socket()  # fmt: skip
         port = self._sock.getsockname()[1]
         metrics_dir = _metrics_dir()
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # read by each spawned worker at import
@@ -194,18 +197,6 @@ class Supervisor:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sys.exit(f"cannot listen on {host}:{port}: {e}")
-    sock.set_inheritable(True)
-    return sock
 
 
 def _metrics_dir() -> Path:

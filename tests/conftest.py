@@ -24,6 +24,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def broken_model_dir(model_dir: Path, tmp_path: Path) -> Path:
+    """resnet18 beside a file named ``.onnx`` that is not ONNX."""
+    broken = tmp_path / "models"
+    broken.mkdir()
+    (broken / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
+    (broken / "zz_broken.onnx").write_bytes(b"this is not an ONNX file")
+    return broken
+
+
 def export_models(out_dir: Path, names: tuple[str, ...] = ("resnet18", "resnet50")) -> Path:
     """Export seeded random-weight models (no network needed) unless they already exist."""
     missing = [n for n in names if not (out_dir / f"{n}.onnx").exists()]
@@ -111,6 +120,13 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.log}")
+
+    def exit_status(self, timeout: float) -> int:
+        """Wait for the server to exit on its own (a startup failure); stopped either way."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.stop()
 
     def stop(self, timeout: float = 30) -> int:
         if self._client is not None:

@@ -199,6 +199,5 @@ def test_server_refuses_bf16_it_cannot_run(model_dir: Path, tmp_path: Path) -> N
         pytest.skip("this CPU has bf16 units; the refusal is for CPUs without them")
     srv = start_server(model_dir, tmp_path, wait=False, models="resnet18-bf16",
                        provider="openvino")  # fmt: skip
-    code = srv.proc.wait(120)
-    assert code == 1
+    assert srv.exit_status(120) == 1
     assert "model load failed: bf16 needs a CPU with bf16 units" in srv.log

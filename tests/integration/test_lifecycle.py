@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_server
+from tests.conftest import broken_model_dir, start_server
 from tests.imagegen import jpeg
 
 
@@ -85,15 +85,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(model_dir: Path, tmp_p
 
 def test_a_model_that_fails_to_load_stops_the_server(model_dir: Path, tmp_path: Path) -> None:
     """Like Triton by default: a broken model file is fatal, not a process that never gets ready."""
-    broken = tmp_path / "models"
-    broken.mkdir()
-    (broken / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
-    (broken / "zz_broken.onnx").write_bytes(b"this is not an ONNX file")
-    srv = start_server(broken, tmp_path, wait=False)
-    try:
-        rc = srv.proc.wait(60)
-    finally:
-        srv.stop()
-    assert rc == 1
+    srv = start_server(broken_model_dir(model_dir, tmp_path), tmp_path, wait=False)
+    assert srv.exit_status(60) == 1
     assert "model load failed" in srv.log
     assert "exiting: model load failed" in srv.log

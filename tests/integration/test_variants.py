@@ -86,7 +86,7 @@ def test_a_model_that_disagrees_with_its_reference_is_refused(
 ) -> None:
     bad = _with_reference(variant_dir / "resnet18.onnx", tmp_path / "bad", "roll")
     srv = start_server(bad, tmp_path, wait=False, provider="cpu")
-    assert srv.proc.wait(120) == 1
+    assert srv.exit_status(120) == 1
     assert (
         "model load failed: model resnet18 (fp32 on cpu, onnxruntime" in srv.log
         and "misses its agreement floors on 7 verification photos: top-1 agreement" in srv.log

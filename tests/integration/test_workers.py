@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, broken_model_dir, start_server
 from tests.imagegen import jpeg
 from tests.integration.test_predict import direct_probs, metric
 from tests.reliability.helpers import connect, read_response, wait_for
@@ -49,8 +49,23 @@ def post_fresh(srv: ServerProcess, data: bytes) -> httpx.Response:
                       headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
 
 
+def fresh_scrape(srv: ServerProcess, name: str, **labels: str) -> float:
+    """``name`` of model resnet18 (summed over other labels) from a scrape on a new
+    connection, so any worker may answer it."""
+    srv.client().close()
+    srv._client = None
+    return metric(srv, name, model="resnet18", **labels)
+
+
 def ok_count(srv: ServerProcess) -> float:
-    return metric(srv, "resnet_requests_total", model="resnet18", endpoint="predict", outcome="ok")
+    return fresh_scrape(srv, "resnet_requests_total", endpoint="predict", outcome="ok")
+
+
+def metrics_dir(srv: ServerProcess) -> Path:
+    """The supervisor's multiprocess metrics directory, as it logged it."""
+    found = re.search(r"metrics in (\S+)", srv.log)
+    assert found, srv.log
+    return Path(found[1])
 
 
 @pytest.fixture(scope="module")
@@ -67,24 +82,15 @@ def pool(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def ok_by_worker(srv: ServerProcess, pids: list[int]) -> dict[int, float]:
     """Each worker's own count of answered /predict requests, from its file in the
     supervisor's metrics directory (what every scrape adds up)."""
-    found = re.search(r"metrics in (\S+)", srv.log)
-    assert found, srv.log
     out = {}
     for pid in pids:
-        path = Path(found[1]) / f"counter_{pid}.db"
+        path = metrics_dir(srv) / f"counter_{pid}.db"
         families = MultiProcessCollector.merge([str(path)]) if path.exists() else []
         out[pid] = sum(
             s.value for f in families for s in f.samples
             if s.name == "resnet_requests_total" and s.labels.get("outcome") == "ok"
         )  # fmt: skip
     return out
-
-
-def fresh_scrape(srv: ServerProcess, name: str) -> float:
-    """``name`` (summed over labels of model resnet18) from a scrape on a new connection."""
-    srv.client().close()
-    srv._client = None
-    return metric(srv, name, model="resnet18")
 
 
 def test_every_worker_answers_like_one_server_and_metrics_add_up(
@@ -114,7 +120,7 @@ def test_every_worker_answers_like_one_server_and_metrics_add_up(
     assert min(per_worker.values()) > 0 and sum(per_worker.values()) == sent, per_worker
     # Each scrape may reach either worker; each reports both workers' requests.
     for _ in range(6):
-        assert fresh_scrape(pool, "resnet_requests_total") == sent
+        assert ok_count(pool) == sent
         assert fresh_scrape(pool, "resnet_inference_count_total") == sent
     info = pool.client().get("/metrics").text
     assert info.count("resnet_model_info{") == 1  # both workers serve the same file: one series
@@ -160,8 +166,6 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost(pool: ServerProcess) ->
     assert "worker 0 died (exit -9): starting a replacement" in pool.log
     for _ in range(8):
         assert post_fresh(pool, data).status_code == 200
-    pool.client().close()
-    pool._client = None
     assert ok_count(pool) == before + 16  # the dead worker's counts stay in the totals
     assert fresh_scrape(pool, "resnet_images_in_flight") == 0
     assert pool.client().get("/readyz").status_code == 200
@@ -173,26 +177,18 @@ def test_sigterm_stops_every_worker_and_removes_the_metrics(
     srv = start_server(model_dir, tmp_path, **WORKER_SETTINGS)
     assert wait_for(lambda: ready_lines(srv, 1) == 1, 120), "worker 1 ready: not in time"
     pids = workers_of(srv).values()
-    found = re.search(r"metrics in (\S+)", srv.log)
-    assert found and Path(found[1]).is_dir()
+    directory = metrics_dir(srv)
+    assert directory.is_dir()
     assert srv.stop() == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-    assert not Path(found[1]).exists()
+    assert not directory.exists()
     assert "worker 0 exited (0)" in srv.log and "worker 1 exited (0)" in srv.log
 
 
 def test_a_worker_that_cannot_load_stops_the_server(model_dir: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "models"
-    broken.mkdir()
-    (broken / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
-    (broken / "zz_broken.onnx").write_bytes(b"this is not an ONNX file")
     settings = {**WORKER_SETTINGS, "models": ""}
-    srv = start_server(broken, tmp_path, wait=False, **settings)
-    try:
-        rc = srv.proc.wait(90)
-    finally:
-        srv.stop()
-    assert rc == 1
+    srv = start_server(broken_model_dir(model_dir, tmp_path), tmp_path, wait=False, **settings)
+    assert srv.exit_status(90) == 1
     assert "could not load or ready its models: stopping the server" in srv.log
     assert "model load failed" in srv.log
 
@@ -204,10 +200,6 @@ def test_workers_that_load_but_are_not_ready_stop_the_server(
     # (CUDA asked, no GPU here, fallback refused) stops the server.
     settings = {**WORKER_SETTINGS, "provider": "cuda", "allow_cpu_fallback": "false"}
     srv = start_server(model_dir, tmp_path, wait=False, **settings)
-    try:
-        rc = srv.proc.wait(90)
-    finally:
-        srv.stop()
-    assert rc == 1
+    assert srv.exit_status(90) == 1
     assert "models loaded but NOT ready: this worker stops the server" in srv.log
     assert "could not load or ready its models: stopping the server" in srv.log
