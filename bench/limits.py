@@ -158,6 +158,54 @@ def preprocessing(model: Model, photos: list[Photo], seconds: float) -> Preproce
     return PreprocessPoint(photos[0].size, kb, median(times), percentile(times, 90))
 
 
+@dataclass(frozen=True)
+class Ceiling:
+    """What decode + the engine alone would serve on all ``cores``, images/s.
+
+    ``decode_s``: one core's CPU seconds to preprocess one load photo (thread CPU time, the
+    median: immune to sharing the core); ``engine_images_per_s``: the raw engine at its best
+    batch (``engine_batch``) on all cores. Each image costs ``decode_s`` + ``cores /
+    engine_images_per_s`` core-seconds, so ``cores`` serve ``images_per_s`` of them.
+    """
+
+    variant: str
+    cores: int
+    decode_s: float
+    engine_images_per_s: float
+    engine_batch: int
+
+    @property
+    def engine_core_s(self) -> float:
+        """Core-seconds of engine per image at its best batch."""
+        return self.cores / self.engine_images_per_s
+
+    @property
+    def images_per_s(self) -> float:
+        return self.cores / (self.decode_s + self.engine_core_s)
+
+
+def decode_cpu_s(model: Model, photo: Photo, seconds: float) -> float:
+    """Median thread-CPU seconds of one ``preprocess`` of ``photo`` (this thread only)."""
+    spec = model.meta.preprocessing
+    preprocess(photo.jpeg, spec)
+    times: list[float] = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop or len(times) < 5:
+        t = time.thread_time()
+        preprocess(photo.jpeg, spec)
+        times.append(time.thread_time() - t)
+    return median(times)
+
+
+def ceiling(variant: str, cores: int, decode_s: float, raw: list[EnginePoint]) -> Ceiling | None:
+    """The :class:`Ceiling` of ``variant`` from its raw engine points (None without any)."""
+    mine = [p for p in raw if p.variant == variant]
+    if not mine:
+        return None
+    best = max(mine, key=lambda p: p.images_per_s)
+    return Ceiling(variant, cores, decode_s, best.images_per_s, best.batch)
+
+
 def sequential(model: Model, photos: list[Photo], seconds: float) -> list[float]:
     """One image at a time, preprocess then a batch-1 run. Returns per-image seconds."""
     spec = model.meta.preprocessing

@@ -71,6 +71,15 @@ class PhaseResult:
     span_responses: int = 0
     """responses that arrived between the window hook's "start" and "end" (any status)"""
     extra: dict[str, float] = field(default_factory=dict)
+    others_cores: float = 0.0
+    """CPU of every process but the one under test and the load generator over the phase
+    (cores; :mod:`bench.machine`), the other servers paused"""
+    others_top: dict[str, float] = field(default_factory=dict)
+    """the largest of those, ``name[pid]`` -> cores, and ``unattributed`` (see bench.machine)"""
+    paused: int = 0
+    """other servers (process groups) paused for the phase"""
+    marked: bool = False
+    """``others_cores`` above bench.machine.OTHERS_LIMIT_CORES: the phase shared the cores"""
 
     @property
     def throughput(self) -> float:

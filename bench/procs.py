@@ -1,4 +1,10 @@
-"""Server processes started by the benchmark: start, wait for readiness, RSS, CPU, stop."""
+"""Server processes started by the benchmark: start, wait for readiness, RSS, CPU, pause, stop.
+
+Every process is started in its own process group (``start_new_session``) and paused,
+resumed and stopped through that group, so the children a server spawns (LitServe's
+workers, which poll while idle and outlive a parent killed by PID) are paused and stopped
+with it. :func:`isolate` pauses every other live server for the length of a phase.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +62,16 @@ def cpu_seconds(pid: int) -> float:
         if (st := _stat(p)) is not None:
             total += int(st[11]) + int(st[12])  # utime, stime
     return total / _TICK
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes (zombies excluded) whose process group is ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        st = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if st is not None and int(st[2]) == pgid and st[0] != "Z":  # fields 5 pgrp, 3 state
+            out.append(int(entry.name))
+    return out
 
 
 def rss_bytes(pid: int) -> int:
@@ -117,16 +134,61 @@ class ServerProc:
     def rss_bytes(self) -> int:
         return rss_bytes(self.proc.pid)
 
+    def pause(self) -> None:
+        """SIGSTOP the whole process group (children included); no-op once it is gone."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the whole process group."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 20) -> None:
-        """SIGTERM the process group, then SIGKILL it if it lingers."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        """SIGTERM the process group (and SIGCONT it, so a paused one sees the signal), then
+        SIGKILL whatever of the group is left: the leader if it lingers, and children that
+        outlived it. Waits until no process of the group is alive."""
+        _LIVE.pop(self.proc.pid, None)
+        pgid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+            os.killpg(pgid, signal.SIGCONT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout)
+        # the leader is gone (or would not go): its group gets a short grace, then SIGKILL
+        deadline = time.monotonic() + (_ORPHAN_GRACE_S if self.proc.poll() is not None else 0)
+        while group_members(pgid):
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+            time.sleep(0.05)
+        self.proc.wait()
+
+
+#: Seconds the rest of a process group may take to exit after its leader did.
+_ORPHAN_GRACE_S = 2.0
+
+#: Servers started by :func:`start` and not yet stopped, by PID (= process group).
+_LIVE: dict[int, ServerProc] = {}
+
+
+def live() -> list[ServerProc]:
+    """The servers started and not stopped yet."""
+    return list(_LIVE.values())
+
+
+@contextlib.contextmanager
+def isolate(under_test: ServerProc | None) -> Iterator[list[ServerProc]]:
+    """Pause every live server but ``under_test`` (all of them for None) for the block, and
+    resume them after it, also on error. Yields the paused ones."""
+    paused = [p for p in live() if p is not under_test and p.proc.poll() is None]
+    for p in paused:
+        p.pause()
+    try:
+        yield paused
+    finally:
+        for p in paused:
+            p.resume()
 
 
 def start(name: str, args: list[str], env: dict[str, str], port: int, log_dir: Path) -> ServerProc:
@@ -140,4 +202,6 @@ def start(name: str, args: list[str], env: dict[str, str], port: int, log_dir: P
             [sys.executable, *args], cwd=ROOT, env=full_env, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    return ServerProc(name, proc, port, log)
+    server = ServerProc(name, proc, port, log)
+    _LIVE[proc.pid] = server
+    return server

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots, summary, threads
+from . import machine, plots, summary, threads
 from .agreement import PHOTOS as AGREEMENT_PHOTOS
 from .agreement import Agreement, Sourced, at_load
 from .fmt import mib, ms, num, pct, table, x, yes
@@ -137,10 +137,13 @@ def _headline(res: Results) -> list[str]:
             f"{ms(h.p50_c1)} vs {ms(h.direct)} ms ({h.p50_c1 / h.direct:.2f}x)"
             + _met(h.p50_c1 <= h.p50_budget))  # fmt: skip
         body.append([f"{label(key)}{fast}", num(h.server_peak),
+                     f"{h.ratio_parts:.2f} (of {num(h.parts_ceiling)})"
+                     + _met(h.ratio_parts >= 0.85),
                      f"{h.ratio_ceiling:.2f} (of {num(h.ceiling)})" + _met(h.ratio_ceiling >= 0.9),
                      f"{h.ratio_raw:.2f} (of {num(h.raw_best)})", x(h.vs_fp32_same_provider),
                      x(h.vs_fp32_cpu), c1, f"{ms(h.p99_sat)} (c={h.sat_level:g})", loop])  # fmt: skip
     out += table(["variant", "server peak req/s",
+                  "server / ceiling: decode + engine alone on all cores, img/s (goal >= 0.85)",
                   "server / in-process pipeline img/s (goal >= 0.9)",
                   "server / raw engine at its best batch (< 1: a hard bound)",
                   "vs the fp32 server, same provider", "vs the fp32@cpu server",
@@ -242,6 +245,46 @@ def _limits(res: Results) -> list[str]:
         "better of sequential and the median pooled rate over those rounds (listed). Same "
         "photo as the load tests.", "",
     ]  # fmt: skip
+    out += ["### Ceiling: decode + engine alone on all cores", ""]
+    body = [[label(k), ms(c.decode_s), f"{num(c.engine_images_per_s)} (batch {c.engine_batch})",
+             ms(c.engine_core_s), str(c.cores), num(c.images_per_s)]
+            for k, c in res.ceiling.items()]  # fmt: skip
+    out += table(["variant", "decode core-ms / image", "engine images/s at its best batch",
+                  "engine core-ms / image", "cores", "ceiling images/s"], body)  # fmt: skip
+    out += [
+        "Each image costs one core the preprocessing of the load photo (thread CPU time, "
+        "median) plus cores / (engine images/s at its best batch) of engine: *ceiling* = "
+        "cores / (decode + engine core-ms). No HTTP, no batching wait, no hand-off: what the "
+        "parts alone allow.", "",
+    ]  # fmt: skip
+    return out
+
+
+def _isolation(res: Results) -> list[str]:
+    """Every load phase: what else ran on the machine, and the phases marked for it."""
+    phases = [*res.closed, *res.open, *res.batching, *res.splits,
+              *(o.phase for o in res.overload)]  # fmt: skip
+    if not phases:
+        return []
+    marked = [p for p in phases if p.marked]
+    worst = max(phases, key=lambda p: p.others_cores)
+    out = ["## Phase isolation", "",
+           f"During each phase every other server and peer was paused (SIGSTOP of its process "
+           f"group) and the CPU of every process on the machine was read before and after. "
+           f"A phase is *marked* when the processes other than the one under test and the "
+           f"load generator used more than {machine.OTHERS_LIMIT_CORES:g} of a core: "
+           f"**{len(marked)} of {len(phases)} phases marked** (the most: "
+           f"{worst.others_cores:.2f} cores, {worst.target} {worst.kind} {worst.level:g}).",
+           ""]  # fmt: skip
+    if marked:
+        body = [[p.target, label(p.variant) if p.variant else "-", f"{p.kind} {p.level:g}",
+                 f"{p.others_cores:.2f}",
+                 ", ".join(f"{k} {v:.2f}" for k, v in list(p.others_top.items())[:3])]
+                for p in marked]  # fmt: skip
+        out += table(["server", "variant", "phase", "other processes, cores",
+                      "largest (cores)"], body)  # fmt: skip
+        out += ["A marked phase measured the server on a shared machine: its figures are "
+                "not the server's; rerun on an idle machine.", ""]  # fmt: skip
     return out
 
 
@@ -711,7 +754,7 @@ def benchmarks_md(res: Results) -> str:
              ""]  # fmt: skip
     lines += _env(res) + _headline(res) + _limits(res) + _agreement(res) + _server(res)
     lines += _peers(res) + _overload(res) + _threads(res) + _splits(res) + _breakdown(res)
-    lines += _findings(res)
+    lines += _isolation(res) + _findings(res)
     lines += ["See also [BATCHING.md](BATCHING.md) for the batching policy measured in this "
               "run.", ""]  # fmt: skip
     return "\n".join(lines)

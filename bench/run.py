@@ -73,6 +73,8 @@ class Results:
     raw: list[limits.EnginePoint] = field(default_factory=list)
     prep: list[limits.PreprocessPoint] = field(default_factory=list)
     pipe: dict[str, limits.PipelinePoint] = field(default_factory=dict)
+    ceiling: dict[str, limits.Ceiling] = field(default_factory=dict)
+    """variant -> what decode + its engine alone would serve on all cores"""
     agreement: dict[str, Agreement] = field(default_factory=dict)
     recorded: dict[str, Sourced] = field(default_factory=dict)
     agreement_notes: dict[str, str] = field(default_factory=dict)
@@ -153,6 +155,10 @@ def run_limits(res: Results, model_dir: Path) -> dict[str, limits.Model]:
             res.pipe[key] = limits.pipeline(m, [load_photos[1]], cfg.pipeline_seconds,
                                             res.pool_threads, cfg.max_batch_size)  # fmt: skip
             bar.update()
+    decode_s = limits.decode_cpu_s(first, load_photos[1], cfg.preprocess_seconds)
+    for key in models:
+        if (c := limits.ceiling(key, res.pool_threads, decode_s, res.raw)) is not None:
+            res.ceiling[key] = c
     measure_agreement(res, models, model_dir)
     for arch in res.plan.archs:
         served = [v.key for v in res.plan.served_of(arch) if v.key in res.pipe]
@@ -289,9 +295,10 @@ def run_arch(
                 todo = [*_peers(res, fast), (DELAY, fast, {})]
                 running.update(_start_all(res, todo, model_dir, jpeg, log_dir))
             for v in served:
-                res.paired[v.key] = paired_latency(models[v.key],
-                                                   running[(SERVER, v.key)].proc.url, jpeg,
-                                                   cfg.paired_requests)  # fmt: skip
+                with procs.isolate(running[(SERVER, v.key)].proc):
+                    res.paired[v.key] = paired_latency(models[v.key],
+                                                       running[(SERVER, v.key)].proc.url, jpeg,
+                                                       cfg.paired_requests)  # fmt: skip
             swept = {k: r for k, r in running.items() if k[0] != DELAY}
             _closed_rounds(res, swept, fast, models, [load_photos[1]])
             for key in [k for k in running if k not in ((SERVER, fast.key), (DELAY, fast.key))]:
@@ -363,11 +370,12 @@ def _closed_rounds(
     ours = [run.variant.key for (kind, _), run in running.items() if kind == SERVER]
     with tqdm(total=steps, desc=f"{fast.arch} closed loop", unit="phase") as bar:
         for rep in range(cfg.repeats):
-            # The in-process ceilings again, between the load rounds (servers idle).
+            # The in-process ceilings again, between the load rounds (every server paused).
             for variant in ours:
-                rate, _, _ = limits.best_pooled(models[variant], pooled_photos,
-                                                cfg.pipeline_seconds * 0.75, res.pool_threads,
-                                                cfg.max_batch_size)  # fmt: skip
+                with procs.isolate(None):
+                    rate, _, _ = limits.best_pooled(models[variant], pooled_photos,
+                                                    cfg.pipeline_seconds * 0.75,
+                                                    res.pool_threads, cfg.max_batch_size)  # fmt: skip
                 res.pipe[variant].pooled_rounds.append(rate)
             for c in all_levels:
                 for key, run in running.items():

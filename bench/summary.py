@@ -128,6 +128,12 @@ class Headline:
     """server peak / the fp32 ONNX Runtime CPU server's peak"""
     flop_util: float
     """fp32 only: fraction of the estimated peak FP32 FLOP/s used at the server's peak"""
+    parts_ceiling: float = NAN
+    """images/s decode + the engine alone would serve on all cores (bench.limits.Ceiling)"""
+
+    @property
+    def ratio_parts(self) -> float:
+        return ratio(self.server_peak, self.parts_ceiling)
 
     @property
     def ratio_raw(self) -> float:
@@ -156,6 +162,7 @@ def headline(res: Results, key: str) -> Headline:
         NAN if same in (v, v.reference) else ratio(top, server_peak(res, same)),
         NAN if v == v.reference else ratio(top, server_peak(res, v.reference)),
         flops if fp32 else NAN,
+        res.ceiling[key].images_per_s if key in res.ceiling else NAN,
     )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Coroutine
 
-from . import metrics, threads
+from . import machine, metrics, procs, threads
 from .config import BenchConfig
 from .gpu import GpuSampler
 from .load import PhaseResult, closed_loop, open_loop
@@ -75,22 +75,26 @@ def measure(
     if sampler:
         sampler.start()
     span = ThreadSpan(run) if run.thread_log is not None else None
-    cpu0, t0 = run.proc.cpu_seconds(), time.perf_counter()
     if kind == "closed":
         coro = closed_loop(run.target, int(level), seconds, warmup, hook=span)
     else:
         coro = open_loop(run.target, level, seconds, warmup, seed=seed, hook=span)
-    result = _run(coro)
-    wall = time.perf_counter() - t0
+    with procs.isolate(run.proc) as paused:
+        cpu0, t0 = run.proc.cpu_seconds(), time.perf_counter()
+        snap0 = machine.snapshot()
+        result = _run(coro)
+        wall = time.perf_counter() - t0
+        use = machine.usage(snap0, machine.snapshot(), run.proc.proc.pid)
+    note_machine(result, use, len(paused))
     result.extra["server_cpu"] = (run.proc.cpu_seconds() - cpu0) / wall
     result.extra["rss_mib"] = run.proc.rss_bytes() / 2**20
     result.extra["repeat"] = repeat
     if span is not None and span.wall > 0:
-        use = span.usage()
-        result.extra.update({f"cpu:{g}": s for g, s in use.cpu_s.items()})
-        result.extra["span_s"] = use.wall_s
-        result.extra["loop_wait_s"] = use.loop_wait_s
-        result.extra["wait_s"] = use.wait_s
+        groups = span.usage()
+        result.extra.update({f"cpu:{g}": s for g, s in groups.cpu_s.items()})
+        result.extra["span_s"] = groups.wall_s
+        result.extra["loop_wait_s"] = groups.loop_wait_s
+        result.extra["wait_s"] = groups.wait_s
     if sampler and (g := sampler.stop()) is not None:
         result.extra["gpu_util_pct"] = g.util_pct
         result.extra["gpu_mem_mib"] = g.mem_mib
@@ -104,3 +108,15 @@ def measure(
         if breakdowns is not None:
             breakdowns[(variant, run.target.name, kind, level, repeat)] = bd
     return result
+
+
+def note_machine(result: PhaseResult, use: machine.Usage, paused: int) -> None:
+    """Record on ``result`` what the rest of the machine used during it, and mark it when
+    that is more than bench.machine.OTHERS_LIMIT_CORES."""
+    result.others_cores = use.others_total
+    top = dict(list(use.others.items())[:5])
+    if use.unattributed > 0.005:
+        top["unattributed"] = use.unattributed
+    result.others_top = top
+    result.paused = paused
+    result.marked = use.marked()
