@@ -275,13 +275,15 @@ def load_rgb(img: Image.Image) -> Image.Image:
         orientation = 1  # unreadable EXIF: keep the image as stored
     method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
 
+    # Transpose first, in the stored mode: a permutation commutes with the per-pixel RGB
+    # conversion, and for a 1-byte mode (L, P) its full-size copy is a quarter of an RGB one
+    # (the RGB copy and a rotated RGB copy were both full size).
+    if method is not None:
+        img = img.transpose(method)
     try:
-        rgb = _to_rgb(img)
+        return _to_rgb(img)
     except ValueError as e:
         raise UnsupportedImageFormat(f"unsupported {fmt} colour mode {img.mode!r}: {e}") from None
-    if method is not None:
-        rgb = rgb.transpose(method)
-    return rgb
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

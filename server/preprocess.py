@@ -53,4 +53,6 @@ def preprocess(
                 img.draft("RGB", (target, target))
             except Exception as e:  # pragma: no cover - draft only rewrites the tile
                 raise InvalidImage(f"cannot decode JPEG image: {e}") from None
-    return transform(load_rgb(img), spec, limits.max_resized_pixels, out)
+    rgb = load_rgb(img)
+    del img  # the image as decoded, when rgb is a converted or rotated copy: not kept
+    return transform(rgb, spec, limits.max_resized_pixels, out)

@@ -203,6 +203,22 @@ def test_exif_orientations(orientation: int, width: int, height: int) -> None:
         assert_same(encode(img, "PNG", exif=exif.tobytes()))
 
 
+@pytest.mark.parametrize("orientation", [3, 5, 6, 8])
+@pytest.mark.parametrize("mode", ["L", "P", "PA", "LA", "RGBA", "I;16", "1"])
+def test_exif_orientation_of_other_modes(orientation: int, mode: str) -> None:
+    """The transpose runs before the RGB conversion now (a quarter of the memory for L/P):
+    still the bytes of converting first."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    base = content(333, 250, 0)
+    if mode == "PA":
+        img = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        img.info["transparency"] = bytes([0, 128] + [255] * 62)
+    else:
+        img = base.convert(mode)
+    assert_same(encode(img, "PNG", exif=exif.tobytes()))
+
+
 def test_exif_orientations_actually_rotate() -> None:
     """The orientation tests would pass vacuously if both sides ignored EXIF."""
     exif = Image.Exif()
