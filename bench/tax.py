@@ -1,0 +1,108 @@
+"""The per-request tax: CPU per request of each thread group, our server against the naive
+peer, at concurrency 1 and at saturation (issue 27, part 3).
+
+    python -m bench.tax --variant resnet18-int8@openvino --model-dir models --levels 1,16
+
+Each round walks every level and both servers (interleaved), one closed-loop phase each,
+with the other server paused (:func:`bench.procs.isolate`); per phase it prints req/s, p50
+and core-ms per request of each thread group (:mod:`bench.threads`: CPU time from
+``/proc/PID/task/*/schedstat``, robust to a shared machine, unlike the wall-clock figures),
+voluntary context switches per request (thread wake-ups), and whether the phase shared the
+machine (:mod:`bench.machine`). *Outside* = event loop + framework threads + other: the CPU
+that is neither decoding (``preprocess_*``) nor the runner and runtime threads (which run
+the engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from . import threads
+from .config import PRESETS
+from .images import photos
+from .load import PhaseResult
+from .sweep import measure
+from .targets import NAIVE, SERVER, Running, start
+from .variants import Variant
+
+_GROUPS = (threads.LOOP, threads.POOL, threads.OTHER, threads.DECODE, threads.RUNNER,
+           threads.RUNTIME)  # fmt: skip
+_OUTSIDE = (threads.LOOP, threads.POOL, threads.OTHER)
+
+
+def switches(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` so far (each is a sleep)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def per_request(phase: PhaseResult) -> dict[str, float]:
+    """Core-ms per request of each thread group over the phase's measured span."""
+    n = max(phase.span_responses, 1)
+    return {g: 1e3 * phase.extra.get(f"cpu:{g}", 0.0) / n for g in _GROUPS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.tax", description=__doc__.split("\n")[0])
+    p.add_argument("--variant", default="resnet18@cpu", help="NAME@PROVIDER")
+    p.add_argument("--model-dir", type=Path, default=Path("models"))
+    p.add_argument("--levels", default="1,16", help="closed-loop concurrencies")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per phase")
+    p.add_argument("--flags", default="", help="extra server flags, k=v,k=v")
+    args = p.parse_args(argv)
+    variant = Variant.parse(args.variant)
+    cfg = replace(PRESETS["quick"], phase_seconds=args.seconds, warmup_seconds=1.0,
+                  agreement_check=False)  # fmt: skip
+    extra = dict(kv.split("=", 1) for kv in args.flags.split(",") if kv)
+    levels = [int(c) for c in args.levels.split(",")]
+    jpeg = photos((500, 375))[1].jpeg  # the load photo of bench.run (chelsea)
+    rows: dict[tuple[str, int], list[tuple[PhaseResult, float]]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="bench-tax-") as logs:
+        running: dict[str, Running] = {}
+        try:
+            for kind in (SERVER, NAIVE):
+                flags = extra if kind == SERVER else {}
+                running[kind] = start(kind, variant, cfg, args.model_dir, jpeg, Path(logs),
+                                      **flags)  # fmt: skip
+            for _ in range(args.rounds):
+                for c in levels:
+                    for kind, run in running.items():
+                        s0 = switches(run.proc.proc.pid)
+                        phase = measure(run, cfg, "closed", c)
+                        ctx = (switches(run.proc.proc.pid) - s0) / max(phase.ok, 1)
+                        rows[(kind, c)].append((phase, ctx))
+        finally:
+            for run in running.values():
+                run.proc.stop()
+    head = ["server", "c", "req/s", "p50 ms", *(f"{g} ms/req" for g in _GROUPS),
+            "outside ms/req", "wake-ups/req", "marked"]  # fmt: skip
+    print(f"{variant.key}: median over {args.rounds} rounds; CPU in core-ms per request")
+    print(" | ".join(head))
+    for (kind, c), got in rows.items():
+        med = statistics.median
+        cpu = {g: med(per_request(ph)[g] for ph, _ in got) for g in _GROUPS}
+        out = [kind, str(c), f"{med(ph.throughput for ph, _ in got):.1f}",
+               f"{1e3 * med(ph.pct(50) for ph, _ in got):.2f}",
+               *(f"{cpu[g]:.2f}" for g in _GROUPS), f"{sum(cpu[g] for g in _OUTSIDE):.2f}",
+               f"{med(x for _, x in got):.1f}",
+               f"{sum(ph.marked for ph, _ in got)}/{len(got)} "
+               f"({med(ph.others_cores for ph, _ in got):.2f} cores)"]  # fmt: skip
+        print(" | ".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
