@@ -149,8 +149,9 @@ _SUPPORT: Final[dict[Image.Resampling, float]] = {
 
 
 #: The first pass is restricted to the lines the second reads only where the copy of those
-#: lines is this small: a larger crop costs more than it saves (measured on 12 MP photos:
-#: a 42 MB row crop costs 17-21 ms, page faults of a fresh allocation, against a 26 ms pass).
+#: lines is this small: past it, the fresh allocation of the copy costs more than the pass
+#: saves (measured, thread CPU, whole preprocess of a JPEG: 1633x1225 11.1 ms either way,
+#: 2309x1732 20.7 ms unrestricted against 35.9 ms restricted, 4000x3000 52.7 against 74.2).
 _MAX_LINES_COPY_BYTES: Final = 4 << 20
 
 

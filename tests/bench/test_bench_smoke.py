@@ -44,7 +44,12 @@ def test_smoke_run_writes_reports_and_plots(model_dir: Path, tmp_path: Path) -> 
     md = (out / "BENCHMARKS.md").read_text()
     for header in (
         "## Headline",
-        "| variant | server peak req/s | server / in-process pipeline img/s (goal >= 0.9) |",
+        "## Method: what runs during a phase, the ceiling, marked phases",
+        "| variant | server peak req/s | server / ceiling: decode + engine alone on all cores, "
+        "img/s (goal >= 0.85) | server / in-process pipeline img/s (goal >= 0.9) |",
+        "### Ceiling: decode + engine alone on all cores",
+        "| variant | decode core-ms / image | engine images/s at its best batch |",
+        "## Phase isolation",
         "| resnet18 fp32@cpu |",
         "Overload (3x the peak, open loop; section 5):",
         "bf16 units: **",
@@ -89,6 +94,16 @@ def test_smoke_run_writes_reports_and_plots(model_dir: Path, tmp_path: Path) -> 
     for p in ours:
         engine = p["extra"].get("cpu:runner", 0) + p["extra"].get("cpu:engine runtime", 0)
         assert p["extra"]["cpu:event loop"] > 0 and engine > 0, p["extra"]
+    # Phase isolation: the other server paused in every phase, the machine's CPU recorded.
+    assert all(p["paused"] >= 1 for p in results["closed"]), [
+        p["paused"] for p in results["closed"]
+    ]
+    assert all(p["others_cores"] >= 0 and isinstance(p["marked"], bool) for p in results["closed"])
+    assert all(p["marked"] == (p["others_cores"] > 0.05) for p in results["closed"])
+    assert "resnet18@cpu" in results["ceiling"]
+    for ceiling in results["ceiling"].values():  # every variant of the limits step
+        assert ceiling["cores"] >= 1 and 0 < ceiling["decode_s"] < 1
+        assert ceiling["engine_images_per_s"] > 0 and ceiling["engine_batch"] >= 1
     # The overload phase: every refusal a 503 with a code, counted on both sides.
     (over,) = results["overload"]
     assert over["phase"]["errors"] == 0
