@@ -35,17 +35,32 @@ _GROUPS = (threads.LOOP, threads.POOL, threads.OTHER, threads.DECODE, threads.RU
 _OUTSIDE = (threads.LOOP, threads.POOL, threads.OTHER)
 
 
-def switches(pid: int) -> int:
-    """Voluntary context switches of every thread of ``pid`` so far (each is a sleep)."""
-    total = 0
+def switches(run: Running) -> dict[int, tuple[str, int]]:
+    """Voluntary context switches (each one a sleep, so a later wake-up) of every live thread
+    of ``run``'s server so far: TID -> (thread group, count)."""
+    pid = run.proc.proc.pid
+    py = threads.python_threads(run.thread_log)
+    out: dict[int, tuple[str, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
+            name = (task / "comm").read_text().strip()
             for line in (task / "status").read_text().splitlines():
                 if line.startswith("voluntary_ctxt_switches:"):
-                    total += int(line.split()[1])
+                    group = threads.group_of(pid, int(task.name), name, [run.variant.model], py)
+                    out[int(task.name)] = (group, int(line.split()[1]))
         except OSError:
             continue
-    return total
+    return out
+
+
+def wakeups(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]],
+            n: int) -> dict[str, float]:  # fmt: skip
+    """Switches per request by group between two :func:`switches` (threads born in between
+    count from zero; threads that ended in between are lost, an undercount)."""
+    out: dict[str, float] = defaultdict(float)
+    for tid, (group, count) in after.items():
+        out[group] += (count - before.get(tid, (group, 0))[1]) / n
+    return out
 
 
 def per_request(phase: PhaseResult) -> dict[str, float]:
@@ -69,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = dict(kv.split("=", 1) for kv in args.flags.split(",") if kv)
     levels = [int(c) for c in args.levels.split(",")]
     jpeg = photos((500, 375))[1].jpeg  # the load photo of bench.run (chelsea)
-    rows: dict[tuple[str, int], list[tuple[PhaseResult, float]]] = defaultdict(list)
+    rows: dict[tuple[str, int], list[tuple[PhaseResult, dict[str, float]]]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="bench-tax-") as logs:
         running: dict[str, Running] = {}
         try:
@@ -80,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for c in levels:
                     for kind, run in running.items():
-                        s0 = switches(run.proc.proc.pid)
+                        s0 = switches(run)
                         phase = measure(run, cfg, "closed", c)
-                        ctx = (switches(run.proc.proc.pid) - s0) / max(phase.ok, 1)
-                        rows[(kind, c)].append((phase, ctx))
+                        wakes = wakeups(s0, switches(run), max(phase.ok, 1))
+                        rows[(kind, c)].append((phase, wakes))
         finally:
             for run in running.values():
                 run.proc.stop()
@@ -97,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         out = [kind, str(c), f"{med(ph.throughput for ph, _ in got):.1f}",
                f"{1e3 * med(ph.pct(50) for ph, _ in got):.2f}",
                *(f"{cpu[g]:.2f}" for g in _GROUPS), f"{sum(cpu[g] for g in _OUTSIDE):.2f}",
-               f"{med(x for _, x in got):.1f}",
+               f"{med(sum(x.values()) for _, x in got):.1f} ("
+               + ", ".join(f"{g} {med(x.get(g, 0.0) for _, x in got):.1f}" for g in _GROUPS)
+               + ")",
                f"{sum(ph.marked for ph, _ in got)}/{len(got)} "
                f"({med(ph.others_cores for ph, _ in got):.2f} cores)"]  # fmt: skip
         print(" | ".join(out))
