@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError, features
 
 from server.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
 
-__all__ = ["SUPPORTED_FORMATS", "DecodeLimits", "decode", "load_rgb", "open_image"]
+__all__ = ["SUPPORTED_FORMATS", "DecodeLimits", "decode", "load_rgb", "open_image", "orientation"]
 
 #: Pillow format names this server decodes. Anything else is refused (415) without being
 #: parsed further, so rarely used (and rarely audited) Pillow plugins never see client bytes.
@@ -248,8 +248,10 @@ def _check_png_crcs(data: bytes) -> None:
     raise InvalidImage("cannot decode image: truncated PNG data")
 
 
-def load_rgb(img: Image.Image) -> Image.Image:
-    """Decode the (first) frame of an :func:`open_image` result, make it upright and RGB.
+def load_rgb(img: Image.Image, upright: bool = True) -> Image.Image:
+    """Decode the (first) frame of an :func:`open_image` result, make it RGB and, with
+    ``upright``, apply its EXIF orientation (without: as stored; :func:`orientation` then
+    says what would make it upright, e.g. for :func:`server.transform.transform`).
 
     Raises:
         InvalidImage, UnsupportedImageFormat, ImageTooLarge: as :func:`decode`.
@@ -267,23 +269,27 @@ def load_rgb(img: Image.Image) -> Image.Image:
     if width < 1 or height < 1:
         raise InvalidImage(f"image has zero size ({width}x{height})")
 
-    try:
-        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
-    except MemoryError:
-        raise
-    except Exception:
-        orientation = 1  # unreadable EXIF: keep the image as stored
-    method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
-
     # Transpose first, in the stored mode: a permutation commutes with the per-pixel RGB
     # conversion, and for a 1-byte mode (L, P) its full-size copy is a quarter of an RGB one
     # (the RGB copy and a rotated RGB copy were both full size).
-    if method is not None:
+    if upright and (method := orientation(img)) is not None:
         img = img.transpose(method)
     try:
         return _to_rgb(img)
     except ValueError as e:
         raise UnsupportedImageFormat(f"unsupported {fmt} colour mode {img.mode!r}: {e}") from None
+
+
+def orientation(img: Image.Image) -> Image.Transpose | None:
+    """The transpose that makes a loaded ``img`` upright (its EXIF Orientation), None if it
+    is upright already or its EXIF cannot be read (the image is then used as stored)."""
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except MemoryError:
+        raise
+    except Exception:
+        return None  # unreadable EXIF: keep the image as stored
+    return _EXIF_TRANSPOSE.get(value) if isinstance(value, int) else None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from server.decode import DecodeLimits, load_rgb, open_image
+from server.decode import DecodeLimits, load_rgb, open_image, orientation
 from server.errors import InvalidImage
 from server.modelmeta import Preprocessing
 from server.transform import check_resized, resample, transform
@@ -53,6 +53,9 @@ def preprocess(
                 img.draft("RGB", (target, target))
             except Exception as e:  # pragma: no cover - draft only rewrites the tile
                 raise InvalidImage(f"cannot decode JPEG image: {e}") from None
-    rgb = load_rgb(img)
-    del img  # the image as decoded, when rgb is a converted or rotated copy: not kept
-    return transform(rgb, spec, limits.max_resized_pixels, out)
+    # As stored: transform applies the EXIF orientation to the crop-sized pixels where that
+    # is exact, rather than rotating the whole image first.
+    rgb = load_rgb(img, upright=False)
+    method = orientation(img)
+    del img  # the image as decoded, when rgb is a converted copy: not kept
+    return transform(rgb, spec, limits.max_resized_pixels, out, method)

@@ -93,11 +93,17 @@ def transform(
     spec: Preprocessing,
     max_resized_pixels: int = MAX_RESIZED_PIXELS,
     out: npt.NDArray[np.uint8] | None = None,
+    orientation: Image.Transpose | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """torchvision's ``Resize(spec.resize_size)`` + ``CenterCrop(spec.crop_size)`` on ``img``.
+    """torchvision's ``Resize(spec.resize_size)`` + ``CenterCrop(spec.crop_size)`` on
+    ``img.transpose(orientation)``: the upright image (its EXIF orientation applied).
+
+    The transpose is applied to as little as the arithmetic allows, never to the whole
+    image before resizing, with the bytes of transposing first (see :func:`_resize_crop`).
 
     Args:
-        img: an RGB PIL image (as :func:`server.decode.decode` returns).
+        img: an RGB PIL image (as :func:`server.decode.load_rgb` returns), as stored.
+        orientation: the transpose that makes ``img`` upright, None if it is.
         spec: the model's preprocessing; ``spec.interpolation`` names the PIL filter
             (``bilinear`` is PIL's antialiased triangle filter, as torchvision's PIL path).
         max_resized_pixels: bound on the resized intermediate.
@@ -117,20 +123,24 @@ def transform(
     if img.mode != "RGB":
         raise ValueError(f"transform needs an RGB image, got mode {img.mode!r}")
     filt = resample(spec)
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise InvalidImage(f"image has zero size ({width}x{height})")
+    if img.width < 1 or img.height < 1:
+        raise InvalidImage(f"image has zero size ({img.width}x{img.height})")
+    swap = orientation in _SWAPS
+    width, height = (img.height, img.width) if swap else img.size  # upright
     size = check_resized(width, height, spec.resize_size, max_resized_pixels)
     box = center_crop_box(size[0], size[1], spec.crop_size)
     shape = (spec.crop_size, spec.crop_size, 3)
     if out is not None and out.shape != shape:
         raise ValueError(f"out has shape {out.shape}, the crop is {shape}")
-    if size == img.size:
-        img = img.crop(box) if box != (0, 0, *size) else img
-    elif filt in _SUPPORT:
-        img = _resize_crop(img, size, box, filt)
-    else:  # NEAREST is not a two-pass resampling in Pillow: the plain way
-        img = img.resize(size, filt).crop(box)
+    if size != (width, height) and filt in _SUPPORT and _pass_order() is not None:
+        img = _resize_crop(img, orientation, size, box, filt)
+    else:  # no resize, NEAREST (not Pillow's two-pass resampling), or an unknown Pillow
+        if orientation is not None:
+            img = img.transpose(orientation)
+        if size != (width, height):
+            img = img.resize(size, filt)
+        if box != (0, 0, *size):
+            img = img.crop(box)
     pixels = np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(shape)
     if out is None:
         return pixels
@@ -155,61 +165,90 @@ _SUPPORT: Final[dict[Image.Resampling, float]] = {
 _MAX_LINES_COPY_BYTES: Final = 4 << 20
 
 
+# The upright image's axes (x, y) as (axis of the stored image, reversed?) per transpose.
+_AXES: Final[dict[Image.Transpose | None, tuple[tuple[int, bool], tuple[int, bool]]]] = {
+    None: ((0, False), (1, False)),
+    Image.Transpose.FLIP_LEFT_RIGHT: ((0, True), (1, False)),
+    Image.Transpose.FLIP_TOP_BOTTOM: ((0, False), (1, True)),
+    Image.Transpose.ROTATE_180: ((0, True), (1, True)),
+    Image.Transpose.TRANSPOSE: ((1, False), (0, False)),
+    Image.Transpose.ROTATE_270: ((1, True), (0, False)),  # clockwise
+    Image.Transpose.ROTATE_90: ((1, False), (0, True)),  # counter-clockwise
+    Image.Transpose.TRANSVERSE: ((1, True), (0, True)),
+}
+_SWAPS: Final = frozenset(t for t, ((x_axis, _), _) in _AXES.items() if x_axis == 1)
+_FLIP: Final = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM)
+
+
 def _resize_crop(
     img: Image.Image,
+    orientation: Image.Transpose | None,
     size: tuple[int, int],
     box: tuple[int, int, int, int],
     filt: Image.Resampling,
 ) -> Image.Image:
-    """``img.resize(size, filt).crop(box)``, byte for byte, resampling only what ``box`` keeps.
+    """``img.transpose(orientation).resize(size, filt).crop(box)``, byte for byte, resampling
+    only what ``box`` keeps and transposing only what the arithmetic needs.
 
     Pillow resizes in two one-axis passes, each rounding to uint8, with coefficients that
     depend only on (input size, output size) along that pass's axis; Pillow 13 runs the
     vertical pass first when the height shrinks by more than twice the width does
-    (:func:`_vertical_first`), older releases always the horizontal one. In Pillow's order:
+    (:func:`_vertical_first`), older releases always the horizontal one. A horizontal and a
+    vertical pass do the same arithmetic, so each pass of the upright image runs as Pillow's
+    pass along the stored axis it maps to. In Pillow's order (of the upright image):
 
     1. the first pass, a one-axis ``resize``; on small images only over the source lines
        that the kept output of the second pass reads (a superset: one line of margin beyond
-       the filter's reach), pasted back at their place into a zero canvas of the full
-       extent, so the second pass computes the very coefficients of the one-call resize;
-    2. the second pass, a one-axis ``resize`` of only the kept lines of the first's output
-       (each line of a pass is independent of the others);
-    3. the crop of that (zero fill where ``box`` pads, as ``Image.crop``).
+       the filter's reach); where the upright image reverses this pass's axis, those lines
+       are flipped first (a pass's coefficients are not mirror-symmetric in floating point);
+    2. the kept lines of its output (each line of a pass is independent of the others),
+       flipped along the second pass's axis where that one is reversed, pasted back at their
+       place into a zero canvas of the full extent where step 1 was restricted, so the second
+       pass computes the very coefficients of the one-call resize;
+    3. the second pass, one-axis; the crop of that (zero fill where ``box`` pads, as
+       ``Image.crop``); and the transpose of that crop where the orientation swaps the axes.
 
     A ``box=`` argument to ``resize`` would avoid the canvas, but Pillow takes the box as
     float32 and recomputes each pixel centre from it, which moves the coefficients: not
     exact. ``tests/unit/test_transform_exact.py`` compares this with the one-call version.
     """
-    order = _pass_order()
-    if order is None:  # a Pillow whose pass order we do not know: the plain way
-        return img.resize(size, filt).crop(box)
-    first_axis = 1 if order and _vertical_first(img.size, size) else 0  # 0: x, 1: y
-    second_axis = 1 - first_axis
-    src, new = img.size, size
-    keep = ((max(box[0], 0), min(box[2], new[0])), (max(box[1], 0), min(box[3], new[1])))
+    axes = _AXES[orientation]
+    upright = tuple(img.size[axes[u][0]] for u in (0, 1))
+    f = 1 if _pass_order() and _vertical_first((upright[0], upright[1]), size) else 0
+    s = 1 - f  # the upright axes of the first and the second pass
+    (fa, f_rev), (sa, s_rev) = axes[f], axes[s]  # their stored axes, and whether reversed
+    keep = ((max(box[0], 0), min(box[2], size[0])), (max(box[1], 0), min(box[3], size[1])))
 
-    # source lines the second pass reads for its kept output: centre (i + 0.5) * scale,
-    # reach support * max(scale, 1) either side (Resample.c precompute_coeffs), plus a margin
-    scale = src[second_axis] / new[second_axis]
+    # upright source lines the second pass reads for its kept output: centre (i + 0.5) *
+    # scale, reach support * max(scale, 1) either side (Resample.c precompute_coeffs)
+    length = upright[s]
+    scale = length / size[s]
     reach = _SUPPORT[filt] * max(scale, 1.0)
-    k0, k1 = keep[second_axis]  # never empty: the box is centred
+    k0, k1 = keep[s]  # never empty: the box is centred
     lo = max(0, math.floor((k0 + 0.5) * scale - reach) - 1)
-    hi = min(src[second_axis], math.ceil((k1 - 0.5) * scale + reach) + 2)
-    restrict = (lo, hi) != (0, src[second_axis])
-    restrict = restrict and (hi - lo) * src[first_axis] * 4 <= _MAX_LINES_COPY_BYTES
+    hi = min(length, math.ceil((k1 - 0.5) * scale + reach) + 2)
+    restrict = (lo, hi) != (0, length) and (hi - lo) * upright[f] * 4 <= _MAX_LINES_COPY_BYTES
 
-    part = img.crop(_span(second_axis, lo, hi, src)) if restrict else img
-    first = part.resize(_with(part.size, first_axis, new[first_axis]), filt)
-    a0, a1 = keep[first_axis]
-    kept = first.crop(_span(first_axis, a0, a1, first.size))
+    part = img
     if restrict:
-        canvas = Image.new("RGB", _with(kept.size, second_axis, src[second_axis]))
-        canvas.paste(kept, (0, lo) if second_axis else (lo, 0))
+        stored = (length - hi, length - lo) if s_rev else (lo, hi)
+        part = img.crop(_span(sa, *stored, img.size))
+    if f_rev:
+        part = part.transpose(_FLIP[fa])
+    first = part.resize(_with(part.size, fa, size[f]), filt)
+    a0, a1 = keep[f]
+    kept = first.crop(_span(fa, a0, a1, first.size))
+    if s_rev:
+        kept = kept.transpose(_FLIP[sa])
+    if restrict:
+        canvas = Image.new("RGB", _with(kept.size, sa, length))
+        canvas.paste(kept, (0, lo) if sa else (lo, 0))
     else:
         canvas = kept
-    second = canvas.resize(_with(canvas.size, second_axis, new[second_axis]), filt)
-    shift = (a0, 0) if first_axis == 0 else (0, a0)
-    return second.crop((box[0] - shift[0], box[1] - shift[1], box[2] - shift[0], box[3] - shift[1]))
+    second = canvas.resize(_with(canvas.size, sa, size[s]), filt)
+    span = {fa: (box[f] - a0, box[f + 2] - a0), sa: (box[s], box[s + 2])}
+    out = second.crop((span[0][0], span[1][0], span[0][1], span[1][1]))
+    return out.transpose(Image.Transpose.TRANSPOSE) if fa != f else out
 
 
 def _span(axis: int, lo: int, hi: int, size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -192,8 +192,16 @@ def test_filters_and_crop_specs(interpolation: str, resize: int, crop: int) -> N
         assert_same(encode(content(w, h, i), "PNG"), sp)
 
 
+# Stored sizes whose upright image takes each path: both pass orders (either way round),
+# first pass restricted (small) and not (over 4 MiB of lines), smaller than the crop.
+ORIENTED_SIZES: Final = [
+    (451, 300), (300, 451), (577, 433), (150, 99), (1789, 509), (509, 1789), (1000, 400),
+    (1633, 1225), (1225, 1633), (120, 3000), (3000, 120),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
-@pytest.mark.parametrize(("width", "height"), [(451, 300), (300, 451), (577, 433), (150, 99)])
+@pytest.mark.parametrize(("width", "height"), ORIENTED_SIZES)
 def test_exif_orientations(orientation: int, width: int, height: int) -> None:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -217,6 +225,19 @@ def test_exif_orientation_of_other_modes(orientation: int, mode: str) -> None:
     else:
         img = base.convert(mode)
     assert_same(encode(img, "PNG", exif=exif.tobytes()))
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+@pytest.mark.parametrize("interpolation", ["bicubic", "lanczos", "box", "nearest"])
+def test_exif_orientations_with_other_filters_and_padding(
+    orientation: int, interpolation: str
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for i, (w, h) in enumerate([(333, 500), (1789, 509), (200, 150)]):
+        data = encode(content(w, h, i), "PNG", exif=exif.tobytes())
+        assert_same(data, spec(256, 224, interpolation))
+        assert_same(data, spec(224, 256, interpolation))  # the crop pads
 
 
 def test_exif_orientations_actually_rotate() -> None:
