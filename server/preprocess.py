@@ -53,9 +53,11 @@ def preprocess(
                 img.draft("RGB", (target, target))
             except Exception as e:  # pragma: no cover - draft only rewrites the tile
                 raise InvalidImage(f"cannot decode JPEG image: {e}") from None
-    # As stored: transform applies the EXIF orientation to the crop-sized pixels where that
-    # is exact, rather than rotating the whole image first.
-    rgb = load_rgb(img, upright=False)
-    method = orientation(img)
+    # An RGB image stays as stored: transform applies the EXIF orientation to what it keeps
+    # (no full-size copy where the first pass's axis is not reversed). Any other mode is
+    # rotated in its own mode before its RGB conversion (a 1-byte copy for L or P).
+    upright = img.mode != "RGB"
+    rgb = load_rgb(img, upright=upright)
+    method = None if upright else orientation(img)
     del img  # the image as decoded, when rgb is a converted copy: not kept
     return transform(rgb, spec, limits.max_resized_pixels, out, method)
