@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,9 +91,16 @@ class Usage:
         return self.others_total > limit
 
 
-def usage(before: Snapshot, after: Snapshot, under_test_pgid: int | None) -> Usage:
-    """Attribute the CPU used between two snapshots (``under_test_pgid``: None when nothing
-    is under test but this process, e.g. an in-process measurement)."""
+def usage(
+    before: Snapshot,
+    after: Snapshot,
+    under_test_pgid: int | None,
+    under_test_pids: Collection[int] = (),
+) -> Usage:
+    """Attribute the CPU used between two snapshots. Under test: the process group
+    ``under_test_pgid`` (None when nothing is under test but this process, e.g. an
+    in-process measurement) and the processes ``under_test_pids`` (its descendants that
+    left the group)."""
     wall = max(after.at - before.at, 1e-9)
     me = os.getpid()
     test = gen = 0.0
@@ -105,7 +113,7 @@ def usage(before: Snapshot, after: Snapshot, under_test_pgid: int | None) -> Usa
             continue
         if pid == me:
             gen += used
-        elif under_test_pgid is not None and p.pgid == under_test_pgid:
+        elif (under_test_pgid is not None and p.pgid == under_test_pgid) or pid in under_test_pids:
             test += used
         else:
             others[f"{p.name}[{pid}]"] = used / wall

@@ -135,34 +135,58 @@ class ServerProc:
         return rss_bytes(self.proc.pid)
 
     def pause(self) -> None:
-        """SIGSTOP the whole process group (children included); no-op once it is gone."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGSTOP)
+        """SIGSTOP the whole process group (children included), and any descendant that left
+        the group (``setsid``); no-op once it is gone."""
+        self._signal(signal.SIGSTOP, self.escaped())
 
     def resume(self) -> None:
-        """SIGCONT the whole process group."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGCONT)
+        """SIGCONT the whole process group and its escaped descendants."""
+        self._signal(signal.SIGCONT, self.escaped())
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM the process group (and SIGCONT it, so a paused one sees the signal), then
         SIGKILL whatever of the group is left: the leader if it lingers, and children that
-        outlived it. Waits until no process of the group is alive."""
+        outlived it; descendants that left the group get the same. Waits until none of them
+        is alive."""
         _LIVE.pop(self.proc.pid, None)
         pgid = self.proc.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-            os.killpg(pgid, signal.SIGCONT)
+        escaped = self.escaped()  # before the leader goes: its orphans leave its tree
+        self._signal(signal.SIGTERM, escaped)
+        self._signal(signal.SIGCONT, escaped)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout)
-        # the leader is gone (or would not go): its group gets a short grace, then SIGKILL
+        # the leader is gone (or would not go): the rest gets a short grace, then SIGKILL
         deadline = time.monotonic() + (_ORPHAN_GRACE_S if self.proc.poll() is not None else 0)
-        while group_members(pgid):
+        while group_members(pgid) or (escaped := _still_alive(escaped)):
             if time.monotonic() >= deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
+                self._signal(signal.SIGKILL, escaped)
             time.sleep(0.05)
         self.proc.wait()
+
+    def escaped(self) -> dict[int, str]:
+        """Descendants outside the process group: PID -> start time (``/proc/PID/stat``
+        field 22, to tell the same process from a reused PID)."""
+        out = {}
+        for p in tree(self.proc.pid)[1:]:
+            if (st := _stat(p)) is not None and int(st[2]) != self.proc.pid:
+                out[p] = st[19]
+        return out
+
+    def _signal(self, sig: signal.Signals, escaped: dict[int, str]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        for p in _still_alive(escaped):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+
+
+def _still_alive(procs: dict[int, str]) -> dict[int, str]:
+    """Those of ``procs`` (PID -> start time) still running (not zombies), same start time."""
+    out = {}
+    for p, started in procs.items():
+        if (st := _stat(p)) is not None and st[19] == started and st[0] != "Z":
+            out[p] = started
+    return out
 
 
 #: Seconds the rest of a process group may take to exit after its leader did.

@@ -84,7 +84,7 @@ def measure(
         snap0 = machine.snapshot()
         result = _run(coro)
         wall = time.perf_counter() - t0
-        use = machine.usage(snap0, machine.snapshot(), run.proc.proc.pid)
+        use = machine.usage(snap0, machine.snapshot(), run.proc.proc.pid, run.proc.escaped())
     note_machine(result, use, len(paused))
     result.extra["server_cpu"] = (run.proc.cpu_seconds() - cpu0) / wall
     result.extra["rss_mib"] = run.proc.rss_bytes() / 2**20

@@ -15,22 +15,26 @@ import pytest
 
 from bench import machine, procs
 
-# A parent that starts two polling children (as LitServe's workers poll while idle), one of
-# which ignores SIGTERM, and exits on SIGTERM without waiting for them: stopped by its PID,
-# it would leave both behind.
+# A parent that starts three polling children (as LitServe's workers poll while idle): one
+# ignores SIGTERM, one leaves the process group (setsid) and ignores SIGTERM too; the parent
+# exits on SIGTERM without waiting for them: stopped by its PID, it would leave all behind.
 PEER = """
 import signal, subprocess, sys, time
 CHILD = '''
 import signal, sys, time
-if sys.argv[1] == "stubborn":
+import os
+if sys.argv[1] in ("stubborn", "escaped"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if sys.argv[1] == "escaped":
+    os.setsid()
 while True:
     t = time.perf_counter()
     while time.perf_counter() - t < 0.002:  # busy 2 ms, idle 2 ms: about half a core
         pass
     time.sleep(0.002)
 '''
-kids = [subprocess.Popen([sys.executable, "-c", CHILD, kind]) for kind in ("polite", "stubborn")]
+kids = [subprocess.Popen([sys.executable, "-c", CHILD, kind])
+        for kind in ("polite", "stubborn", "escaped")]
 with open(sys.argv[1], "w") as f:
     f.write(" ".join(str(k.pid) for k in kids))
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -54,12 +58,12 @@ def _cpu(pids: list[int]) -> float:
 
 @pytest.fixture
 def peer(tmp_path: Path) -> Iterator[tuple[procs.ServerProc, list[int]]]:
-    """A started peer-like tree: (its ServerProc, [parent, child, child] PIDs)."""
+    """A started peer-like tree: (its ServerProc, [parent, polite, stubborn, escaped] PIDs)."""
     script, pids_file = tmp_path / "peer.py", tmp_path / "pids"
     script.write_text(PEER)
     proc = procs.start("peer-like", [str(script), str(pids_file)], {}, 0, tmp_path)
     deadline = time.monotonic() + 30
-    while not (pids_file.exists() and len(pids_file.read_text().split()) == 2):
+    while not (pids_file.exists() and len(pids_file.read_text().split()) == 3):
         assert time.monotonic() < deadline, proc.tail()
         time.sleep(0.05)
     kids = [int(p) for p in pids_file.read_text().split()]
@@ -71,10 +75,12 @@ def peer(tmp_path: Path) -> Iterator[tuple[procs.ServerProc, list[int]]]:
 
 def test_stop_leaves_no_process_of_the_tree(peer: tuple[procs.ServerProc, list[int]]) -> None:
     proc, pids = peer
-    assert sorted(procs.group_members(proc.proc.pid)) == sorted(pids)
+    time.sleep(0.3)  # the escaped child calls setsid as it starts
+    assert sorted(procs.group_members(proc.proc.pid)) == sorted(pids[:3])
+    assert list(proc.escaped()) == [pids[3]]
     assert proc in procs.live()
     proc.stop()
-    assert [p for p in pids if _alive(p)] == []  # the SIGTERM-deaf child too
+    assert [p for p in pids if _alive(p)] == []  # the SIGTERM-deaf and escaped ones too
     assert procs.group_members(proc.proc.pid) == []
     assert proc not in procs.live()
 
@@ -116,9 +122,9 @@ def test_machine_usage_attributes_by_process_group(
     time.sleep(0.5)
     after = machine.snapshot()
 
-    tested = machine.usage(before, after, proc.proc.pid)
+    tested = machine.usage(before, after, proc.proc.pid, proc.escaped())
     assert tested.generator >= 0.3 / tested.wall_s * 0.9
-    assert tested.under_test > 0.05  # two half-core pollers
+    assert tested.under_test > 0.05  # three half-core pollers, one outside the group
     assert not any(k.endswith(tuple(f"[{p}]" for p in pids)) for k in tested.others)
 
     # the same tree, not under test: it is the "others" that mark a phase
