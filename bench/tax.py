@@ -27,7 +27,7 @@ from .config import PRESETS
 from .images import photos
 from .load import PhaseResult
 from .sweep import measure
-from .targets import NAIVE, SERVER, Running, start
+from .targets import NAIVE, SERVER, SPLIT, Running, start
 from .variants import Variant
 
 _GROUPS = (threads.LOOP, threads.POOL, threads.OTHER, threads.DECODE, threads.RUNNER,
@@ -69,6 +69,11 @@ def per_request(phase: PhaseResult) -> dict[str, float]:
     return {g: 1e3 * phase.extra.get(f"cpu:{g}", 0.0) / n for g in _GROUPS}
 
 
+def _flags(text: str) -> dict[str, str]:
+    """``k=v,k=v`` -> server flags (``--k v``)."""
+    return dict(kv.split("=", 1) for kv in text.split(",") if kv)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.tax", description=__doc__.split("\n")[0])
     p.add_argument("--variant", default="resnet18@cpu", help="NAME@PROVIDER")
@@ -77,19 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per phase")
     p.add_argument("--flags", default="", help="extra server flags, k=v,k=v")
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="K=V,...",
+        help="compare with our server started with these flags instead of the naive peer "
+        "(e.g. instances=2, or batching=delay)",
+    )
     args = p.parse_args(argv)
     variant = Variant.parse(args.variant)
     cfg = replace(PRESETS["quick"], phase_seconds=args.seconds, warmup_seconds=1.0,
                   agreement_check=False)  # fmt: skip
-    extra = dict(kv.split("=", 1) for kv in args.flags.split(",") if kv)
+    extra = _flags(args.flags)
     levels = [int(c) for c in args.levels.split(",")]
     jpeg = photos((500, 375))[1].jpeg  # the load photo of bench.run (chelsea)
     rows: dict[tuple[str, int], list[tuple[PhaseResult, dict[str, float]]]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="bench-tax-") as logs:
         running: dict[str, Running] = {}
         try:
-            for kind in (SERVER, NAIVE):
-                flags = extra if kind == SERVER else {}
+            other = _flags(args.against) if args.against is not None else None
+            launches = [(SERVER, extra), (NAIVE, {}) if other is None
+                        else (f"{SPLIT} {args.against}", {**extra, **other})]  # fmt: skip
+            for kind, flags in launches:
                 running[kind] = start(kind, variant, cfg, args.model_dir, jpeg, Path(logs),
                                       **flags)  # fmt: skip
             for _ in range(args.rounds):
