@@ -98,17 +98,19 @@ def transform(
     """torchvision's ``Resize(spec.resize_size)`` + ``CenterCrop(spec.crop_size)`` on
     ``img.transpose(orientation)``: the upright image (its EXIF orientation applied).
 
-    The transpose is applied to as little as the arithmetic allows, never to the whole
-    image before resizing, with the bytes of transposing first (see :func:`_resize_crop`).
+    The bytes are those of transposing first, but the transpose runs on the crop; only
+    where the orientation reverses the axis of Pillow's first pass are the lines that pass
+    reads flipped before it (see :func:`_resize_crop`).
 
     Args:
         img: an RGB PIL image (as :func:`server.decode.load_rgb` returns), as stored.
-        orientation: the transpose that makes ``img`` upright, None if it is.
         spec: the model's preprocessing; ``spec.interpolation`` names the PIL filter
             (``bilinear`` is PIL's antialiased triangle filter, as torchvision's PIL path).
         max_resized_pixels: bound on the resized intermediate.
         out: where to write the crop (uint8 ``(crop, crop, 3)``, e.g. one row of a request's
             batch); None returns a new read-only array.
+        orientation: the transpose that makes ``img`` upright (its EXIF orientation, see
+            :func:`server.decode.orientation`), None if it is upright.
 
     Returns:
         ``uint8`` array of shape ``(crop_size, crop_size, 3)``, RGB, C-contiguous: ``out``, or
