@@ -75,7 +75,8 @@ class PhaseResult:
     """CPU of every process but the one under test and the load generator over the phase
     (cores; :mod:`bench.machine`), the other servers paused"""
     others_top: dict[str, float] = field(default_factory=dict)
-    """the largest of those, ``name[pid]`` -> cores, and ``unattributed`` (see bench.machine)"""
+    """each of those that used at least 0.005 cores, ``name[pid]`` -> cores (largest first),
+    and ``unattributed`` (see bench.machine)"""
     paused: int = 0
     """other servers (process groups) paused for the phase"""
     marked: bool = False

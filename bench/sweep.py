@@ -114,7 +114,7 @@ def note_machine(result: PhaseResult, use: machine.Usage, paused: int) -> None:
     """Record on ``result`` what the rest of the machine used during it, and mark it when
     that is more than bench.machine.OTHERS_LIMIT_CORES."""
     result.others_cores = use.others_total
-    top = dict(list(use.others.items())[:5])
+    top = {k: v for k, v in use.others.items() if v >= 0.005}  # every one of note, largest first
     if use.unattributed > 0.005:
         top["unattributed"] = use.unattributed
     result.others_top = top
