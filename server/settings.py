@@ -7,12 +7,15 @@ values fail at start with a message naming the setting.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .agreement import Floors, default_floors
 
 
 def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -87,6 +90,12 @@ class Settings(BaseSettings):
         description="at load, run the verification photos on the serving engine and refuse a "
         "model below its precision's agreement floors with its fp32 reference",
     )
+    agreement_floors: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="JSON: floors to change per precision, e.g. "
+        '{"bf16": {"max_rel_logit_error": 0.2}}; the rest keep their defaults '
+        "(docs/PRECISION.md)",
+    )
     cores: int = Field(
         0,
         ge=0,
@@ -155,6 +164,27 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
+
+    @field_validator("agreement_floors", mode="before")
+    @classmethod
+    def _parse_floors(cls, v: object) -> object:
+        if isinstance(v, str):  # from the command line (the environment is parsed already)
+            try:
+                return json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not valid JSON: {e}") from None
+        return v
+
+    @field_validator("agreement_floors")
+    @classmethod
+    def _check_floors(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for precision, overrides in v.items():
+            default_floors(precision).with_overrides(overrides)  # ValueError naming the bad key
+        return v
+
+    def floors_for(self, precision: str) -> Floors:
+        """The agreement floors a ``precision`` variant must meet at load."""
+        return default_floors(precision).with_overrides(self.agreement_floors.get(precision, {}))
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
