@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -30,6 +31,11 @@ from .v2 import routes as v2
 log = logging.getLogger(__name__)
 
 _BATCHER_GRACE_S = 2.0
+
+#: Called once (on the event loop, no arguments) when the app's models are loaded and ready:
+#: how a worker process tells its supervisor (``server.workers``). Read by ``create_app``; a
+#: context variable rather than a parameter so that ``serving.serve`` passes it through.
+ON_READY: ContextVar[Callable[[], None] | None] = ContextVar("on_ready", default=None)
 
 
 def create_app(
@@ -63,7 +69,7 @@ def create_app(
         title="resnet-server",
         version=__version__,
         description="ImageNet classification (ResNet18/50) on ONNX Runtime with dynamic batching.",
-        lifespan=_lifespan(state, load_first),
+        lifespan=_lifespan(state, load_first, ON_READY.get()),
     )
     app.state.server = state
     app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
@@ -93,13 +99,13 @@ def create_app(
 
 
 def _lifespan(
-    state: AppState, load_first: bool
+    state: AppState, load_first: bool, on_ready: Callable[[], None] | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.pipeline.start()
         # Load in the background so liveness and readiness (503 "loading") answer meanwhile.
-        loading = asyncio.create_task(_load(state))
+        loading = asyncio.create_task(_load(state, on_ready))
         tasks = [loading]
         if state.metrics.multiprocess:
             tasks.append(asyncio.create_task(_sample_metrics(state.metrics)))
@@ -142,7 +148,7 @@ async def _sample_metrics(metrics: Metrics) -> None:
         await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 
-async def _load(state: AppState) -> None:
+async def _load(state: AppState, on_ready: Callable[[], None] | None) -> None:
     try:
         await state.repository.load_all()
     except Exception as e:
@@ -152,6 +158,8 @@ async def _load(state: AppState) -> None:
     state.lifecycle.started = True
     if state.repository.ready:
         log.info("ready: serving %s", sorted(state.repository.models))
+        if on_ready is not None:
+            on_ready()
     else:
         bad = {n: m.not_ready_reason for n, m in state.repository.models.items() if not m.ready}
         if state.settings.workers > 1:
