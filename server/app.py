@@ -24,6 +24,7 @@ from .pipeline import Pipeline
 from .repository import ModelRepository
 from .routes import health, metrics, predict, ui
 from .runner import EngineRun
+from .scrape import SCRAPE_MAX_AGE_S, Scrapes
 from .settings import Settings
 from .state import AppState
 from .v2 import routes as v2
@@ -64,6 +65,7 @@ def create_app(
         metrics=metrics_,
         repository=ModelRepository(settings, metrics_, cpu or read_cpuinfo(), budget, run_wrapper),
         pipeline=Pipeline(settings, metrics_, budget),
+        scrapes=Scrapes(metrics_, SCRAPE_MAX_AGE_S if metrics_.multiprocess else 0.0),
     )
     app = FastAPI(
         title="resnet-server",
@@ -122,6 +124,7 @@ def _lifespan(
             # still queued now gets a short grace, not a second full drain.
             await state.repository.stop(min(state.settings.drain_timeout_s, _BATCHER_GRACE_S))
             state.pipeline.close()
+            state.scrapes.close()
             log.info("stopped")
 
     return lifespan

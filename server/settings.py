@@ -49,6 +49,12 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
         return None
 
 
+def bad_host(host: str) -> bool:
+    """Not a Host allow-list entry: a name (or ``[IPv6]``) without port, ``*.domain`` or ``*``."""
+    name = host.removeprefix("*.")
+    return "*" in name or "/" in name or (":" in name and not name.startswith("["))
+
+
 class Settings(BaseSettings):
     """Server settings. Durations carry their unit in the name (``_ms``, ``_s``)."""
 
@@ -69,6 +75,29 @@ class Settings(BaseSettings):
     ui: bool = Field(
         True,
         description="serve the demo page at / (it calls the API like any client); false = API only",
+    )
+
+    # Exposure and probes: what answers whom (docs/RELIABILITY.md, "Exposure")
+    metrics_auth: bool = Field(
+        False,
+        description="/metrics and the v2 statistics need the API key too (needs api_key); "
+        "false = open, for Prometheus",
+    )
+    docs: bool = Field(
+        False,
+        description="serve the interactive API docs at /docs (Swagger UI from its CDN, under a "
+        "Content-Security-Policy); /openapi.json is served either way",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated Host names to answer (exact, *.example.com or *), 400 "
+        "invalid_host otherwise; health probes are exempt; empty = any",
+    )
+    stuck_after_s: float = Field(
+        30.0,
+        ge=0,
+        description="readiness answers 503 when decodes or batches hold or wait for cores and "
+        "none has finished for this long (a wedged pipeline); 0 = off",
     )
 
     # Runtime
@@ -164,6 +193,27 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            if host != "*" and bad_host(host):
+                raise ValueError(f"{host!r}: a host name without port, a *.domain wildcard, or *")
+        return [h.lower() for h in v]
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        if self.metrics_auth and self.api_key is None:
+            raise ValueError("metrics_auth needs api_key: there is no key to ask for")
+        return self
 
     @field_validator("agreement_floors", mode="before")
     @classmethod

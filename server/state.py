@@ -10,6 +10,7 @@ from fastapi import Request
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .repository import ModelRepository
+from .scrape import Scrapes
 from .settings import Settings
 
 
@@ -28,6 +29,7 @@ class AppState:
     metrics: Metrics
     repository: ModelRepository
     pipeline: Pipeline
+    scrapes: Scrapes
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
     @property

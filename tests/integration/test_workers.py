@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from server.restarts import GIVE_UP_MISSES
+from server.scrape import SCRAPE_MAX_AGE_S
 from tests.conftest import ServerProcess, broken_model_dir, start_server
 from tests.imagegen import jpeg
 from tests.integration.test_predict import direct_probs, metric
@@ -136,6 +137,7 @@ def test_live_gauges_reach_every_workers_scrape(pool: ServerProcess) -> None:
     with connect(pool) as sock:
         sock.sendall(headers_only(b"/predict/resnet18", len(data)) + data[:100])
         assert wait_for(lambda: fresh_scrape(pool, "resnet_decode_backlog") == 1, 5)
+        time.sleep(SCRAPE_MAX_AGE_S)  # a worker's scrape read before the sample: reused that long
         for _ in range(6):  # sampled every 0.25 s: 0.3 s apart, each sees it
             time.sleep(0.3)
             assert fresh_scrape(pool, "resnet_decode_backlog") == 1
@@ -144,10 +146,40 @@ def test_live_gauges_reach_every_workers_scrape(pool: ServerProcess) -> None:
         r = read_response(sock)
     assert r.status == 200, r.body
     assert wait_for(lambda: fresh_scrape(pool, "resnet_images_in_flight") == 0, 5)
+    time.sleep(SCRAPE_MAX_AGE_S)
     for _ in range(4):
         time.sleep(0.3)
         assert fresh_scrape(pool, "resnet_images_in_flight") == 0
         assert fresh_scrape(pool, "resnet_decode_backlog") == 0
+
+
+def test_a_scrape_storm_reads_one_collection_a_second(pool: ServerProcess) -> None:
+    """Each worker reuses a collection for SCRAPE_MAX_AGE_S: scrapes on one connection (one
+    worker) within that time read the same values though requests were answered meanwhile;
+    the next one after it reads them."""
+    data = jpeg(320, 240, seed=7)
+    for _ in range(5):  # a loaded box may take longer than the window: try again
+        time.sleep(SCRAPE_MAX_AGE_S + 0.1)  # this connection's worker has nothing cached
+        with pool.new_client() as one:
+            t0 = time.monotonic()
+            first = metric_in(one.get("/metrics").text)
+            assert post_fresh(pool, data).status_code == 200
+            storm = [metric_in(one.get("/metrics").text) for _ in range(20)]
+            in_window = time.monotonic() - t0 < SCRAPE_MAX_AGE_S * 0.9
+            time.sleep(SCRAPE_MAX_AGE_S)
+            after = metric_in(one.get("/metrics").text)
+        if in_window:
+            assert storm == [first] * 20
+            assert after == first + 1
+            return
+    pytest.fail("never managed 21 scrapes and a request within the window")
+
+
+def metric_in(text: str) -> float:
+    """resnet18's answered /predict requests in one exposition text."""
+    found = re.search(r'^resnet_requests_total\{endpoint="predict",model="resnet18",'
+                      r'outcome="ok"\} (\S+)$', text, re.M)  # fmt: skip
+    return float(found[1]) if found else 0.0
 
 
 def test_a_killed_worker_is_replaced_and_nothing_is_lost(pool: ServerProcess) -> None:
