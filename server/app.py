@@ -66,6 +66,7 @@ def create_app(
         repository=ModelRepository(settings, metrics_, cpu or read_cpuinfo(), budget, run_wrapper),
         pipeline=Pipeline(settings, metrics_, budget),
         scrapes=Scrapes(metrics_, SCRAPE_MAX_AGE_S if metrics_.multiprocess else 0.0),
+        budget=budget,
     )
     app = FastAPI(
         title="resnet-server",

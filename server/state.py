@@ -7,6 +7,7 @@ from typing import cast
 
 from fastapi import Request
 
+from .cpubudget import CpuBudget
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .repository import ModelRepository
@@ -21,6 +22,7 @@ class Lifecycle:
     started: bool = False
     draining: bool = False
     startup_error: str = ""
+    stuck: bool = False  # readiness last found the pipeline stuck (logged when it changes)
 
 
 @dataclass
@@ -30,6 +32,7 @@ class AppState:
     repository: ModelRepository
     pipeline: Pipeline
     scrapes: Scrapes
+    budget: CpuBudget
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
     @property
