@@ -16,13 +16,14 @@ from . import __version__
 from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo, read_cpuinfo
 from .errors import ServerError, install_handlers
+from .hosts import AllowedHosts
 from .limits import LimitsMiddleware, is_inference
 from .metrics import SAMPLE_INTERVAL_S, Metrics
 from .observe import record_unrouted
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
 from .repository import ModelRepository
-from .routes import health, metrics, predict, ui
+from .routes import docs, health, metrics, predict, ui
 from .runner import EngineRun
 from .scrape import SCRAPE_MAX_AGE_S, Scrapes
 from .settings import Settings
@@ -73,6 +74,8 @@ def create_app(
         version=__version__,
         description="ImageNet classification (ResNet18/50) on ONNX Runtime with dynamic batching.",
         lifespan=_lifespan(state, load_first, ON_READY.get()),
+        docs_url=None,  # routes.docs, with the setting
+        redoc_url=None,
     )
     app.state.server = state
     app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
@@ -88,6 +91,8 @@ def create_app(
     routers = [health.router, predict.router, metrics.router, v2.router]
     if settings.ui:
         routers.append(ui.router)
+    if settings.docs:
+        routers.append(docs.router())
     for router in routers:
         app.include_router(router)
     app.add_middleware(
@@ -98,6 +103,8 @@ def create_app(
         max_bytes_in_flight=settings.max_body_bytes_in_flight,
         on_refusal=count_unrouted,
     )
+    if settings.allowed_hosts:  # outermost: a request for another name gets nothing else
+        app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts)
     return app
 
 

@@ -88,6 +88,13 @@ class Unauthorized(ServerError):
     code = "unauthorized"
 
 
+class InvalidHost(ServerError):
+    """The request's Host is not on ``allowed_hosts`` (DNS rebinding)."""
+
+    status = 400
+    code = "invalid_host"
+
+
 class ClientDisconnected(ServerError):
     """The client went away before its answer was ready; its queued work was cancelled."""
 

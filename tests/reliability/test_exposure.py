@@ -84,13 +84,19 @@ def test_inference_with_the_key(
 
 @pytest.mark.parametrize(
     "path", ["/healthz", "/readyz", "/metrics", "/models", "/v2", "/v2/health/ready",
-             "/v2/models/resnet18", "/openapi.json", "/docs"],
+             "/v2/models/resnet18", "/openapi.json"],
 )  # fmt: skip
 def test_health_metrics_and_metadata_stay_open(srv: ServerProcess, path: str) -> None:
     r = srv.client().get(path)
     assert r.status_code == 200, r.text
     assert KEY not in r.text
     assert "server" not in r.headers
+
+
+def test_interactive_docs_are_off_by_default(srv: ServerProcess) -> None:
+    for path in ("/docs", "/redoc"):
+        assert_error(srv.client().get(path), 404, "not_found")
+    assert "/predict" in srv.client().get("/openapi.json").json()["paths"]
 
 
 def test_auth_is_off_by_default() -> None:
