@@ -313,6 +313,8 @@ def test_repeated_kills_back_off_per_slot_while_the_others_serve(
         assert announced == ([1.0, 2.0, 4.0], [1.0, 2.0, 4.0]), srv.log
         for delay, waited in gaps(srv, 0) + gaps(srv, 1):
             assert delay - 0.05 <= waited < delay + 3.0, (delay, waited)  # a loaded 2-core box
+        print(f"backoff announced -> measured (s): {gaps(srv, 0) + gaps(srv, 1)}; six deaths "
+              f"and three recoveries in {time.monotonic() - t0:.1f} s, {answered} requests 200")  # fmt: skip
         assert "while loading (1 in a row without getting ready): replacement in 2 s" in srv.log
         assert "while loading (2 in a row without getting ready): replacement in 4 s" in srv.log
         assert answered == 4 * 6 + 4 * 3
@@ -344,6 +346,7 @@ def test_when_no_worker_can_get_ready_the_server_stops(model_dir: Path, tmp_path
     finally:
         srv.stop()
     assert status == 1, srv.log
+    print(f"every worker killed, loads failing: exit 1 after {took:.1f} s")
     # Each slot: 1 s after the kill, then three load failures 2 s and 4 s apart.
     assert 7 <= took < 100, took
     log = srv.log

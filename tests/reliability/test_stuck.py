@@ -66,6 +66,7 @@ def test_readiness_503_while_the_runner_is_held_then_200_again(srv: ServerProces
         assert c.get("/v2/health/live").status_code == 200
         assert held.result(timeout=30).status_code == 200
     assert STUCK_AFTER_S <= stuck_at < SLOW_S
+    print(f"runner held {SLOW_S:g} s: readiness 503 {stuck_at:.2f} s after the request was sent")
     assert c.get("/readyz").json() == {"status": "ready"}
     assert c.get("/v2/health/ready").status_code == 200
     log = srv.log
