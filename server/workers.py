@@ -13,7 +13,7 @@ What the supervisor (the process started by ``python -m server``) does:
   is accepting, and a worker accepts only once its models are loaded, except worker 0 at
   start, which answers liveness and readiness (503 "loading") meanwhile as a single process
   does. So once the server is ready, no request meets a loading worker, not even a
-  replacement's;
+  replacement's (unless no other worker is ready: below);
 - SIGTERM or SIGINT: passed on to every worker, which drains as a single server does
   (readiness 503, ``shutdown_delay_s``, in-flight requests finished; a worker still loading
   exits without serving); a worker still there after the drain's deadline is killed (exit
