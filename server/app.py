@@ -104,7 +104,7 @@ def create_app(
         on_refusal=count_unrouted,
     )
     if settings.allowed_hosts:  # outermost: a request for another name gets nothing else
-        app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts)
+        app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts, on_refusal=count_unrouted)
     return app
 
 

@@ -11,10 +11,12 @@ pod's IP as ``Host`` (which changes with every pod) and they read nothing an att
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import InvalidHost
+from .errors import InvalidHost, ServerError
 from .limits import send_error
 
 #: Answered whatever the Host: liveness and readiness, both protocols.
@@ -36,17 +38,26 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
 
 
 class AllowedHosts:
-    """ASGI middleware: HTTP requests whose Host matches none of ``allowed`` get 400."""
+    """ASGI middleware: HTTP requests whose Host matches none of ``allowed`` get 400, counted
+    by ``on_refusal`` (no route sees them)."""
 
-    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        allowed: list[str],
+        on_refusal: Callable[[Scope, ServerError], None] = lambda scope, err: None,
+    ) -> None:
         self.app = app
         self.allowed = allowed
+        self.on_refusal = on_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in PROBES:
             host = Headers(scope=scope).get("host", "")
             if not host_allowed(host, self.allowed):
                 shown = host if len(host) <= 64 else host[:64] + "..."
-                await send_error(send, InvalidHost(f"host {shown!r} is not served here"))
+                err = InvalidHost(f"host {shown!r} is not served here")
+                self.on_refusal(scope, err)
+                await send_error(send, err)
                 return
         await self.app(scope, receive, send)

@@ -72,6 +72,20 @@ def test_probes_answer_whatever_the_host(srv: ServerProcess, host: str) -> None:
     assert c.get("/v2/health/ready", headers={"host": host}).status_code == 200
 
 
+def test_refused_inference_is_counted_like_any_answer(srv: ServerProcess) -> None:
+    def refused() -> float:
+        text = srv.client().get("/metrics", headers=KEYED).text
+        found = re.search(r'^resnet_requests_total\{endpoint="predict",model="resnet18",'
+                          r'outcome="invalid_host"\} (\S+)$', text, re.M)  # fmt: skip
+        return float(found[1]) if found else 0.0
+
+    before = refused()
+    for path in ("/predict", "/predict/resnet18"):
+        r = srv.client().post(path, content=b"x", headers={"host": "evil.example"})
+        assert_error(r, 400, "invalid_host")
+    assert refused() == before + 2
+
+
 def test_a_request_without_host_is_refused(srv: ServerProcess) -> None:
     with connect(srv) as sock:
         sock.sendall(b"GET /models HTTP/1.0\r\n\r\n")
