@@ -97,11 +97,12 @@ def _stuck(state: AppState) -> str:
     limit, budget = state.settings.stuck_after_s, state.budget
     stalled = budget.stalled_s() if limit else 0.0
     stuck = stalled >= limit > 0
-    reason = (
-        f"stuck: {budget.busy} of {budget.cores} cores held and {budget.waiting} decodes or "
-        f"batches waiting, none finished for {stalled:.1f} s (stuck_after_s {limit:g})"
-        if stuck else ""
-    )  # fmt: skip
+    reason = ""
+    if stuck:
+        reason = (
+            f"stuck: {budget.busy} of {budget.cores} cores held and {budget.waiting} decodes "
+            f"or batches waiting, none finished for {stalled:.1f} s (stuck_after_s {limit:g})"
+        )
     if stuck != state.lifecycle.stuck:
         state.lifecycle.stuck = stuck
         if stuck:
