@@ -15,6 +15,7 @@ from . import __version__
 from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo, read_cpuinfo
 from .errors import ServerError, install_handlers
+from .grpc.serve import serving as serving_grpc
 from .limits import LimitsMiddleware, is_inference
 from .metrics import SAMPLE_INTERVAL_S, Metrics
 from .observe import record_unrouted
@@ -106,7 +107,9 @@ def _lifespan(
         try:
             if load_first:
                 await _loaded(state, loading)
-            yield
+            # After a load_first worker's load: no gRPC call may reach a loading worker either.
+            async with serving_grpc(state):
+                yield
         finally:
             state.lifecycle.draining = True
             for task in tasks:

@@ -1,9 +1,10 @@
 """Domain errors, and the single place where they become HTTP responses.
 
 Every error the server raises on purpose is a :class:`ServerError` with a stable
-machine-readable ``code`` and an HTTP ``status``. Handlers in :func:`install_handlers`
-turn them into ``{"error": "<message>", "code": "<code>"}``; anything else is a 500 that
-says only "internal error" and logs the traceback.
+machine-readable ``code``, an HTTP ``status`` and a gRPC status (``grpc_status``, the name of a
+``grpc.StatusCode``; :mod:`server.grpc.status` turns it into one). Handlers in
+:func:`install_handlers` turn them into ``{"error": "<message>", "code": "<code>"}``; anything
+else is a 500 that says only "internal error" and logs the traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ServerError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    grpc_status: ClassVar[str] = "INTERNAL"
     retry_after: ClassVar[int | None] = None
 
     def __init__(self, message: str) -> None:
@@ -37,6 +39,7 @@ class InvalidImage(ServerError):
 
     status = 400
     code = "invalid_image"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class UnsupportedImageFormat(ServerError):
@@ -44,6 +47,7 @@ class UnsupportedImageFormat(ServerError):
 
     status = 415
     code = "unsupported_media_type"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class ImageTooLarge(ServerError):
@@ -51,6 +55,7 @@ class ImageTooLarge(ServerError):
 
     status = 413
     code = "image_too_large"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class BodyTooLarge(ServerError):
@@ -58,6 +63,7 @@ class BodyTooLarge(ServerError):
 
     status = 413
     code = "body_too_large"
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class BodyTimeout(ServerError):
@@ -65,6 +71,7 @@ class BodyTimeout(ServerError):
 
     status = 408
     code = "body_timeout"
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class BadRequest(ServerError):
@@ -72,6 +79,7 @@ class BadRequest(ServerError):
 
     status = 400
     code = "bad_request"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class InvalidParameter(ServerError):
@@ -79,6 +87,7 @@ class InvalidParameter(ServerError):
 
     status = 422
     code = "invalid_parameter"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class Unauthorized(ServerError):
@@ -86,6 +95,7 @@ class Unauthorized(ServerError):
 
     status = 401
     code = "unauthorized"
+    grpc_status = "UNAUTHENTICATED"
 
 
 class ClientDisconnected(ServerError):
@@ -93,6 +103,7 @@ class ClientDisconnected(ServerError):
 
     status = 499  # nginx's "client closed request": nobody reads it, but logs and metrics do
     code = "client_disconnected"
+    grpc_status = "CANCELLED"
 
 
 class UnknownModel(ServerError):
@@ -100,6 +111,7 @@ class UnknownModel(ServerError):
 
     status = 404
     code = "unknown_model"
+    grpc_status = "NOT_FOUND"
 
 
 class NotReady(ServerError):
@@ -107,6 +119,7 @@ class NotReady(ServerError):
 
     status = 503
     code = "not_ready"
+    grpc_status = "UNAVAILABLE"
     retry_after = 1
 
 
@@ -115,6 +128,7 @@ class QueueFull(ServerError):
 
     status = 503
     code = "queue_full"
+    grpc_status = "RESOURCE_EXHAUSTED"
     retry_after = 1
 
 
@@ -123,6 +137,7 @@ class QueueTimeout(ServerError):
 
     status = 503
     code = "queue_timeout"
+    grpc_status = "UNAVAILABLE"
     retry_after = 1
 
 
@@ -131,6 +146,7 @@ class Overloaded(ServerError):
 
     status = 503
     code = "overloaded"
+    grpc_status = "RESOURCE_EXHAUSTED"
     retry_after = 1
 
 
@@ -139,6 +155,7 @@ class ShuttingDown(ServerError):
 
     status = 503
     code = "shutting_down"
+    grpc_status = "UNAVAILABLE"
     retry_after = 5
 
 
@@ -147,6 +164,7 @@ class InferenceFailed(ServerError):
 
     status = 500
     code = "inference_failed"
+    grpc_status = "INTERNAL"
 
 
 def error_body(err: ServerError) -> dict[str, str]:

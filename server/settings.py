@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         description="serve the demo page at / (it calls the API like any client); false = API only",
     )
 
+    # gRPC (the v2 GRPCInferenceService and grpc.health.v1, beside REST: server/grpc/)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="port of the gRPC server (Triton's 8001); 0 = no gRPC"
+    )
+    grpc_max_message_bytes: int | None = Field(
+        None, ge=1024, description="largest gRPC message received or sent; unset = max_body_bytes"
+    )
+
     # Runtime
     provider: Literal["auto", "cpu", "openvino", "cuda"] = Field(
         "auto",

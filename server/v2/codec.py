@@ -91,7 +91,7 @@ def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
     """
     json_len = _json_length(header_length, len(body))
     view = memoryview(body)
-    header = _validate(_loads(view[:json_len], binary_follows=json_len < len(body)))
+    header = validate_header(_loads(view[:json_len], binary_follows=json_len < len(body)))
     return ParsedRequest(header, _split_binary(header, view[json_len:], header_length is not None))
 
 
@@ -123,7 +123,9 @@ def _loads(data: memoryview, *, binary_follows: bool) -> Any:
         raise BadRequest(f"invalid JSON header: {str(e)[:200]}{hint}") from None
 
 
-def _validate(obj: Any) -> InferRequest:
+def validate_header(obj: Any) -> InferRequest:
+    """``obj`` (the decoded JSON header, or a gRPC request as the same dict) as an
+    InferRequest. Raises BadRequest naming the first five problems."""
     try:
         return InferRequest.model_validate(obj)
     except ValidationError as e:
@@ -313,7 +315,7 @@ def encode_response(
             "shape": list(out.data.shape),
         }
         if out.binary:
-            raw = _raw(out)
+            raw = raw_bytes(out)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif out.datatype == BYTES:
@@ -328,7 +330,8 @@ def encode_response(
     return b"".join([text, *chunks]), len(text)
 
 
-def _raw(out: OutputTensor) -> bytes:
+def raw_bytes(out: OutputTensor) -> bytes:
+    """``out`` as raw bytes: FP32 little-endian row-major, BYTES as Triton's serialisation."""
     if out.datatype == BYTES:
         items = out.data.reshape(-1).tolist()
         return b"".join(_LENGTH.pack(len(b)) + b for b in items)
