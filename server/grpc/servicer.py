@@ -163,7 +163,10 @@ class InferenceServicer:
                 try:
                     return await self._infer(request, context)
                 except asyncio.CancelledError:
-                    if not context.cancelled():  # the server's own cancel (shutdown)
+                    # grpc cancels the handler when the client cancels or its deadline passes
+                    # (``context.cancelled()`` still reads False then); the server itself
+                    # cancels calls only when a drain's grace runs out.
+                    if state.lifecycle.draining:
                         raise
                     # Nobody reads this: it counts the call as REST counts a vanished client.
                     raise ClientDisconnected(
