@@ -141,6 +141,15 @@ class QueueTimeout(ServerError):
     retry_after = 1
 
 
+class DeadlineExceeded(ServerError):
+    """The caller's own deadline (a gRPC call's) passed before the request was run; dropped.
+    (REST requests have no deadline of their own: theirs is ``queue_timeout``.)"""
+
+    status = 504
+    code = "deadline_exceeded"
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
 class Overloaded(ServerError):
     """Too many inference requests in flight (``max_concurrent_requests``)."""
 

@@ -21,7 +21,7 @@ import grpc
 
 from ..admission import Ticket
 from ..auth import check_api_key
-from ..errors import ClientDisconnected, ServerError, UnknownModel
+from ..errors import ClientDisconnected, DeadlineExceeded, QueueTimeout, ServerError, UnknownModel
 from ..observe import observe_request
 from ..state import AppState
 from ..v2 import describe, inference
@@ -63,11 +63,16 @@ def _key_metadata(context: Context) -> tuple[str, str]:
     return found["authorization"], found["x-api-key"]
 
 
-def _shorten(ticket: Ticket, context: Context) -> None:
-    """The request's deadline becomes the call's, when that is sooner."""
+def _shorten(ticket: Ticket, context: Context) -> bool:
+    """The request's deadline becomes the call's, when that is sooner; returns whether it did."""
     remaining: float | None = context.time_remaining()
-    if remaining is not None:
-        ticket.deadline = min(ticket.deadline, asyncio.get_running_loop().time() + remaining)
+    if remaining is None:
+        return False
+    deadline = asyncio.get_running_loop().time() + remaining
+    if deadline >= ticket.deadline:
+        return False
+    ticket.deadline = deadline
+    return True
 
 
 def _unimplemented(name: str) -> Callable[[Any, Any, Context], Awaitable[None]]:
@@ -183,12 +188,20 @@ class InferenceServicer:
         check_api_key(state.settings.api_key, *_key_metadata(context))
         model = describe.model_at(state, request.model_name, request.model_version, ready=True)
         with state.pipeline.admit(model) as ticket:  # before the payload is looked at
-            _shorten(ticket, context)
+            callers = _shorten(ticket, context)
             if not request.raw_input_contents and request.ByteSize() > _OFFLOAD_BYTES:
                 prepared = await asyncio.to_thread(_prepare, model, request)
             else:
                 prepared = _prepare(model, request)
-            scores = await inference.run(state, model, ticket, prepared)
+            try:
+                scores = await inference.run(state, model, ticket, prepared)
+            except QueueTimeout:
+                if not callers:
+                    raise
+                # The call's deadline, not queue_timeout, dropped it (grpc may cancel first).
+                raise DeadlineExceeded(
+                    "the call's deadline passed before the request was run; dropped"
+                ) from None
         return translate.infer_response(model, prepared, scores)
 
     ModelStreamInfer = _unimplemented("ModelStreamInfer")
