@@ -183,11 +183,12 @@ def test_statistics_count_grpc_requests(
                                             endpoint="grpc_infer", outcome="ok")  # fmt: skip
     gc.infer("resnet50", [images_input(random_images(3, seed=41))])
     gc.infer("resnet50", [images_input(random_images(2, seed=42))])
+    v2.client(server).infer("resnet50", [v2.images_input(random_images(1, seed=43))])  # REST
     after = stats()
     assert (after.name, after.version) == ("resnet50", "1")
-    assert after.inference_count - before.inference_count == 5
-    assert 1 <= after.execution_count - before.execution_count <= 2
-    assert after.inference_stats.success.count - before.inference_stats.success.count == 2
+    assert after.inference_count - before.inference_count == 6  # both protocols' images
+    assert 1 <= after.execution_count - before.execution_count <= 3
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 3
     assert v2.metric(server, "resnet_requests_total", model="resnet50", endpoint="grpc_infer",
                      outcome="ok") - ok_before == 2  # fmt: skip
     # The same document REST serves, read at the same moment.

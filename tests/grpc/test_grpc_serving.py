@@ -8,6 +8,7 @@ image and fails the batch of a black one."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -312,3 +313,33 @@ def test_workers_share_the_grpc_port_and_drain(model_dir: Path, tmp_path: Path) 
         assert "gRPC draining" in srv.log
     finally:
         srv.stop()
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports process ``pid`` listens on (its socket inodes matched in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_grpc_port_zero_turns_grpc_off(model_dir: Path, tmp_path: Path) -> None:
+    srv = start_server(model_dir, tmp_path, models="resnet18", grpc_port=0)
+    try:
+        assert srv.client().get("/readyz").json() == {"status": "ready"}
+        assert "gRPC listening" not in srv.log
+        assert listening_ports(srv.proc.pid) == {int(srv.url.rsplit(":", 1)[1])}
+    finally:
+        srv.stop()
+
+
+def test_grpc_listens_beside_rest(slow: ServerProcess) -> None:
+    assert listening_ports(slow.proc.pid) == {int(slow.url.rsplit(":", 1)[1]), slow.grpc_port}
