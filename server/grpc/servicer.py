@@ -21,8 +21,9 @@ import grpc
 
 from ..admission import Ticket
 from ..auth import check_api_key
-from ..errors import ClientDisconnected, DeadlineExceeded, QueueTimeout, ServerError, UnknownModel
+from ..errors import BadRequest, ClientDisconnected, DeadlineExceeded, QueueTimeout, ServerError
 from ..observe import observe_request
+from ..repository import ServedModel
 from ..state import AppState
 from ..v2 import describe, inference
 from ..v2.stats import Samples, model_stats
@@ -147,7 +148,7 @@ class InferenceServicer:
             if request.name:
                 models = [describe.model_at(state, request.name, request.version)]
             elif request.version:
-                raise UnknownModel("a version needs a model name")
+                raise BadRequest("statistics of a version need the model's name")
             else:
                 models = list(state.repository.models.values())
             samples = Samples(state.metrics.view())
@@ -159,12 +160,10 @@ class InferenceServicer:
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
         state = self._state
-        counted = observe_request(
-            state.metrics, ENDPOINT, request.model_name, state.repository.configured
-        )
 
         async def work() -> pb.ModelInferResponse:
-            async with counted:
+            configured = state.repository.configured
+            async with observe_request(state.metrics, ENDPOINT, request.model_name, configured):
                 try:
                     return await self._infer(request, context)
                 except asyncio.CancelledError:
@@ -218,6 +217,6 @@ class InferenceServicer:
     LogSettings = _unimplemented("LogSettings")
 
 
-def _prepare(model: Any, request: pb.ModelInferRequest) -> inference.Prepared:
+def _prepare(model: ServedModel, request: pb.ModelInferRequest) -> inference.Prepared:
     """Check ``request`` against ``model`` as REST checks a body. Blocking (CPU)."""
     return inference.prepare_parsed(model, translate.parsed_request(request))
