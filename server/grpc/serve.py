@@ -1,8 +1,7 @@
 """Start, drain and stop the gRPC server inside the app's lifespan, on the app's event loop.
 
 :func:`serving` binds ``settings.grpc_port`` (all of ``settings.host``'s addresses) before the
-app serves, with the message-size limit each way from the settings, and at most
-``max_concurrent_requests`` calls at once (more are refused with RESOURCE_EXHAUSTED by grpc).
+app serves, with the message-size limit each way from the settings.
 The drain follows REST's: when the app starts draining (SIGTERM), health turns NOT_SERVING at
 once, and after ``shutdown_delay_s`` the server stops taking calls and gives those in flight
 up to ``drain_timeout_s`` before cancelling them, all while uvicorn does the same for HTTP;
@@ -56,9 +55,7 @@ async def serving(state: AppState) -> AsyncIterator[None]:
     if not settings.grpc_port:
         yield
         return
-    server = grpc.aio.server(
-        options=_options(state), maximum_concurrent_rpcs=settings.max_concurrent_requests
-    )
+    server = grpc.aio.server(options=_options(state))
     health = Health(state)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
         InferenceServicer(state), server

@@ -2,7 +2,9 @@
 metrics. Each RPC does what its REST twin in :mod:`server.v2.routes` does, through the same
 functions; errors become gRPC statuses by :mod:`server.grpc.status`.
 
-``ModelInfer``: API key (metadata ``authorization: Bearer <key>`` or ``x-api-key``), the
+``ModelInfer``: at most ``max_concurrent_requests`` calls at once (REST's limit, counted
+apart: health and metadata calls are never refused for it), the API key (metadata
+``authorization: Bearer <key>`` or ``x-api-key``), the
 model's admission ticket before anything of the payload is looked at, the call's deadline (if
 sooner) as the request's, then :func:`server.v2.inference.run` (decode in the pool, the
 batcher). A call the client cancels, or whose deadline passes, is cancelled by grpc: its
@@ -21,7 +23,15 @@ import grpc
 
 from ..admission import Ticket
 from ..auth import check_api_key
-from ..errors import BadRequest, ClientDisconnected, DeadlineExceeded, QueueTimeout, ServerError
+from ..errors import (
+    BadRequest,
+    ClientDisconnected,
+    DeadlineExceeded,
+    Overloaded,
+    QueueTimeout,
+    ServerError,
+)
+from ..metrics import UNKNOWN_MODEL
 from ..observe import observe_request
 from ..repository import ServedModel
 from ..state import AppState
@@ -92,6 +102,8 @@ class InferenceServicer:
 
     def __init__(self, state: AppState) -> None:
         self._state = state
+        self._calls = 0
+        """ModelInfer calls in flight (at most ``max_concurrent_requests``)"""
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: Context
@@ -164,6 +176,13 @@ class InferenceServicer:
         async def work() -> pb.ModelInferResponse:
             configured = state.repository.configured
             async with observe_request(state.metrics, ENDPOINT, request.model_name, configured):
+                if self._calls >= state.settings.max_concurrent_requests:
+                    label = (
+                        request.model_name if request.model_name in configured else UNKNOWN_MODEL
+                    )
+                    state.metrics.rejected.labels(label, Overloaded.code).inc()
+                    raise Overloaded(f"server busy: {self._calls} gRPC inference calls in flight")
+                self._calls += 1
                 try:
                     return await self._infer(request, context)
                 except asyncio.CancelledError:
@@ -177,6 +196,8 @@ class InferenceServicer:
                         "client cancelled the call, or its deadline passed, before the answer "
                         "was ready"
                     ) from None
+                finally:
+                    self._calls -= 1
 
         return await _answer(context, work())
 

@@ -236,7 +236,7 @@ def test_message_size_limit(slow: ServerProcess) -> None:
 def batching(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     s = start_server(model_dir, tmp_path_factory.mktemp("grpc-batching"), models="resnet18",
                      batching="delay", max_queue_delay_ms=400, max_batch_size=8,
-                     warmup_batch_sizes="1,8")  # fmt: skip
+                     warmup_batch_sizes="1,8", max_concurrent_requests=4)  # fmt: skip
     yield s
     s.stop()
 
@@ -274,6 +274,40 @@ def test_grpc_and_rest_requests_share_batches(batching: ServerProcess, model_dir
     grew = {b: count(batching, "resnet_batch_size_bucket", le=f"{b}.0") - sizes[b] for b in sizes}
     largest = min(b for b, n in grew.items() if n == runs)  # cumulative buckets
     assert largest >= 5, grew
+
+
+def test_inference_calls_beyond_max_concurrent_requests(batching: ServerProcess) -> None:
+    """Four calls wait out the 400 ms batching delay; a fifth meanwhile is refused, and a
+    health check is not."""
+    c = client(batching)
+    busy = count(batching, "resnet_rejected_requests_total", reason="overloaded")
+    results: list[InferenceServerException | None] = []
+    for i in range(4):
+        c.async_infer("resnet18", [images_input(random_images(1, seed=i))],
+                      callback=lambda result, error: results.append(error))  # fmt: skip
+    deadline = time.monotonic() + 5
+    while count(batching, "resnet_queue_depth") < 4:
+        assert time.monotonic() < deadline, "the four calls never queued"
+        time.sleep(0.01)
+    channel, s = stub(batching)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            s.ModelInfer(raw_images_request("resnet18", random_images(1)), timeout=10)
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    err = info.value
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: 4 gRPC inference calls in flight"
+    )  # fmt: skip
+    assert ("retry-after", "1") in tuple(err.trailing_metadata())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert count(batching, "resnet_rejected_requests_total", reason="overloaded") - busy == 1
+    deadline = time.monotonic() + 10
+    while len(results) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert results == [None] * 4
+    c.close()
 
 
 def test_workers_share_the_grpc_port_and_drain(model_dir: Path, tmp_path: Path) -> None:
