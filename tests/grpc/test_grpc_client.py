@@ -55,6 +55,9 @@ def test_grpc_health_service(server: ServerProcess) -> None:
         with pytest.raises(grpc.RpcError) as info:
             health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        stream = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        stream.cancel()
 
 
 def test_server_metadata_equals_rest(
