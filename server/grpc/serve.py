@@ -49,7 +49,8 @@ async def serving(state: AppState) -> AsyncIterator[None]:
     """Serve gRPC for the body of the ``async with`` (nothing if ``grpc_port`` is 0).
 
     Raises:
-        RuntimeError: the port could not be bound (the app then fails to start).
+        RuntimeError: the port could not be bound (also the lifecycle's startup error: the
+            process exits non-zero without serving).
     """
     settings = state.settings
     if not settings.grpc_port:
@@ -65,7 +66,9 @@ async def serving(state: AppState) -> AsyncIterator[None]:
     try:
         server.add_insecure_port(address)
     except RuntimeError as e:
-        raise RuntimeError(f"gRPC: cannot listen on {address}: {e}") from None
+        # As a failed model load: the process exits with this error instead of serving.
+        state.lifecycle.startup_error = f"gRPC: cannot listen on {address}: {e}"
+        raise RuntimeError(state.lifecycle.startup_error) from None
     await server.start()
     log.info("gRPC listening on %s", address)
     watch = asyncio.create_task(_follow_then_drain(state, server, health))

@@ -377,3 +377,12 @@ def test_grpc_port_zero_turns_grpc_off(model_dir: Path, tmp_path: Path) -> None:
 
 def test_grpc_listens_beside_rest(slow: ServerProcess) -> None:
     assert listening_ports(slow.proc.pid) == {int(slow.url.rsplit(":", 1)[1]), slow.grpc_port}
+
+
+def test_a_taken_grpc_port_fails_the_start(
+    slow: ServerProcess, model_dir: Path, tmp_path: Path
+) -> None:
+    """One worker: no SO_REUSEPORT, so the port of another server is not silently shared."""
+    srv = start_server(model_dir, tmp_path, models="resnet18", grpc_port=slow.grpc_port, wait=False)
+    assert srv.exit_status(60) != 0
+    assert f"gRPC: cannot listen on 127.0.0.1:{slow.grpc_port}" in srv.log, srv.log
