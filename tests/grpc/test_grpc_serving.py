@@ -386,3 +386,32 @@ def test_a_taken_grpc_port_fails_the_start(
     srv = start_server(model_dir, tmp_path, models="resnet18", grpc_port=slow.grpc_port, wait=False)
     assert srv.exit_status(60) != 0
     assert f"gRPC: cannot listen on 127.0.0.1:{slow.grpc_port}" in srv.log, srv.log
+
+
+def test_loading_is_not_serving_and_unavailable(model_dir: Path, tmp_path: Path) -> None:
+    """gRPC answers from the start of the lifespan, while resnet50 loads and warms up at every
+    batch size up to 32 (seconds on two cores): NOT_SERVING, not ready, and inference
+    UNAVAILABLE with retry-after; then SERVING."""
+    srv = start_server(model_dir, tmp_path, models="resnet50", wait=False)
+    try:
+        channel = grpc.insecure_channel(srv.grpc_url)
+        grpc.channel_ready_future(channel).result(timeout=60)
+        health = health_pb2_grpc.HealthStub(channel)
+        ask = health_pb2.HealthCheckRequest(service="")
+        assert health.Check(ask, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        c = client(srv)
+        assert not c.is_server_ready()
+        with pytest.raises(grpc.RpcError) as info:
+            stub(srv)[1].ModelInfer(raw_images_request("resnet50", random_images(1)), timeout=10)
+        err = info.value
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert err.details() in {"model 'resnet50' is loading",
+                                 "model 'resnet50' not ready: loading"}, err.details()  # fmt: skip
+        assert ("retry-after", "1") in tuple(err.trailing_metadata())
+        srv.wait_ready()
+        assert health.Check(ask, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        assert c.is_server_ready() and c.is_model_ready("resnet50")
+        c.close()
+        channel.close()
+    finally:
+        srv.stop()
