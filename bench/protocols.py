@@ -65,11 +65,19 @@ class V2Target(Target):
 
 
 def v2_body(crop: np.ndarray) -> tuple[bytes, int]:
-    header = json.dumps({
-        "inputs": [{"name": "images", "shape": [1, *crop.shape], "datatype": "UINT8",
-                    "parameters": {"binary_data_size": crop.nbytes}}],
-        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-    }).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [1, *crop.shape],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": crop.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     return header + crop.tobytes(), len(header)
 
 
@@ -122,8 +130,16 @@ class Row:
     batch: list[float]
 
 
-def run_phase(srv: ServerProc, grpc_port: int, model: str, protocol: str, level: int,
-              seconds: float, jpeg: bytes, crop: np.ndarray) -> tuple[PhaseResult, dict[str, float]]:  # fmt: skip
+def run_phase(
+    srv: ServerProc,
+    grpc_port: int,
+    model: str,
+    protocol: str,
+    level: int,
+    seconds: float,
+    jpeg: bytes,
+    crop: np.ndarray,
+) -> tuple[PhaseResult, dict[str, float]]:
     before = scrape(srv.url, model)
     if protocol == "gRPC binary":
         phase = asyncio.run(grpc_closed_loop(f"127.0.0.1:{grpc_port}", model, crop, level, seconds))
@@ -134,15 +150,24 @@ def run_phase(srv: ServerProc, grpc_port: int, model: str, protocol: str, level:
             )
         else:
             body, n = v2_body(crop)
-            target = V2Target(protocol, model, srv.port, f"/v2/models/{model}/infer", body,
-                              "application/octet-stream", header_length=n)  # fmt: skip
+            target = V2Target(
+                protocol,
+                model,
+                srv.port,
+                f"/v2/models/{model}/infer",
+                body,
+                "application/octet-stream",
+                header_length=n,
+            )
         phase = asyncio.run(closed_loop(target, level, seconds, WARMUP_S))
     b = breakdown(before, scrape(srv.url, model))
     decode_s = 0.0 if math.isnan(b.preprocess_s) else b.preprocess_s  # binary tensors: none
     return phase, {
-        "server_s": b.request_s, "pipeline_s": b.queue_s + decode_s + b.inference_s,
-        "batch": b.mean_batch, "mean_s": statistics.fmean(phase.latencies),
-    }  # fmt: skip
+        "server_s": b.request_s,
+        "pipeline_s": b.queue_s + decode_s + b.inference_s,
+        "batch": b.mean_batch,
+        "mean_s": statistics.fmean(phase.latencies),
+    }
 
 
 def table(rows: list[Row]) -> str:
@@ -177,9 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     port, grpc_port = free_port(), free_port()
     log_dir = Path("bench/out")
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {"RESNET_MODEL_DIR": str(args.model_dir.resolve()), "RESNET_MODELS": args.model,
-           "RESNET_DEFAULT_MODEL": args.model, "RESNET_PORT": str(port),
-           "RESNET_GRPC_PORT": str(grpc_port), "RESNET_PROVIDER": "cpu", "RESNET_UI": "false"}  # fmt: skip
+    env = {
+        "RESNET_MODEL_DIR": str(args.model_dir.resolve()),
+        "RESNET_MODELS": args.model,
+        "RESNET_DEFAULT_MODEL": args.model,
+        "RESNET_PORT": str(port),
+        "RESNET_GRPC_PORT": str(grpc_port),
+        "RESNET_PROVIDER": "cpu",
+        "RESNET_UI": "false",
+    }
     srv = start("protocols", ["-m", "server"], env, port, log_dir)
     rows = {
         (proto, c): Row(proto, c, [], [], [], [], [], [], []) for c in LEVELS for proto in PROTOCOLS
@@ -189,8 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         for rnd in range(ROUNDS):
             for c in LEVELS:
                 for proto in PROTOCOLS:
-                    phase, srv_side = run_phase(srv, grpc_port, args.model, proto, c,
-                                                args.seconds, jpeg, crop)  # fmt: skip
+                    phase, srv_side = run_phase(
+                        srv, grpc_port, args.model, proto, c, args.seconds, jpeg, crop
+                    )
                     row = rows[(proto, c)]
                     row.rates.append(phase.throughput)
                     row.p50.append(phase.pct(50))
@@ -199,9 +231,12 @@ def main(argv: list[str] | None = None) -> None:
                     row.server_s.append(srv_side["server_s"])
                     row.pipeline_s.append(srv_side["pipeline_s"])
                     row.batch.append(srv_side["batch"])
-                    print(f"round {rnd + 1} c={c} {proto:16s} {phase.throughput:6.1f}/s "
-                          f"p50 {phase.pct(50) * 1e3:6.1f} ms p99 {phase.pct(99) * 1e3:6.1f} ms "
-                          f"errors {phase.errors + phase.rejected} client {phase.client_cpu:.2f} cores", flush=True)  # fmt: skip
+                    print(
+                        f"round {rnd + 1} c={c} {proto:16s} {phase.throughput:6.1f}/s "
+                        f"p50 {phase.pct(50) * 1e3:6.1f} ms p99 {phase.pct(99) * 1e3:6.1f} ms "
+                        f"errors {phase.errors + phase.rejected} client {phase.client_cpu:.2f} cores",
+                        flush=True,
+                    )
     finally:
         srv.stop()
     print()

@@ -59,9 +59,11 @@ def parsed_request(request: pb.ModelInferRequest) -> ParsedRequest:
     binary: dict[int, memoryview] = {}
     for i, tensor in enumerate(request.inputs):
         entry: dict[str, Any] = {
-            "name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype,
+            "name": tensor.name,
+            "shape": list(tensor.shape),
+            "datatype": tensor.datatype,
             "parameters": parameters(tensor.parameters),
-        }  # fmt: skip
+        }
         typed = tensor.HasField("contents")
         if raw and typed:
             raise BadRequest(f"input {tensor.name[:64]!r} has both contents and raw_input_contents")
@@ -77,10 +79,14 @@ def parsed_request(request: pb.ModelInferRequest) -> ParsedRequest:
             entry["data"] = list(tensor.contents.uint_contents)  # UINT8 travels as uint32
         inputs.append(entry)
     outputs = [{"name": o.name, "parameters": parameters(o.parameters)} for o in request.outputs]
-    header = codec.validate_header({
-        "id": request.id or None, "parameters": parameters(request.parameters),
-        "inputs": inputs, "outputs": outputs or None,
-    })  # fmt: skip
+    header = codec.validate_header(
+        {
+            "id": request.id or None,
+            "parameters": parameters(request.parameters),
+            "inputs": inputs,
+            "outputs": outputs or None,
+        }
+    )
     return ParsedRequest(header, binary)
 
 
@@ -96,8 +102,9 @@ def infer_response(model: ServedModel, prepared: Prepared, scores: Scores) -> pb
         model_name=model.name, model_version=model.version, id=prepared.request_id or ""
     )
     for tensor in output_tensors(model, prepared, scores):
-        response.outputs.add(name=tensor.name, datatype=tensor.datatype,
-                             shape=list(tensor.data.shape))  # fmt: skip
+        response.outputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=list(tensor.data.shape)
+        )
         response.raw_output_contents.append(codec.raw_bytes(tensor))
     return response
 

@@ -85,8 +85,10 @@ def test_model_metadata_equals_rest(
     ]
     rest = hc.get_model_metadata("resnet50", version)
     assert (got.name, list(got.versions), got.platform) == (
-        rest["name"], rest["versions"], rest["platform"]
-    )  # fmt: skip
+        rest["name"],
+        rest["versions"],
+        rest["platform"],
+    )
 
 
 def test_model_config_equals_rest(
@@ -106,9 +108,12 @@ def test_model_config_equals_rest(
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_images_equal_rest_and_onnxruntime(
-    gc: tgrpc.InferenceServerClient, hc: thttp.InferenceServerClient, model_dir: Path,
-    name: str, batch: int,
-) -> None:  # fmt: skip
+    gc: tgrpc.InferenceServerClient,
+    hc: thttp.InferenceServerClient,
+    model_dir: Path,
+    name: str,
+    batch: int,
+) -> None:
     x = random_images(batch, seed=100 + batch)
     result = gc.infer(name, [images_input(x)], request_id="req-9")
     response = result.get_response()
@@ -163,12 +168,16 @@ def test_classification_equals_rest(
     gc: tgrpc.InferenceServerClient, hc: thttp.InferenceServerClient, model_dir: Path
 ) -> None:
     x = random_images(3, seed=21)
-    got = gc.infer("resnet18", [images_input(x)],
-                   outputs=[tgrpc.InferRequestedOutput("logits", class_count=5)])  # fmt: skip
+    got = gc.infer(
+        "resnet18", [images_input(x)], outputs=[tgrpc.InferRequestedOutput("logits", class_count=5)]
+    )
     strings = got.as_numpy("logits")
     assert strings.shape == (3, 5)
-    rest = hc.infer("resnet18", [v2.images_input(x)],
-                    outputs=[thttp.InferRequestedOutput("logits", class_count=5)])  # fmt: skip
+    rest = hc.infer(
+        "resnet18",
+        [v2.images_input(x)],
+        outputs=[thttp.InferRequestedOutput("logits", class_count=5)],
+    )
     assert strings.tolist() == rest.as_numpy("logits").tolist()
     logits, names = direct_logits(model_dir, "resnet18", x), v2.labels(model_dir, "resnet18")
     top = np.argsort(-logits[0], kind="stable")[:5]
@@ -182,8 +191,12 @@ def test_statistics_count_grpc_requests(
         (entry,) = gc.get_inference_statistics("resnet50").model_stats
         return entry
 
-    before, ok_before = stats(), v2.metric(server, "resnet_requests_total", model="resnet50",
-                                            endpoint="grpc_infer", outcome="ok")  # fmt: skip
+    before, ok_before = (
+        stats(),
+        v2.metric(
+            server, "resnet_requests_total", model="resnet50", endpoint="grpc_infer", outcome="ok"
+        ),
+    )
     gc.infer("resnet50", [images_input(random_images(3, seed=41))])
     gc.infer("resnet50", [images_input(random_images(2, seed=42))])
     v2.client(server).infer("resnet50", [v2.images_input(random_images(1, seed=43))])  # REST
@@ -192,8 +205,13 @@ def test_statistics_count_grpc_requests(
     assert after.inference_count - before.inference_count == 6  # both protocols' images
     assert 1 <= after.execution_count - before.execution_count <= 3
     assert after.inference_stats.success.count - before.inference_stats.success.count == 3
-    assert v2.metric(server, "resnet_requests_total", model="resnet50", endpoint="grpc_infer",
-                     outcome="ok") - ok_before == 2  # fmt: skip
+    assert (
+        v2.metric(
+            server, "resnet_requests_total", model="resnet50", endpoint="grpc_infer", outcome="ok"
+        )
+        - ok_before
+        == 2
+    )
     # The same document REST serves, read at the same moment.
     rest = v2.stats(server, "resnet50")
     assert json_format.MessageToDict(after, preserving_proto_field_name=True)[
@@ -267,26 +285,42 @@ def test_malformed_raw_requests(server: ServerProcess) -> None:
     two = service_pb2.ModelInferRequest(model_name="resnet18")
     two.inputs.add(name="images", datatype="UINT8", shape=[1, 224, 224, 3])
     two.raw_input_contents.extend([x.tobytes(), b""])
-    cases.append((two, "raw_input_contents has 2 entries for 1 inputs; give one per input, in "
-                       "input order, or none"))  # fmt: skip
+    cases.append(
+        (
+            two,
+            "raw_input_contents has 2 entries for 1 inputs; give one per input, in "
+            "input order, or none",
+        )
+    )
     empty = service_pb2.ModelInferRequest(model_name="resnet18")
     empty.inputs.add(name="images", datatype="UINT8", shape=[1, 224, 224, 3])
     cases.append((empty, "input 'images' has neither contents nor raw_input_contents"))
     short = service_pb2.ModelInferRequest(model_name="resnet18")
     short.inputs.add(name="images", datatype="UINT8", shape=[1, 224, 224, 3])
     short.raw_input_contents.append(x.tobytes()[:100])
-    cases.append((short, "input 'images': binary_data_size is 100 bytes, expected 150528 (shape "
-                         "[1,224,224,3] x UINT8 1 byte(s))"))  # fmt: skip
+    cases.append(
+        (
+            short,
+            "input 'images': binary_data_size is 100 bytes, expected 150528 (shape "
+            "[1,224,224,3] x UINT8 1 byte(s))",
+        )
+    )
     negative = service_pb2.ModelInferRequest(model_name="resnet18")
     negative.inputs.add(name="images", datatype="UINT8", shape=[-1, 224, 224, 3])
     negative.raw_input_contents.append(x.tobytes())
-    cases.append((negative, "invalid inference request: inputs.0.shape.0: Input should be "
-                            "greater than or equal to 0"))  # fmt: skip
+    cases.append(
+        (
+            negative,
+            "invalid inference request: inputs.0.shape.0: Input should be "
+            "greater than or equal to 0",
+        )
+    )
     channel, s = stub(server)
     with channel:
         for request, message in cases:
             with pytest.raises(grpc.RpcError) as info:
                 s.ModelInfer(request, timeout=30)
             assert (info.value.code(), info.value.details()) == (
-                grpc.StatusCode.INVALID_ARGUMENT, message
-            )  # fmt: skip
+                grpc.StatusCode.INVALID_ARGUMENT,
+                message,
+            )

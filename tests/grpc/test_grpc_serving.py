@@ -40,11 +40,19 @@ def slow(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """One image per batch, four queued at most, 1.2 s from admission to dispatch, an API key."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAULT_SLOW_S", str(SLOW_S))
-        s = start_server(model_dir, tmp_path_factory.mktemp("grpc-slow"),
-                         module="tests.fault_server", models="resnet18", batching="eager",
-                         max_batch_size=1, max_queue_size=4, queue_timeout_ms=1200,
-                         warmup_batch_sizes="1", api_key=KEY,
-                         grpc_max_message_bytes=200_000)  # fmt: skip
+        s = start_server(
+            model_dir,
+            tmp_path_factory.mktemp("grpc-slow"),
+            module="tests.fault_server",
+            models="resnet18",
+            batching="eager",
+            max_batch_size=1,
+            max_queue_size=4,
+            queue_timeout_ms=1200,
+            warmup_batch_sizes="1",
+            api_key=KEY,
+            grpc_max_message_bytes=200_000,
+        )
     yield s
     s.stop()
 
@@ -99,8 +107,11 @@ def test_api_key(slow: ServerProcess, headers: dict[str, str] | None, ok: bool) 
     else:
         with pytest.raises(InferenceServerException) as info:
             c.infer("resnet18", [images_input(x)], headers=headers)
-        assert_rpc_error(info, "UNAUTHENTICATED",
-                         "missing or invalid API key (send 'Authorization: Bearer <key>')")  # fmt: skip
+        assert_rpc_error(
+            info,
+            "UNAUTHENTICATED",
+            "missing or invalid API key (send 'Authorization: Bearer <key>')",
+        )
     after = count(slow, "resnet_requests_total", endpoint="grpc_infer", outcome="unauthorized")
     assert after - before == (0 if ok else 1)
     # Metadata, health and readiness need no key, as over REST.
@@ -121,9 +132,15 @@ def test_cancelled_calls_are_not_run(slow: ServerProcess) -> None:
     done = start_slow_batch(c)
     wait_running(slow)
     errors: list[InferenceServerException] = []
-    calls = [c.async_infer("resnet18", [images_input(random_images(1, seed=i))],
-                           callback=lambda result, error: errors.append(error), headers=AUTH)
-             for i in range(3)]  # fmt: skip
+    calls = [
+        c.async_infer(
+            "resnet18",
+            [images_input(random_images(1, seed=i))],
+            callback=lambda result, error: errors.append(error),
+            headers=AUTH,
+        )
+        for i in range(3)
+    ]
     deadline = time.monotonic() + 5
     while count(slow, "resnet_queue_depth") < 3:
         assert time.monotonic() < deadline, "the calls never queued"
@@ -139,8 +156,11 @@ def test_cancelled_calls_are_not_run(slow: ServerProcess) -> None:
     # Only the slow batch ran; the three cancelled calls cost no inference.
     assert count(slow, "resnet_inference_exec_count_total") - runs == 1
     assert count(slow, "resnet_inference_count_total") - images == 1
-    assert count(slow, "resnet_requests_total", endpoint="grpc_infer",
-                 outcome="client_disconnected") - gone == 3  # fmt: skip
+    assert (
+        count(slow, "resnet_requests_total", endpoint="grpc_infer", outcome="client_disconnected")
+        - gone
+        == 3
+    )
     assert [e.status() for e in errors] == ["StatusCode.CANCELLED"] * 3
     c.close()
 
@@ -169,12 +189,16 @@ def test_queue_timeout_is_unavailable_with_retry_after(slow: ServerProcess) -> N
     wait_running(slow)
     channel, s = stub(slow)
     with channel, pytest.raises(grpc.RpcError) as info:
-        s.ModelInfer(raw_images_request("resnet18", random_images(1)), metadata=tuple(AUTH.items()),
-                     timeout=10)  # fmt: skip
+        s.ModelInfer(
+            raw_images_request("resnet18", random_images(1)),
+            metadata=tuple(AUTH.items()),
+            timeout=10,
+        )
     err = info.value
     assert (err.code(), err.details()) == (
-        grpc.StatusCode.UNAVAILABLE, "not run within its deadline (queue_timeout 1.2 s); dropped"
-    )  # fmt: skip
+        grpc.StatusCode.UNAVAILABLE,
+        "not run within its deadline (queue_timeout 1.2 s); dropped",
+    )
     assert ("retry-after", "1") in tuple(err.trailing_metadata())
     assert done.wait(SLOW_S + 5)
     c.close()
@@ -185,8 +209,15 @@ def test_queue_full_is_resource_exhausted_with_retry_after(slow: ServerProcess) 
     c = client(slow)
     done = start_slow_batch(c)
     wait_running(slow)
-    queued = [c.async_infer("resnet18", [images_input(random_images(1, seed=i))],
-                            callback=lambda result, error: None, headers=AUTH) for i in range(4)]  # fmt: skip
+    queued = [
+        c.async_infer(
+            "resnet18",
+            [images_input(random_images(1, seed=i))],
+            callback=lambda result, error: None,
+            headers=AUTH,
+        )
+        for i in range(4)
+    ]
     deadline = time.monotonic() + 5
     while count(slow, "resnet_images_in_flight") < 5:
         assert time.monotonic() < deadline
@@ -194,8 +225,11 @@ def test_queue_full_is_resource_exhausted_with_retry_after(slow: ServerProcess) 
     full = count(slow, "resnet_rejected_requests_total", reason="queue_full")
     channel, s = stub(slow)
     with channel, pytest.raises(grpc.RpcError) as info:
-        s.ModelInfer(raw_images_request("resnet18", random_images(1)), metadata=tuple(AUTH.items()),
-                     timeout=10)  # fmt: skip
+        s.ModelInfer(
+            raw_images_request("resnet18", random_images(1)),
+            metadata=tuple(AUTH.items()),
+            timeout=10,
+        )
     err = info.value
     assert (err.code(), err.details()) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -234,9 +268,16 @@ def test_message_size_limit(slow: ServerProcess) -> None:
 
 @pytest.fixture(scope="module")
 def batching(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, tmp_path_factory.mktemp("grpc-batching"), models="resnet18",
-                     batching="delay", max_queue_delay_ms=400, max_batch_size=8,
-                     warmup_batch_sizes="1,8", max_concurrent_requests=4)  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("grpc-batching"),
+        models="resnet18",
+        batching="delay",
+        max_queue_delay_ms=400,
+        max_batch_size=8,
+        warmup_batch_sizes="1,8",
+        max_concurrent_requests=4,
+    )
     yield s
     s.stop()
 
@@ -283,8 +324,11 @@ def test_inference_calls_beyond_max_concurrent_requests(batching: ServerProcess)
     busy = count(batching, "resnet_rejected_requests_total", reason="overloaded")
     results: list[InferenceServerException | None] = []
     for i in range(4):
-        c.async_infer("resnet18", [images_input(random_images(1, seed=i))],
-                      callback=lambda result, error: results.append(error))  # fmt: skip
+        c.async_infer(
+            "resnet18",
+            [images_input(random_images(1, seed=i))],
+            callback=lambda result, error: results.append(error),
+        )
     deadline = time.monotonic() + 5
     while count(batching, "resnet_queue_depth") < 4:
         assert time.monotonic() < deadline, "the four calls never queued"
@@ -298,8 +342,9 @@ def test_inference_calls_beyond_max_concurrent_requests(batching: ServerProcess)
         )
     err = info.value
     assert (err.code(), err.details()) == (
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy: 4 gRPC inference calls in flight"
-    )  # fmt: skip
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "server busy: 4 gRPC inference calls in flight",
+    )
     assert ("retry-after", "1") in tuple(err.trailing_metadata())
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert count(batching, "resnet_rejected_requests_total", reason="overloaded") - busy == 1
@@ -313,19 +358,30 @@ def test_inference_calls_beyond_max_concurrent_requests(batching: ServerProcess)
 def test_workers_share_the_grpc_port_and_drain(model_dir: Path, tmp_path: Path) -> None:
     """Two workers bind the one gRPC port (SO_REUSEPORT) and both answer; on SIGTERM health
     turns NOT_SERVING during shutdown_delay_s while calls are still answered."""
-    srv = start_server(model_dir, tmp_path, models="resnet18", workers=2, cores=2,
-                       intra_op_threads=1, shutdown_delay_s=3)  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path,
+        models="resnet18",
+        workers=2,
+        cores=2,
+        intra_op_threads=1,
+        shutdown_delay_s=3,
+    )
     try:
         x = random_images(1, seed=7)
         expected = v2.direct_logits(model_dir, "resnet18", x)
         pids = set()
         for _ in range(6):  # fresh connections: the kernel spreads them over the workers
             c = client(srv)
-            np.testing.assert_allclose(c.infer("resnet18", [images_input(x)]).as_numpy("logits"),
-                                       expected, atol=1e-5)  # fmt: skip
+            np.testing.assert_allclose(
+                c.infer("resnet18", [images_input(x)]).as_numpy("logits"), expected, atol=1e-5
+            )
             c.close()
-        pids = {line.split("[")[1].split("]")[0] for line in srv.log.splitlines()
-                if "Started server process" in line}  # fmt: skip
+        pids = {
+            line.split("[")[1].split("]")[0]
+            for line in srv.log.splitlines()
+            if "Started server process" in line
+        }
         assert len(pids) >= 2, srv.log
         assert srv.log.count("gRPC listening on") == 2, srv.log
         channel = grpc.insecure_channel(srv.grpc_url)
@@ -405,8 +461,10 @@ def test_loading_is_not_serving_and_unavailable(model_dir: Path, tmp_path: Path)
             stub(srv)[1].ModelInfer(raw_images_request("resnet50", random_images(1)), timeout=10)
         err = info.value
         assert err.code() == grpc.StatusCode.UNAVAILABLE
-        assert err.details() in {"model 'resnet50' is loading",
-                                 "model 'resnet50' not ready: loading"}, err.details()  # fmt: skip
+        assert err.details() in {
+            "model 'resnet50' is loading",
+            "model 'resnet50' not ready: loading",
+        }, err.details()
         assert ("retry-after", "1") in tuple(err.trailing_metadata())
         srv.wait_ready()
         assert health.Check(ask, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
