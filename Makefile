@@ -20,6 +20,7 @@ help:
 	@echo "make models     export $(MODELS) into models/ (WEIGHTS=imagenet|random|PATH, QUANTIZE=int8)"
 	@echo "make bench      benchmark (docs/BENCHMARKS.md, ~30 min); make bench-quick (~5 min)"
 	@echo "make soak       2-minute steady-load memory test (opt-in)"
+	@echo "make grpc-stubs regenerate the gRPC stubs in server/grpc/proto (after make install)"
 	@echo "make docker-build  build the image (TARGET=cpu|gpu) with buildah, no registry needed"
 	@echo "make docker-run    run that image's server on :$(PORT)"
 	@echo "make docker-test   build the CPU and GPU images and test them running (~20 min, root)"
