@@ -236,7 +236,9 @@ def test_queue_full_is_resource_exhausted_with_retry_after(slow: ServerProcess) 
         "model 'resnet18' is at capacity: 5 of 5 images in flight (decoding, queued or running), "
         "1 more asked; retry later",
     )
-    assert ("retry-after", "1") in tuple(err.trailing_metadata())
+    assert {("retry-after", "1"), ("grpc-retry-pushback-ms", "1000")} <= set(
+        err.trailing_metadata()
+    )
     assert count(slow, "resnet_rejected_requests_total", reason="queue_full") - full == 1
     for call in queued:
         call.cancel()

@@ -43,4 +43,9 @@ def test_status_and_retry_after(
     code, retry = expected
     err = cls("message")
     assert code_of(err) is code
-    assert trailing_metadata(err) == (() if retry is None else (("retry-after", retry),))
+    expected = (
+        ()
+        if retry is None
+        else (("retry-after", retry), ("grpc-retry-pushback-ms", str(int(retry) * 1000)))
+    )
+    assert trailing_metadata(err) == expected
