@@ -14,6 +14,10 @@ one execution, possibly with other requests' rows.
 Output ``logits``: FP32 ``[N, classes]`` raw logits, or with ``parameters.classification = K``
 BYTES ``[N, K]`` of ``"<logit>:<index>:<label>"`` (best first, logit printed with ``%f``
 like Triton's ``std::to_string``).
+
+Protocol-neutral: REST parses a body (``prepare``), gRPC a protobuf message
+(:mod:`server.grpc.translate`), into the same ``ParsedRequest``; from there ``prepare_parsed``
+checks it and ``run`` takes it through the pipeline for both.
 """
 
 from __future__ import annotations
