@@ -12,7 +12,9 @@ server's own metrics over each phase: its request duration (the handler, from th
 arrival in the route or servicer to its answer) and the part of that inside the pipeline
 (queue wait + decode + batch execution, means). ``mean - pipeline`` is what a protocol's path
 costs over the in-process pipeline (client, transport, framework, parsing, encoding);
-``mean - server`` the part of it outside the handler. At c=8 both also hold size-biased
+``mean - server`` the part of it outside the handler. ``server CPU ms/req``: the server
+process's CPU time over the phase (warm-up included) per request answered in it, less
+sensitive to a shared machine than the latencies. At c=8 both also hold size-biased
 batch time (a request is more often in a large batch than the per-batch mean says). The load client is this process
 (asyncio: bench.load's raw HTTP/1.1 client, grpc.aio for gRPC), with prebuilt requests; only
 it and the server run during a phase.
@@ -128,6 +130,7 @@ class Row:
     server_s: list[float]
     pipeline_s: list[float]
     batch: list[float]
+    cpu_ms: list[float]
 
 
 def run_phase(
@@ -140,7 +143,7 @@ def run_phase(
     jpeg: bytes,
     crop: np.ndarray,
 ) -> tuple[PhaseResult, dict[str, float]]:
-    before = scrape(srv.url, model)
+    before, cpu = scrape(srv.url, model), srv.cpu_seconds()
     if protocol == "gRPC binary":
         phase = asyncio.run(grpc_closed_loop(f"127.0.0.1:{grpc_port}", model, crop, level, seconds))
     else:
@@ -160,13 +163,15 @@ def run_phase(
                 header_length=n,
             )
         phase = asyncio.run(closed_loop(target, level, seconds, WARMUP_S))
+    cpu = srv.cpu_seconds() - cpu
     b = breakdown(before, scrape(srv.url, model))
     decode_s = 0.0 if math.isnan(b.preprocess_s) else b.preprocess_s  # binary tensors: none
     return phase, {
         "server_s": b.request_s,
         "pipeline_s": b.queue_s + decode_s + b.inference_s,
         "batch": b.mean_batch,
-        "mean_s": statistics.fmean(phase.latencies),
+        "mean_s": statistics.fmean(phase.latencies) if phase.latencies else math.nan,
+        "cpu_ms": cpu / b.requests * 1e3 if b.requests else math.nan,
     }
 
 
@@ -174,8 +179,8 @@ def table(rows: list[Row]) -> str:
     med = statistics.median
     lines = [
         "| protocol | c | images/s (round 1 / 2) | p50 ms | p99 ms | mean ms | server ms | "
-        "pipeline ms | mean - pipeline ms | mean - server ms | mean batch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "pipeline ms | mean - pipeline ms | mean - server ms | mean batch | server CPU ms/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rates = " / ".join(f"{x:.1f}" for x in r.rates)
@@ -183,7 +188,8 @@ def table(rows: list[Row]) -> str:
             f"| {r.protocol} | {r.level} | {med(r.rates):.1f} ({rates}) | {med(r.p50) * 1e3:.1f} | "
             f"{med(r.p99) * 1e3:.1f} | {med(r.mean_s) * 1e3:.1f} | {med(r.server_s) * 1e3:.1f} | "
             f"{med(r.pipeline_s) * 1e3:.1f} | {(med(r.mean_s) - med(r.pipeline_s)) * 1e3:.1f} | "
-            f"{(med(r.mean_s) - med(r.server_s)) * 1e3:.1f} | {med(r.batch):.2f} |"
+            f"{(med(r.mean_s) - med(r.server_s)) * 1e3:.1f} | {med(r.batch):.2f} | "
+            f"{med(r.cpu_ms):.1f} |"
         )
     return "\n".join(lines)
 
@@ -213,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     srv = start("protocols", ["-m", "server"], env, port, log_dir)
     rows = {
-        (proto, c): Row(proto, c, [], [], [], [], [], [], []) for c in LEVELS for proto in PROTOCOLS
+        (proto, c): Row(proto, c, [], [], [], [], [], [], [], [])
+        for c in LEVELS
+        for proto in PROTOCOLS
     }
     try:
         srv.wait_ready("/readyz")
@@ -231,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                     row.server_s.append(srv_side["server_s"])
                     row.pipeline_s.append(srv_side["pipeline_s"])
                     row.batch.append(srv_side["batch"])
+                    row.cpu_ms.append(srv_side["cpu_ms"])
                     print(
                         f"round {rnd + 1} c={c} {proto:16s} {phase.throughput:6.1f}/s "
                         f"p50 {phase.pct(50) * 1e3:6.1f} ms p99 {phase.pct(99) * 1e3:6.1f} ms "
