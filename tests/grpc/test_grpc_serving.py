@@ -372,7 +372,6 @@ def test_workers_share_the_grpc_port_and_drain(model_dir: Path, tmp_path: Path) 
     try:
         x = random_images(1, seed=7)
         expected = v2.direct_logits(model_dir, "resnet18", x)
-        pids = set()
         for _ in range(6):  # fresh connections: the kernel spreads them over the workers
             c = client(srv)
             np.testing.assert_allclose(
