@@ -53,6 +53,14 @@ class ImageTooLarge(ServerError):
     code = "image_too_large"
 
 
+class ImageTooCostly(ServerError):
+    """Decoding the image cost more CPU time or memory than its declared size allows, or its
+    container structure (scans, strip tables) is far beyond what such an image needs."""
+
+    status = 422
+    code = "image_too_costly"
+
+
 class BodyTooLarge(ServerError):
     """The request body exceeds ``max_body_bytes``."""
 

@@ -136,6 +136,25 @@ class Settings(BaseSettings):
     # Preprocessing and limits
     preprocess_threads: int = Field(0, ge=0, description="decode threads; 0 = cores")
     fast_jpeg_decode: bool = False
+    decode_isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="process: each decode thread hands its images to a worker process held to "
+        "the decode budget below and killed past it (Linux); thread: decode in the thread "
+        "itself, bounded by size limits only",
+    )
+    decode_cpu_base_ms: float = Field(
+        250.0, gt=0, description="CPU ms a decode may take before the header is read, and the "
+        "fixed part of its budget",
+    )  # fmt: skip
+    decode_cpu_ms_per_mpixel: float = Field(
+        50.0, ge=0, description="CPU ms more a decode may take per megapixel its header declares"
+    )
+    decode_memory_bytes: int = Field(
+        1 << 30, ge=64 << 20, description="memory a decode worker may allocate beyond its start"
+    )
+    max_jpeg_scans: int = Field(
+        100, ge=1, description="most scans a JPEG may have (a progressive one has about 10)"
+    )
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(32, ge=1)
