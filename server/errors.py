@@ -75,6 +75,20 @@ class BodyTimeout(ServerError):
     code = "body_timeout"
 
 
+class HeadersTooLarge(ServerError):
+    """The request head has more headers, or more bytes, than the server takes."""
+
+    status = 431
+    code = "headers_too_large"
+
+
+class HeaderTimeout(ServerError):
+    """The request head did not arrive in time (a connection that sends nothing, or slowly)."""
+
+    status = 408
+    code = "header_timeout"
+
+
 class BadRequest(ServerError):
     """A malformed request: wrong fields, shapes, datatypes, counts."""
 

@@ -170,6 +170,20 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds for the whole request body to arrive (total, not per chunk)",
     )
+    max_connections: int = Field(
+        2048, ge=1, description="open connections and requests at once, all endpoints; past it "
+        "uvicorn answers 503 (health probes included, so keep it above max_concurrent_requests)",
+    )  # fmt: skip
+    max_headers: int = Field(100, ge=1, le=10_000, description="headers per request")
+    max_head_bytes: int = Field(
+        32 * 1024, ge=1024, description="bytes of the request line and headers together"
+    )
+    head_timeout_s: float = Field(
+        10.0, gt=0, description="seconds for a request's head to arrive, from the connection "
+        "(or the next request's first byte); the connection is closed past it",
+    )  # fmt: skip
+    keep_alive_s: float = Field(5.0, gt=0, description="idle seconds before a kept-alive "
+                                "connection is closed")  # fmt: skip
     drain_timeout_s: float = Field(20.0, ge=0)
     shutdown_delay_s: float = Field(
         0.0,
