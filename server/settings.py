@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .agreement import Floors, default_floors
 
+#: Shortest API key accepted: long enough that guessing it over the network is hopeless.
+MIN_API_KEY_CHARS = 16
+
 
 def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may use: affinity mask, capped by a cgroup v2/v1 CPU quota if set.
@@ -196,6 +199,17 @@ class Settings(BaseSettings):
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, v: SecretStr | None) -> SecretStr | None:
+        # Fail closed: an empty key (an unset variable in a manifest) must not mean "no auth".
+        if v is not None and len(v.get_secret_value().strip()) < MIN_API_KEY_CHARS:
+            raise ValueError(
+                f"api_key must be at least {MIN_API_KEY_CHARS} characters (got "
+                f"{len(v.get_secret_value().strip())}); unset it to serve without a key"
+            )
         return v
 
     @field_validator("agreement_floors", mode="before")
