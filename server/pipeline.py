@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -45,6 +47,8 @@ from .runner import Job
 from .scores import Scores
 from .settings import Settings
 from .threadname import name_os_thread
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Pipeline:
         )  # fmt: skip
         self._threads = settings.pool_threads
         self._pool: ThreadPoolExecutor | None = None
+        self._parser: ThreadPoolExecutor | None = None
         self._decode_budget = DecodeBudget(
             base_cpu_s=settings.decode_cpu_base_ms / 1000,
             cpu_s_per_mpixel=settings.decode_cpu_ms_per_mpixel / 1000,
@@ -118,13 +123,34 @@ class Pipeline:
         self._pool = ThreadPoolExecutor(
             self._threads, thread_name_prefix="preprocess", initializer=init
         )
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="parse", initializer=name_os_thread)
         # One task per thread, each waiting for the others: every thread (and its worker)
         # exists before the first image, which then pays no process start.
         barrier = threading.Barrier(self._threads)
         for _ in range(self._threads):
             self._pool.submit(_wait_quietly, barrier)
 
+    async def parse(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the one parse thread, holding a core of the budget: a request
+        body's parse (v2 JSON) never takes more than one core, nor more memory at once than
+        one body's parse.
+
+        Raises:
+            NotReady: the pipeline is not running. Whatever ``fn`` raises.
+        """
+        if self._parser is None:
+            raise NotReady("server is not running")
+
+        def run() -> T:
+            with self._budget.hold(1):
+                return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._parser, run)
+
     def close(self) -> None:
+        if self._parser is not None:
+            self._parser.shutdown(wait=False, cancel_futures=True)
+            self._parser = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(32, ge=1)
+    max_json_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024,
+        description="v2 bodies (or JSON headers) parsed as JSON: parsing grows them up to ~25x "
+        "in memory, so they get a lower cap than binary tensors; one parse runs at a time",
+    )  # fmt: skip
     max_top_k: int = Field(1000, ge=1, le=1000)
     max_concurrent_requests: int = Field(512, ge=1, description="inference requests in flight")
     max_body_bytes_in_flight: int = Field(

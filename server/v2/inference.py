@@ -75,10 +75,11 @@ async def handle(
         InvalidImage, UnsupportedImageFormat, ImageTooLarge: an ``image_bytes`` element.
         QueueFull, QueueTimeout, ShuttingDown, InferenceFailed: from the pipeline.
     """
+    max_json = state.settings.max_json_body_bytes
     if len(body) > _OFFLOAD_BYTES:
-        prepared = await asyncio.to_thread(prepare, model, body, header_length)
+        prepared = await state.pipeline.parse(prepare, model, body, header_length, max_json)
     else:
-        prepared = prepare(model, body, header_length)
+        prepared = prepare(model, body, header_length, max_json)
     n = len(prepared.rows) if prepared.rows is not None else len(prepared.encoded)
     state.pipeline.grow(model, ticket, n - 1)
     rows = prepared.rows
@@ -99,13 +100,16 @@ def respond(model: ServedModel, prepared: Prepared, scores: Scores) -> tuple[byt
     return codec.encode_response(model.name, model.version, prepared.request_id, tensors)
 
 
-def prepare(model: ServedModel, body: bytes, header_length: str | None) -> Prepared:
+def prepare(
+    model: ServedModel, body: bytes, header_length: str | None, max_json_bytes: int
+) -> Prepared:
     """Parse and check a request against ``model`` and decode its input. Blocking (CPU).
 
     Raises:
         BadRequest: see the module docstring for what is accepted.
+        BodyTooLarge: the JSON part is longer than ``max_json_bytes``.
     """
-    parsed = codec.parse_request(body, header_length)
+    parsed = codec.parse_request(body, header_length, max_json_bytes)
     outputs = _outputs(model, parsed)
     index, inp = _the_input(model, parsed)
     raw = parsed.binary.get(index)

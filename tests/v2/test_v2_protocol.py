@@ -289,3 +289,32 @@ def test_too_large_body_is_refused_before_parsing(model_dir: Path, tmp_path: Pat
             assert c.get("/v2/health/ready").status_code == 200
     finally:
         srv.stop()
+
+
+def test_json_bodies_have_their_own_lower_cap(model_dir: Path, tmp_path: Path) -> None:
+    # JSON grows ~25x when parsed ("data": [{}, {}, ...]: 2 MB became +48 MiB), so it gets a
+    # cap of its own below max_body_bytes; binary tensors of the same size are served.
+    srv = start_server(model_dir, tmp_path, models="resnet18", max_json_body_bytes=65536,
+                       warmup_batch_sizes="1")  # fmt: skip
+    try:
+        c = srv.client()
+        big = json.dumps(images(IMAGE, data=[7] * PIXELS)).encode()  # ~450 kB of JSON
+        r = c.post(INFER, content=big)
+        assert r.status_code == 413
+        assert r.json() == {
+            "error": f"the JSON part of this request is {len(big)} bytes, over the limit of "
+            "65536 for JSON; send tensors as binary data (the binary tensor data extension, "
+            "Inference-Header-Content-Length)",
+            "code": "body_too_large",
+        }
+        body, headers = binary_body(binary_images(PIXELS), b"\7" * PIXELS)
+        assert c.post(INFER, content=body, headers=headers).status_code == 200
+        objects = json.dumps(images(IMAGE, data=[{}] * 5000)).encode()
+        r = c.post(INFER, content=objects)
+        assert r.status_code == 400
+        assert (
+            r.json()["error"]
+            == "input 'images' is UINT8: JSON data holds objects, expected integers"
+        )
+    finally:
+        srv.stop()
