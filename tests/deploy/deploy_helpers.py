@@ -62,18 +62,24 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 
 
 @cache
-def _render(overlay: str, kubectl: str) -> tuple[dict[str, Any], ...]:
+def _render(path: Path, kubectl: str) -> tuple[dict[str, Any], ...]:
     import yaml
 
-    proc = run(kubectl, "kustomize", str(REPO / "k8s" / "overlays" / overlay))
-    assert proc.returncode == 0, f"kubectl kustomize {overlay} failed:\n{proc.stderr}"
+    proc = run(kubectl, "kustomize", str(path))
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
     docs = tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
-    assert docs, f"overlay {overlay} rendered nothing"
+    assert docs, f"{path} rendered nothing"
     return docs
 
 
 def render(overlay: str) -> tuple[dict[str, Any], ...]:
-    return _render(overlay, tool("kubectl"))
+    """The documents of k8s/overlays/<overlay>, as ``kubectl kustomize`` renders them."""
+    return render_path(REPO / "k8s" / "overlays" / overlay)
+
+
+def render_path(path: Path) -> tuple[dict[str, Any], ...]:
+    """The documents of the kustomization in ``path`` (cached: do not modify them)."""
+    return _render(path, tool("kubectl"))
 
 
 def one(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:

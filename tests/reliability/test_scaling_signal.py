@@ -40,7 +40,7 @@ DATA = jpeg(320, 240, seed=5)
 SCRAPE_S = 0.2
 # Offered load per step, as a fraction of the throughput measured before the ramp. Up to twice
 # what the server serves, then back down to nothing.
-RAMP_UP = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+RAMP_UP = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)
 STEP_S = 3.0
 DRAIN_S = 8.0
 CLUSTER_SETTINGS = ("RESNET_MAX_BATCH_SIZE", "RESNET_MAX_QUEUE_SIZE", "RESNET_QUEUE_TIMEOUT_MS",
@@ -87,12 +87,24 @@ class Step:
     """resnet_images_in_flight, scraped every SCRAPE_S"""
     answers: Counter[str] = field(default_factory=Counter)
     """ok or the error code, for the requests *sent* during this step"""
-    at_first_refusal: float | None = None
-    """in flight scraped right after the first 503 of the whole run, if it came in this step"""
 
     @property
     def mean(self) -> float:
         return sum(self.samples) / len(self.samples)
+
+
+@dataclass
+class Refusal:
+    """The first 503 of the run."""
+
+    code: str
+    step: Step
+    """the step its request was sent in"""
+    at_door: float
+    """images in flight by the last scrape before its request was sent: what the signal read
+    when the request that would be refused arrived"""
+    answered: float | None = None
+    """images in flight scraped right after the 503 came back"""
 
 
 class Ramp:
@@ -103,17 +115,23 @@ class Ramp:
         self.client = httpx.AsyncClient(base_url=url, limits=limits, timeout=60)
         self.scraper = httpx.AsyncClient(base_url=url, timeout=10)
         self.pending: set[asyncio.Task[None]] = set()
-        self.first_refusal: asyncio.Event = asyncio.Event()
+        self.latest = 0.0
+        self.refusal: Refusal | None = None
 
     async def one(self, step: Step) -> None:
+        at_door = self.latest
         r = await self.client.post(f"/predict/{MODEL}", content=DATA,
                                    headers={"content-type": "image/jpeg"})  # fmt: skip
         if r.status_code == 200:
             step.answers["ok"] += 1
             return
         assert r.status_code == 503, r.text
-        step.answers[r.json()["code"]] += 1
-        self.first_refusal.set()
+        code = r.json()["code"]
+        assert code in {"queue_full", "queue_timeout"}, r.text
+        step.answers[code] += 1
+        if self.refusal is None:
+            self.refusal = Refusal(code, step, at_door)
+            self.refusal.answered = await self.scrape()
 
     async def scrape(self) -> float:
         return in_flight((await self.scraper.get("/metrics")).text)
@@ -123,20 +141,17 @@ class Ramp:
         t0 = time.monotonic()
         sent = 0
         next_scrape = t0
-        refused_before = self.first_refusal.is_set()
         while (now := time.monotonic()) < t0 + seconds:
+            if now >= next_scrape:
+                self.latest = await self.scrape()
+                step.samples.append(self.latest)
+                next_scrape += SCRAPE_S
             due = int((now - t0) * step.offered) + (1 if step.offered else 0)
             for _ in range(due - sent):
                 task = asyncio.create_task(self.one(step))
                 self.pending.add(task)
                 task.add_done_callback(self.pending.discard)
             sent = max(sent, due)
-            if now >= next_scrape:
-                step.samples.append(await self.scrape())
-                next_scrape += SCRAPE_S
-            if not refused_before and self.first_refusal.is_set():
-                step.at_first_refusal = await self.scrape()
-                refused_before = True
             await asyncio.sleep(0.005)
 
     async def close(self) -> None:
@@ -145,8 +160,9 @@ class Ramp:
         await self.scraper.aclose()
 
 
-async def throughput(url: str, seconds: float = 4.0, concurrency: int = 8) -> float:
-    """Images per second the server finishes under a closed loop of ``concurrency`` clients."""
+async def throughput(url: str, concurrency: int, seconds: float = 4.0) -> float:
+    """Images per second the server finishes under a closed loop of ``concurrency`` clients
+    (the batch size: full batches, the most it serves)."""
     done = 0
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
 
@@ -165,8 +181,9 @@ async def throughput(url: str, seconds: float = 4.0, concurrency: int = 8) -> fl
         return done / (time.monotonic() - t0)
 
 
-async def ramp(url: str, rate: float) -> tuple[list[Step], list[Step]]:
-    """Up through RAMP_UP x ``rate`` (stopping one step after the first refusal), then down."""
+async def ramp(url: str, rate: float) -> tuple[list[Step], list[Step], Refusal]:
+    """Up through RAMP_UP x ``rate`` (stopping one step after the step whose requests were
+    first refused), then down to nothing."""
     load = Ramp(url)
     up: list[Step] = []
     down: list[Step] = []
@@ -175,7 +192,7 @@ async def ramp(url: str, rate: float) -> tuple[list[Step], list[Step]]:
             step = Step(offered=fraction * rate)
             up.append(step)
             await load.run(step, STEP_S)
-            if load.first_refusal.is_set() and step.at_first_refusal is None:
+            if load.refusal is not None and load.refusal.step is not step:
                 break  # a step past the first refusal: enough to see the shedding
         for fraction, seconds in ((0.25, STEP_S), (0.0, DRAIN_S)):
             step = Step(offered=fraction * rate)
@@ -183,7 +200,8 @@ async def ramp(url: str, rate: float) -> tuple[list[Step], list[Step]]:
             await load.run(step, seconds)
     finally:
         await load.close()
-    return up, down
+    assert load.refusal is not None, "the ramp never made the server refuse: raise RAMP_UP"
+    return up, down, load.refusal
 
 
 def test_in_flight_rises_before_the_first_refusal_and_falls_after(srv: ServerProcess) -> None:
@@ -193,46 +211,38 @@ def test_in_flight_rises_before_the_first_refusal_and_falls_after(srv: ServerPro
     timeout_s = float(settings["RESNET_QUEUE_TIMEOUT_MS"]) / 1000
     threshold = scaled_object_threshold()
 
-    rate = asyncio.run(throughput(srv.url))
-    up, down = asyncio.run(ramp(srv.url, rate))
+    rate = asyncio.run(throughput(srv.url, concurrency=batch))
+    up, down, refusal = asyncio.run(ramp(srv.url, rate))
 
     report = [f"{MODEL}: {rate:.1f} images/s at saturation; capacity {capacity}, "
               f"queue timeout {timeout_s:g} s, ScaledObject threshold {threshold:g}"]  # fmt: skip
     for s in up + down:
         report.append(
-            f"  offered {s.offered:6.1f}/s: in flight mean {s.mean:6.1f} max {max(s.samples):4.0f}"
-            f"  answers {dict(s.answers)}"
-            + (f"  at first refusal {s.at_first_refusal:.0f}" if s.at_first_refusal is not None
-               else "")
-        )  # fmt: skip
+            f"  offered {s.offered:5.1f}/s ({s.offered / rate:4.2f}x): in flight mean "
+            f"{s.mean:5.1f} max {max(s.samples):4.0f}  answers {dict(s.answers)}"
+        )
+    report.append(f"  first refusal: {refusal.code}, sent at {refusal.step.offered:.1f}/s with "
+                  f"{refusal.at_door:.0f} in flight, {refusal.answered:.0f} when answered")  # fmt: skip
     print("\n" + "\n".join(report))
 
-    # Refusals start somewhere in the ramp, and not while the load is under what it serves.
-    refusing = [i for i, s in enumerate(up) if s.at_first_refusal is not None]
-    assert refusing, "the ramp never made the server refuse: raise RAMP_UP"
-    first = refusing[0]
-    assert up[first].offered > 0.75 * rate, f"refused at {up[first].offered:.1f}/s of {rate:.1f}"
+    # Refusals start only once the offered load passes what the server serves.
+    first = up.index(refusal.step)
+    assert refusal.step.offered > 0.7 * rate, f"refused at {refusal.step.offered:.1f}/s"
     for s in up[:first]:
         assert set(s.answers) == {"ok"}, s.answers
-    at_refusal = up[first].at_first_refusal
-    assert at_refusal is not None
 
-    # Below saturation the signal is small; it rises with the load before the refusals start:
-    # the step before the first refusal, and the first refusal itself, sit far above where it
-    # was at a quarter of the throughput.
-    quiet = up[0].mean
-    assert quiet < batch, f"at a quarter of the throughput {quiet:.1f} in flight"
-    assert max(up[first - 1].samples + up[first].samples[:1]) > quiet
-    assert at_refusal > 2 * quiet + 2
-    # A replica refuses when its images in flight reach its budget: the admission capacity, or
-    # earlier, what it can dispatch within the queue timeout (admission refuses a request the
-    # deadline would drop). Never above the capacity.
+    # While it keeps up the signal is small: at three quarters of its throughput a replica
+    # holds less than the threshold, so KEDA does not add replicas to a replica that copes.
+    keeping_up = [s for s in up[:first] if s.offered <= 0.75 * rate]
+    assert keeping_up and max(s.mean for s in keeping_up) < threshold, keeping_up
+    # It rises with the load before the refusals start: the request refused first met a
+    # value above the threshold at the door, so KEDA's query crossed it before any refusal.
+    assert refusal.at_door > threshold, f"threshold {threshold:g}, {refusal.at_door:.0f} at door"
+    assert refusal.at_door > 4 * max(s.mean for s in keeping_up) + 1
+    # Never above the admission capacity (queue + instances x batch).
     assert max(x for s in up + down for x in s.samples) <= capacity
-    assert at_refusal <= capacity
-    # The threshold KEDA scales on is below the value at which this replica starts refusing,
-    # with room for the load to grow while new replicas start.
-    assert threshold < at_refusal, f"threshold {threshold:g} >= {at_refusal:.0f} at refusal"
+    assert refusal.answered is not None and refusal.answered <= capacity
 
     # After the ramp the backlog drains and the signal falls back to nothing.
     assert down[-1].samples[-1] == 0, down[-1].samples
-    assert down[0].mean < at_refusal
+    assert down[-1].mean < threshold
