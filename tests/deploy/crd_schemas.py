@@ -63,13 +63,17 @@ def strict(node: Any) -> Any:
     return out
 
 
-def _list_map_keys(validator: Any, keys: list[str], instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+def _list_map_keys(
+    validator: Any, keys: list[str], instance: Any, schema: dict[str, Any]
+) -> Iterator[Any]:
     """``x-kubernetes-list-type: map``: items unique on ``keys``, a missing key taking the
     item schema's default (a port without ``protocol`` is TCP)."""
     jsonschema = module("jsonschema", "jsonschema")
     if not isinstance(instance, list):
         return
-    defaults = {k: schema.get("items", {}).get("properties", {}).get(k, {}).get("default") for k in keys}
+    defaults = {
+        k: schema.get("items", {}).get("properties", {}).get(k, {}).get("default") for k in keys
+    }
     seen: dict[tuple[Any, ...], int] = {}
     for i, item in enumerate(instance):
         if not isinstance(item, dict):
@@ -93,7 +97,9 @@ def _validator(api_version: str, kind: str) -> Any:
     jsonschema = module("jsonschema", "jsonschema")
     schema = strict(raw_schema(api_version, kind))
     schema["properties"]["metadata"] = OBJECT_META
-    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    schema["required"] = sorted(
+        {*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"}
+    )
     schema["properties"]["apiVersion"] = {"const": api_version}
     schema["properties"]["kind"] = {"const": kind}
     cls = jsonschema.validators.extend(

@@ -61,6 +61,22 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
+def promtool_check_expr(expr: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``promtool check rules`` on a rule file recording ``expr``: promtool's own PromQL parser
+    (it has no command for a bare expression)."""
+    rules = tmp_path / "expr.yml"
+    rules.write_text(yaml_rule(expr))
+    return run(tool("promtool"), "check", "rules", str(rules))
+
+
+def yaml_rule(expr: str) -> str:
+    import yaml
+
+    return yaml.safe_dump(
+        {"groups": [{"name": "check", "rules": [{"record": "check", "expr": expr}]}]}
+    )
+
+
 @cache
 def _render(path: Path, kubectl: str) -> tuple[dict[str, Any], ...]:
     import yaml
