@@ -194,6 +194,7 @@ def test_threshold_below_the_admission_capacity(overlay: str) -> None:
     data = cm["data"]
     headroom = int(data["RESNET_INSTANCES"]) * int(data["RESNET_MAX_BATCH_SIZE"])
     capacity = int(data["RESNET_MAX_QUEUE_SIZE"]) + headroom
-    # At most what the engines take at once: admission never refuses below that many
-    # (server/admission.py, `headroom`), so the threshold is crossed before any refusal.
-    assert 0 < threshold <= headroom < capacity
+    # Under what the engines take at once: admission refuses no request below that many
+    # (server/admission.py, `headroom`; the deadline still can, on a starved node, which is
+    # why the measured CPU threshold sits far below it).
+    assert 0 < threshold < headroom < capacity
