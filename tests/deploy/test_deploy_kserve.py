@@ -67,7 +67,9 @@ def env(layout: str) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_renders(layout: str) -> None:
     kinds = sorted(d["kind"] for d in docs(layout))
-    assert kinds == ["ConfigMap", "InferenceService", "PodMonitor", "ServiceAccount"]
+    assert kinds == [
+        "ConfigMap", "InferenceService", "PodDisruptionBudget", "PodMonitor", "ServiceAccount"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -110,7 +112,7 @@ def test_core_objects_and_the_predictor_pod_validate_strictly(layout: str) -> No
     inlines a PodSpec) as a Pod, against Kubernetes' own schema."""
     kv = module("kubernetes_validate", "kubernetes-validate")
     for doc in docs(layout):
-        if doc["kind"] in {"ServiceAccount", "ConfigMap"}:
+        if doc["kind"] in {"ServiceAccount", "ConfigMap", "PodDisruptionBudget"}:
             kv.validate(doc, K8S_VERSION, strict=True)
     pod_spec = {k: v for k, v in predictor(layout).items() if k not in EXTENSION_FIELDS}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod_spec}
@@ -177,6 +179,20 @@ def test_probes_budget_and_security(layout: str) -> None:
     assert p["automountServiceAccountToken"] is False
     ref = env(layout)["RESNET_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
     assert ref == {"containerName": "kserve-container", "resource": "limits.cpu", "divisor": "1"}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rollouts_keep_capacity(layout: str) -> None:
+    strategy = predictor(layout)["deploymentStrategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pdb = one(docs(layout), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": isvc(layout)["metadata"]["name"]
+    }
 
 
 def test_gpu_layout() -> None:
