@@ -14,6 +14,7 @@ dropped with 503 ``queue_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,9 @@ from .admission import Ticket
 from .batcher import Completed
 from .cpubudget import CpuBudget
 from .decode import DecodeLimits
+from .decodepool import DecodeBudget, DecodePool
 from .errors import (
+    ImageTooCostly,
     ImageTooLarge,
     InvalidImage,
     NotReady,
@@ -55,43 +58,79 @@ class Decoded:
 
 def _decode_into(
     data: bytes, spec: Preprocessing, limits: DecodeLimits, out: np.ndarray, metrics: Metrics,
-    model: str, budget: CpuBudget, abandoned: threading.Event,
+    model: str, budget: CpuBudget, abandoned: threading.Event, workers: DecodePool | None,
 ) -> float:  # fmt: skip
     """Runs in the pool, on one core of the budget; timed once it has the core, so waiting
     for a thread or a core is not counted as decoding. Skipped (0 s) if its request was
-    abandoned (failed, timed out, client gone) while it waited for the core."""
+    abandoned (failed, timed out, client gone) while it waited for the core; with
+    ``workers``, the thread's worker process decodes, and is killed if the request is
+    abandoned meanwhile or the decode passes its budget (ImageTooCostly)."""
     with budget.hold(1):
         if abandoned.is_set():
             return 0.0
         start = time.monotonic()
-        preprocess(data, spec, limits, out)
+        if workers is None:
+            preprocess(data, spec, limits, out)
+        elif not workers.worker().preprocess(data, spec, limits, out, abandoned):
+            return 0.0
         seconds = time.monotonic() - start
     metrics.preprocess.labels(model).observe(seconds)
     return seconds
 
 
+def _wait_quietly(barrier: threading.Barrier) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(30)
+
+
 class Pipeline:
-    """Owns the preprocessing thread pool; stateless otherwise."""
+    """Owns the preprocessing thread pool (and its decode worker processes); stateless
+    otherwise."""
 
     def __init__(self, settings: Settings, metrics: Metrics, budget: CpuBudget) -> None:
         self._metrics = metrics
         self._budget = budget
         self._limits = DecodeLimits(
-            max_pixels=settings.max_image_pixels, fast_jpeg=settings.fast_jpeg_decode
-        )
+            max_pixels=settings.max_image_pixels, fast_jpeg=settings.fast_jpeg_decode,
+            max_jpeg_scans=settings.max_jpeg_scans,
+        )  # fmt: skip
         self._threads = settings.pool_threads
         self._pool: ThreadPoolExecutor | None = None
+        self._decode_budget = DecodeBudget(
+            base_cpu_s=settings.decode_cpu_base_ms / 1000,
+            cpu_s_per_mpixel=settings.decode_cpu_ms_per_mpixel / 1000,
+            memory_bytes=settings.decode_memory_bytes,
+        )
+        self._isolated = settings.decode_isolation == "process"
+        self._workers: DecodePool | None = None
 
     def start(self) -> None:
-        """Create the preprocessing threads (in the lifespan, so every run gets fresh ones)."""
+        """Create the preprocessing threads (in the lifespan, so every run gets fresh ones),
+        and, isolated, start each thread's decode worker in the background."""
+        self._workers = DecodePool(self._decode_budget) if self._isolated else None
+        workers = self._workers
+
+        def init() -> None:
+            name_os_thread()
+            if workers is not None:
+                workers.start_worker()
+
         self._pool = ThreadPoolExecutor(
-            self._threads, thread_name_prefix="preprocess", initializer=name_os_thread
+            self._threads, thread_name_prefix="preprocess", initializer=init
         )
+        # One task per thread, each waiting for the others: every thread (and its worker)
+        # exists before the first image, which then pays no process start.
+        barrier = threading.Barrier(self._threads)
+        for _ in range(self._threads):
+            self._pool.submit(_wait_quietly, barrier)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     def admit(self, model: ServedModel, images: int = 1) -> Ticket:
         """Take ``images`` from ``model``'s budget before reading anything.
@@ -122,7 +161,7 @@ class Pipeline:
         ``i`` (e.g. ``"input 'image_bytes' element {i}: "``).
 
         Raises:
-            InvalidImage, UnsupportedImageFormat, ImageTooLarge: from ``preprocess`` (the
+            InvalidImage, UnsupportedImageFormat, ImageTooLarge, ImageTooCostly: from ``preprocess`` (the
                 first failing image; the others are cancelled or discarded).
             QueueTimeout: the deadline passed while decoding.
         """
@@ -134,13 +173,14 @@ class Pipeline:
         abandoned = threading.Event()
         futures = [
             loop.run_in_executor(self._pool, _decode_into, data, spec, self._limits, pixels[i],
-                                 self._metrics, model.name, self._budget, abandoned)
+                                 self._metrics, model.name, self._budget, abandoned,
+                                 self._workers)
             for i, data in enumerate(items)
         ]  # fmt: skip
         try:
             async with asyncio.timeout_at(ticket.deadline):
                 seconds = await asyncio.gather(*futures)
-        except (InvalidImage, UnsupportedImageFormat, ImageTooLarge) as e:
+        except (InvalidImage, UnsupportedImageFormat, ImageTooLarge, ImageTooCostly) as e:
             if not element:
                 raise
             i = next(i for i, f in enumerate(futures) if f.done() and f.exception() is e)

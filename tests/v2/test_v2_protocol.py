@@ -261,14 +261,17 @@ def test_v2_requests_are_counted_under_their_endpoint(server: ServerProcess) -> 
 
 
 def test_api_key_guards_infer_only(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, models="resnet18", api_key="s3cret",
+    srv = start_server(model_dir, tmp_path, models="resnet18", api_key="s3cret-v2-test-key",
                        warmup_batch_sizes="1")  # fmt: skip
     try:
         c = srv.client()
         body = json.dumps(images(IMAGE, data=[0] * PIXELS)).encode()
         r = c.post(INFER, content=body)
         assert r.status_code == 401 and "API key" in r.json()["error"]
-        assert c.post(INFER, content=body, headers={"x-api-key": "s3cret"}).status_code == 200
+        assert (
+            c.post(INFER, content=body, headers={"x-api-key": "s3cret-v2-test-key"}).status_code
+            == 200
+        )
         for path in ("/v2", "/v2/health/ready", "/v2/models/resnet18", "/v2/models/resnet18/stats"):
             assert c.get(path).status_code == 200, path
     finally:
