@@ -192,6 +192,10 @@ class Settings(BaseSettings):
     )  # fmt: skip
     keep_alive_s: float = Field(5.0, gt=0, description="idle seconds before a kept-alive "
                                 "connection is closed")  # fmt: skip
+    min_upload_bytes_per_s: float = Field(
+        16 * 1024, ge=0, description="least average rate a request body must arrive at, 2 s "
+        "after it starts (408 body_timeout below it); 0 = only body_timeout_s applies",
+    )  # fmt: skip
     drain_timeout_s: float = Field(20.0, ge=0)
     shutdown_delay_s: float = Field(
         0.0,

@@ -165,6 +165,7 @@ async def _predict(state: AppState, request: Request, name: str | None, k: int) 
         pipeline = state.pipeline
         with pipeline.admit(model) as ticket:  # before a byte of the body is read
             images = await read_images(request, state.settings.max_images_per_request)
+            ticket.body_complete()
             pipeline.grow(model, ticket, len(images) - 1)
             decoded = await pipeline.decode(model, ticket, images)
             # Chunks of at most one batch, accepted or refused together (all_or_none).

@@ -6,6 +6,7 @@ little, and ordinary requests are served meanwhile."""
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerProcess, start_server
+from tests.imagegen import jpeg
 from tests.reliability.helpers import connect, metric, read_response
 
 MAX_HEADERS, MAX_HEAD_BYTES, HEAD_TIMEOUT_S = 20, 4096, 1.0
@@ -120,3 +122,51 @@ def test_ordinary_requests_are_served_beside_hostile_heads(srv: ServerProcess) -
     for s in hostile:
         assert read_response(s, timeout=10).status == 408
         s.close()
+
+
+def test_a_body_below_the_minimum_upload_rate_is_408(srv: ServerProcess) -> None:
+    with connect(srv) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n")  # fmt: skip
+        start = time.monotonic()
+        try:
+            while not readable_within(sock, 0.2):  # 500 bytes/s, far below 16 KiB/s
+                sock.sendall(b"\0" * 100)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        r = read_response(sock)
+        elapsed = time.monotonic() - start
+    assert r.status == 408
+    body = json.loads(r.body)
+    assert body["code"] == "body_timeout"
+    assert body["error"].startswith("request body arriving at ")
+    assert body["error"].endswith("bytes/s, below the minimum of 16384 bytes/s")
+    assert 2.0 <= elapsed < 5.0  # after the 2 s grace, long before the 10 s body timeout
+
+
+def test_the_queue_deadline_counts_from_the_end_of_the_body(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """An upload slower than the queue timeout (but above the minimum rate) is served: the
+    upload is the client's time; before, it was read whole and refused queue_timeout."""
+    srv = start_server(model_dir, tmp_path, models="resnet18", warmup_batch_sizes="1",
+                       queue_timeout_ms=500)  # fmt: skip
+    try:
+        data = jpeg(640, 480, seed=6) + b"\0" * 60_000
+        with connect(srv) as sock:
+            sock.sendall(b"POST /predict/resnet18 HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))  # fmt: skip
+            start = time.monotonic()
+            for i in range(0, len(data), len(data) // 15 + 1):  # ~1.5 s for the whole body
+                sock.sendall(data[i : i + len(data) // 15 + 1])
+                time.sleep(0.1)
+            r = read_response(sock)
+        assert time.monotonic() - start > 1.0
+        assert r.status == 200, r.body
+        assert len(json.loads(r.body)["results"][0]["predictions"]) == 5
+    finally:
+        srv.stop()
+
+
+def readable_within(sock: socket.socket, seconds: float) -> bool:
+    return bool(select.select([sock], [], [], seconds)[0])
