@@ -183,11 +183,34 @@ def _decode_error(fmt: str, e: BaseException) -> InvalidImage:
 
 
 def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
-    """Identify and open (header only), check the declared size. Nothing is decoded yet.
+    """Identify and open (header only), check the declared size and the container's
+    structure (scans, strip tables, chunks). Nothing is decoded yet.
 
     Raises:
         InvalidImage, UnsupportedImageFormat, ImageTooLarge: as :func:`decode`.
     """
+    img = _open_header(data, limits)
+    if img.format == "PNG":
+        _check_png_crcs(data)
+    elif img.format in ("JPEG", "MPO"):
+        _check_jpeg_scans(data, limits.max_jpeg_scans)
+    elif img.format == "TIFF":
+        _check_tiff_tables(img)
+    return img
+
+
+def declared_size(data: bytes, limits: DecodeLimits) -> tuple[int, int]:
+    """``(width, height)`` the header declares, checked against ``limits.max_pixels``; the
+    structure is not checked (:func:`open_image` does that), so this costs one header parse.
+
+    Raises:
+        InvalidImage, UnsupportedImageFormat, ImageTooLarge: as :func:`decode`.
+    """
+    size: tuple[int, int] = _open_header(data, limits).size
+    return size
+
+
+def _open_header(data: bytes, limits: DecodeLimits) -> Image.Image:
     if not data:
         raise InvalidImage("empty image body")
     unsupported = _sniff_unsupported(data)
@@ -222,23 +245,7 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
             f"image is too large: {width}x{height} = {width * height} pixels "
             f"(limit {limits.max_pixels})"
         )
-    if img.format == "PNG":
-        _check_png_crcs(data)
-    elif img.format in ("JPEG", "MPO"):
-        _check_jpeg_scans(data, limits.max_jpeg_scans)
-    elif img.format == "TIFF":
-        _check_tiff_tables(img)
     return img
-
-
-def declared_size(data: bytes, limits: DecodeLimits) -> tuple[int, int]:
-    """``(width, height)`` the header declares, after every check :func:`open_image` makes.
-
-    Raises:
-        InvalidImage, UnsupportedImageFormat, ImageTooLarge: as :func:`decode`.
-    """
-    img = open_image(data, limits)
-    return img.size
 
 
 def _check_jpeg_scans(data: bytes, limit: int) -> None:

@@ -113,6 +113,16 @@ def test_readme_limits_table_matches_the_settings() -> None:
         "max_concurrent_requests": ("512", 512),
         "max_body_bytes_in_flight": ("256 MiB", 256 * 1024 * 1024),
         "body_timeout_s": ("10", 10),
+        "min_upload_bytes_per_s": ("16384", 16 * 1024),
+        "max_json_body_bytes": ("8 MiB", 8 * 1024 * 1024),
+        "decode_cpu_base_ms": ("250", 250),
+        "decode_cpu_ms_per_mpixel": ("50", 50),
+        "decode_memory_bytes": ("1 GiB", 1 << 30),
+        "max_jpeg_scans": ("100", 100),
+        "max_headers": ("100", 100),
+        "max_head_bytes": ("32 KiB", 32 * 1024),
+        "head_timeout_s": ("10", 10),
+        "max_connections": ("2048", 2048),
     }
     assert set(rows) == set(expected)
     for name, (text, value) in expected.items():
