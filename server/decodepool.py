@@ -32,6 +32,7 @@ import resource
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -73,12 +74,17 @@ class DecodeBudget:
         return self.base_cpu_s + self.cpu_s_per_mpixel * pixels / 1e6
 
 
+OnKill = Callable[[str], None]
+"""Told why a worker was killed: ``cpu``, ``memory``, ``abandoned`` or ``crashed``."""
+
+
 class DecodeWorker:
     """One worker process and the pipe to it. Not thread-safe: one pool thread owns it."""
 
-    def __init__(self, context: Any, budget: DecodeBudget) -> None:
+    def __init__(self, context: Any, budget: DecodeBudget, on_kill: OnKill) -> None:
         self._context = context
         self._budget = budget
+        self._on_kill = on_kill
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
 
@@ -144,6 +150,7 @@ class DecodeWorker:
                 return True
             if kind == "memory":
                 self.close()  # a MemoryError can leave Pillow's state half-built: start afresh
+                self._on_kill("memory")
                 raise ImageTooCostly(
                     f"image decode needed more than its memory budget of "
                     f"{self._budget.memory_bytes // _MIB} MiB"
@@ -165,6 +172,7 @@ class DecodeWorker:
             used = _cpu_seconds(pid) - start_cpu
             if used > budget:
                 self.close()
+                self._on_kill("cpu")
                 size = f"{pixels / 1e6:.1f} MP declared" if pixels else "before its header"
                 raise ImageTooCostly(
                     f"image decode passed its CPU budget of {budget:.2f} s ({size}; "
@@ -173,6 +181,7 @@ class DecodeWorker:
                 )
             if abandoned.is_set():
                 self.close()
+                self._on_kill("abandoned")
                 return None
             try:
                 if self._conn.poll(min(_SLICE_S, max(budget - used, 0.001))):
@@ -182,6 +191,7 @@ class DecodeWorker:
                 self._process.join(1)
                 code = self._process.exitcode
                 self.close()
+                self._on_kill("crashed")
                 raise ImageTooCostly(
                     f"image decode ended its worker process (exit {code}): treated as too costly"
                 ) from None
@@ -247,8 +257,9 @@ class DecodePool:
     """The worker processes of the preprocessing pool's threads, one per thread, made on
     first use (or by :meth:`start_workers`) and killed by :meth:`close`."""
 
-    def __init__(self, budget: DecodeBudget) -> None:
+    def __init__(self, budget: DecodeBudget, on_kill: OnKill = lambda reason: None) -> None:
         self.budget = budget
+        self._on_kill = on_kill
         self._context = multiprocessing.get_context("forkserver")
         # The fork server imports the decoder once; each worker forks from it ready to decode.
         self._context.set_forkserver_preload(["server.decodepool"])
@@ -260,7 +271,7 @@ class DecodePool:
         """The calling thread's worker."""
         worker: DecodeWorker | None = getattr(self._local, "worker", None)
         if worker is None:
-            worker = DecodeWorker(self._context, self.budget)
+            worker = DecodeWorker(self._context, self.budget, self._on_kill)
             self._local.worker = worker
             with self._lock:
                 self._workers.append(worker)

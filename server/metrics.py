@@ -114,6 +114,13 @@ class Metrics:
             "headers_too_large (header count or bytes), header_timeout (head not sent in time).",
             ["reason"], registry=r,
         )  # fmt: skip
+        self.decode_kills = Counter(
+            "resnet_decode_workers_killed",
+            "Decode worker processes killed, by reason: cpu or memory (the image passed its "
+            "decode budget: 422 image_too_costly), abandoned (its request was answered first), "
+            "crashed (the worker died while decoding).",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.variant_skipped = Gauge(
             "resnet_variant_skipped",
             "Automatic variants (bf16_variants=auto) not served, 1 each, by reason: agreement "

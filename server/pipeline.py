@@ -112,7 +112,12 @@ class Pipeline:
     def start(self) -> None:
         """Create the preprocessing threads (in the lifespan, so every run gets fresh ones),
         and, isolated, start each thread's decode worker in the background."""
-        self._workers = DecodePool(self._decode_budget) if self._isolated else None
+        kills = self._metrics.decode_kills
+        self._workers = (
+            DecodePool(self._decode_budget, lambda reason: kills.labels(reason).inc())
+            if self._isolated
+            else None
+        )
         workers = self._workers
 
         def init() -> None:

@@ -80,6 +80,7 @@ def test_a_decode_past_its_cpu_budget_is_killed_and_answered_422(tight: ServerPr
     assert time.monotonic() - start < 5
     after = metric(tight, "resnet_requests_total", model="resnet18", outcome="image_too_costly")
     assert after == before + 1
+    assert metric(tight, "resnet_decode_workers_killed_total", reason="cpu") >= 1
     r = post(tight, jpeg(400, 300, seed=1), JPEG_CT)  # its worker was replaced: served
     assert r.status_code == 200, r.text
 
@@ -89,6 +90,7 @@ def test_a_decode_past_its_memory_budget_is_answered_422(tight: ServerProcess) -
     r = post(tight, gradient_png(6000, 6000, "RGBA"), PNG_CT)
     assert_error(r, 422, "image_too_costly",
                  "image decode needed more than its memory budget of 64 MiB")  # fmt: skip
+    assert metric(tight, "resnet_decode_workers_killed_total", reason="memory") == 1.0
     assert post(tight, jpeg(400, 300, seed=2), JPEG_CT).status_code == 200
 
 
@@ -139,6 +141,7 @@ def test_nothing_keeps_running_after_the_answer(model_dir: Path, tmp_path: Path)
         cpu = descendants_cpu_s(srv.proc.pid)
         time.sleep(1.0)
         assert descendants_cpu_s(srv.proc.pid) - cpu < 0.1
+        assert metric(srv, "resnet_decode_workers_killed_total", reason="abandoned") == 1.0
         assert post(srv, jpeg(400, 300, seed=4), JPEG_CT).status_code == 200
     finally:
         srv.stop()
