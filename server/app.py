@@ -88,6 +88,7 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
         max_concurrent=settings.max_concurrent_requests,
         max_bytes_in_flight=settings.max_body_bytes_in_flight,
+        min_bytes_per_s=settings.min_upload_bytes_per_s,
         on_refusal=count_unrouted,
     )
     return app

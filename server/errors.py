@@ -58,6 +58,15 @@ class ImageTooLarge(ServerError):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class ImageTooCostly(ServerError):
+    """Decoding the image cost more CPU time or memory than its declared size allows, or its
+    container structure (scans, strip tables) is far beyond what such an image needs."""
+
+    status = 422
+    code = "image_too_costly"
+    grpc_status = "INVALID_ARGUMENT"
+
+
 class BodyTooLarge(ServerError):
     """The request body exceeds ``max_body_bytes``."""
 
@@ -71,6 +80,22 @@ class BodyTimeout(ServerError):
 
     status = 408
     code = "body_timeout"
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+class HeadersTooLarge(ServerError):
+    """The request head has more headers, or more bytes, than the server takes."""
+
+    status = 431
+    code = "headers_too_large"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class HeaderTimeout(ServerError):
+    """The request head did not arrive in time (a connection that sends nothing, or slowly)."""
+
+    status = 408
+    code = "header_timeout"
     grpc_status = "DEADLINE_EXCEEDED"
 
 

@@ -54,12 +54,21 @@ class ModelInfo(BaseModel):
     preprocessing: dict[str, Any]
     batching: dict[str, Any]
     load_seconds: float
+    warnings: list[str] = Field(
+        description="automatic choices that did not go as planned for this model (a "
+        "provider=auto fallback), empty when none"
+    )
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
     default_model: str
     cpu: dict[str, Any] = Field(description="the CPU's vendor, model and matrix-unit features")
+    skipped_variants: list[dict[str, Any]] = Field(
+        description="automatic variants (bf16_variants=auto) not served, each with its reason, "
+        "message, the agreement measured and the floors it missed (null if it never ran), "
+        "and how to serve it anyway"
+    )
 
 
 @router.get("/healthz", response_model=Status)
@@ -124,6 +133,7 @@ def model_info(m: ServedModel) -> ModelInfo:
                   "max_queue_size": cfg.max_queue_size,
                   "queue_timeout_ms": cfg.queue_timeout * 1000},
         load_seconds=round(m.load_seconds, 3),
+        warnings=list(m.warnings),
     )  # fmt: skip
 
 
@@ -145,4 +155,5 @@ async def models(state: State) -> ModelList:
         models=infos,
         default_model=state.settings.default_model,
         cpu=state.repository.cpu.describe(),
+        skipped_variants=[v.describe() for v in state.repository.skipped.values()],
     )

@@ -24,7 +24,7 @@ from typing import Any, Final
 import numpy as np
 from pydantic import ValidationError
 
-from ..errors import BadRequest
+from ..errors import BadRequest, BodyTooLarge
 from .schemas import InferRequest, RequestInput
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
@@ -82,14 +82,22 @@ def check_datatype(inp: RequestInput, expected: str) -> None:
 # -- requests --------------------------------------------------------------------------------
 
 
-def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
+def parse_request(body: bytes, header_length: str | None, max_json_bytes: int) -> ParsedRequest:
     """Split ``body`` into the JSON header and the binary inputs, and validate the header.
 
     Raises:
         BadRequest: bad header length, invalid JSON (NaN/Infinity included), a header that is
             not an inference request, or binary data shorter or longer than declared.
+        BodyTooLarge: the JSON part is longer than ``max_json_bytes`` (parsing it would cost
+            up to ~25x its size in memory; binary tensors do not).
     """
     json_len = _json_length(header_length, len(body))
+    if json_len > max_json_bytes:
+        raise BodyTooLarge(
+            f"the JSON part of this request is {json_len} bytes, over the limit of "
+            f"{max_json_bytes} for JSON; send tensors as binary data (the binary tensor data "
+            f"extension, {HEADER_LENGTH})"
+        )
     view = memoryview(body)
     header = validate_header(_loads(view[:json_len], binary_follows=json_len < len(body)))
     return ParsedRequest(header, _split_binary(header, view[json_len:], header_length is not None))
@@ -218,6 +226,14 @@ def _json_array(inp: RequestInput) -> np.ndarray:
         raise BadRequest(f"input {inp.name!r} has neither 'data' nor binary_data_size")
     if not isinstance(inp.data, list):
         raise BadRequest(f"input {inp.name!r}: 'data' must be a list")
+    leaf: Any = inp.data
+    while isinstance(leaf, list) and leaf:  # refuse objects before numpy builds an array of them
+        leaf = leaf[0]
+    kind = {dict: "objects", str: "strings", type(None): "nulls"}.get(type(leaf))
+    if kind is not None:
+        raise BadRequest(
+            f"input {inp.name!r} is {inp.datatype}: JSON data holds {kind}, expected integers"
+        )
     try:
         return np.asarray(inp.data)
     except (ValueError, TypeError, RecursionError):

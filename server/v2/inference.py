@@ -79,10 +79,11 @@ async def handle(
         InvalidImage, UnsupportedImageFormat, ImageTooLarge: an ``image_bytes`` element.
         QueueFull, QueueTimeout, ShuttingDown, InferenceFailed: from the pipeline.
     """
+    max_json = state.settings.max_json_body_bytes
     if len(body) > _OFFLOAD_BYTES:
-        prepared = await asyncio.to_thread(prepare, model, body, header_length)
+        prepared = await state.pipeline.parse(prepare, model, body, header_length, max_json)
     else:
-        prepared = prepare(model, body, header_length)
+        prepared = prepare(model, body, header_length, max_json)
     scores = await run(state, model, ticket, prepared)
     if len(scores.logits) == 1 and all(o.binary for o in prepared.outputs):
         return respond(model, prepared, scores)
@@ -122,14 +123,17 @@ def output_tensors(model: ServedModel, prepared: Prepared, scores: Scores) -> li
     return [_output(model, o, scores) for o in prepared.outputs]
 
 
-def prepare(model: ServedModel, body: bytes, header_length: str | None) -> Prepared:
+def prepare(
+    model: ServedModel, body: bytes, header_length: str | None, max_json_bytes: int
+) -> Prepared:
     """Parse and check a REST request body against ``model`` and decode its input. Blocking
     (CPU).
 
     Raises:
         BadRequest: see the module docstring for what is accepted.
+        BodyTooLarge: the JSON part is longer than ``max_json_bytes``.
     """
-    return prepare_parsed(model, codec.parse_request(body, header_length))
+    return prepare_parsed(model, codec.parse_request(body, header_length, max_json_bytes))
 
 
 def prepare_parsed(model: ServedModel, parsed: ParsedRequest) -> Prepared:
