@@ -54,6 +54,7 @@ _TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _SLICE_S: Final = 0.05  # how often a waiting thread looks at its request's abandonment
 _MIB: Final = 1 << 20
 _SOCKET_BUFFER: Final = 1 << 20  # capped by net.core.wmem_max / rmem_max
+_START_TIMEOUT_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,11 @@ class DecodeWorker:
         return None if self._process is None else self._process.pid
 
     def start(self) -> None:
-        """Start the process if there is none (idempotent)."""
+        """Start the process if there is none (idempotent), and wait until it is ready.
+
+        Raises:
+            RuntimeError: it did not get ready in time (its thread's decodes then fail).
+        """
         if self._process is not None and self._process.is_alive():
             return
         parent, child = self._context.Pipe()
@@ -105,6 +110,11 @@ class DecodeWorker:
         process.start()
         child.close()
         self._process, self._conn = process, parent
+        # Wait for its "ready": what it spends starting (importing the main module, as every
+        # multiprocessing child does) is not charged to the first image's budget.
+        if not parent.poll(_START_TIMEOUT_S) or parent.recv() != ("ready",):
+            self.close()
+            raise RuntimeError(f"decode worker not ready within {_START_TIMEOUT_S:g} s")
 
     def close(self) -> None:
         """Stop the process now (SIGKILL: it holds nothing worth finishing)."""
@@ -221,6 +231,7 @@ def _cpu_seconds(pid: int | None) -> float:
 def _worker_main(conn: Connection, memory_bytes: int) -> None:
     """The worker process: decode what arrives until the pipe closes."""
     _limit_memory(memory_bytes)
+    conn.send(("ready",))
     while True:
         try:
             spec_dict, limits = conn.recv()
