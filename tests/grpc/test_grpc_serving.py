@@ -29,7 +29,7 @@ from tests.v2 import helpers as v2
 from tests.v2.helpers import random_images
 
 SLOW_S = 2.0
-KEY = "s3cret-key"
+KEY = "s3cret-grpc-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 WHITE = np.full((1, 224, 224, 3), 255, dtype=np.uint8)
 BLACK = np.zeros((1, 224, 224, 3), dtype=np.uint8)
