@@ -16,6 +16,7 @@ from . import __version__
 from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo, read_cpuinfo
 from .errors import ServerError, install_handlers
+from .grpc.serve import serving as serving_grpc
 from .hosts import AllowedHosts
 from .limits import LimitsMiddleware, is_inference
 from .metrics import SAMPLE_INTERVAL_S, Metrics
@@ -101,6 +102,7 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
         max_concurrent=settings.max_concurrent_requests,
         max_bytes_in_flight=settings.max_body_bytes_in_flight,
+        min_bytes_per_s=settings.min_upload_bytes_per_s,
         on_refusal=count_unrouted,
     )
     if settings.allowed_hosts:  # outermost: a request for another name gets nothing else
@@ -122,7 +124,9 @@ def _lifespan(
         try:
             if load_first:
                 await _loaded(state, loading)
-            yield
+            # After a load_first worker's load: no gRPC call may reach a loading worker either.
+            async with serving_grpc(state):
+                yield
         finally:
             state.lifecycle.draining = True
             for task in tasks:

@@ -115,6 +115,19 @@ class Metrics:
             "resnet_model_load_seconds", "Time to load and warm up the model (the slowest worker).",
             ["model"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.connections_refused = Counter(
+            "resnet_connections_refused",
+            "Connections answered and closed before a request reached the app, by reason: "
+            "headers_too_large (header count or bytes), header_timeout (head not sent in time).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.decode_kills = Counter(
+            "resnet_decode_workers_killed",
+            "Decode worker processes killed, by reason: cpu or memory (the image passed its "
+            "decode budget: 422 image_too_costly), abandoned (its request was answered first), "
+            "crashed (the worker died while decoding).",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.variant_skipped = Gauge(
             "resnet_variant_skipped",
             "Automatic variants (bf16_variants=auto) not served, 1 each, by reason: agreement "

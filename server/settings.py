@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .agreement import Floors, default_floors
 
+#: Shortest API key accepted: long enough that guessing it over the network is hopeless.
+MIN_API_KEY_CHARS = 16
+
 
 def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may use: affinity mask, capped by a cgroup v2/v1 CPU quota if set.
@@ -100,6 +103,14 @@ class Settings(BaseSettings):
         "none has finished for this long (a wedged pipeline); 0 = off",
     )
 
+    # gRPC (the v2 GRPCInferenceService and grpc.health.v1, beside REST: server/grpc/)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="port of the gRPC server (Triton's 8001); 0 = no gRPC"
+    )
+    grpc_max_message_bytes: int | None = Field(
+        None, ge=1024, description="largest gRPC message received or sent; unset = max_body_bytes"
+    )
+
     # Runtime
     provider: Literal["auto", "cpu", "openvino", "cuda"] = Field(
         "auto",
@@ -165,9 +176,33 @@ class Settings(BaseSettings):
     # Preprocessing and limits
     preprocess_threads: int = Field(0, ge=0, description="decode threads; 0 = cores")
     fast_jpeg_decode: bool = False
+    decode_isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="process: each decode thread hands its images to a worker process held to "
+        "the decode budget below and killed past it (Linux); thread: decode in the thread "
+        "itself, bounded by size limits only",
+    )
+    decode_cpu_base_ms: float = Field(
+        250.0, gt=0, description="CPU ms a decode may take before the header is read, and the "
+        "fixed part of its budget",
+    )  # fmt: skip
+    decode_cpu_ms_per_mpixel: float = Field(
+        50.0, ge=0, description="CPU ms more a decode may take per megapixel its header declares"
+    )
+    decode_memory_bytes: int = Field(
+        1 << 30, ge=64 << 20, description="memory a decode worker may allocate beyond its start"
+    )
+    max_jpeg_scans: int = Field(
+        100, ge=1, description="most scans a JPEG may have (a progressive one has about 10)"
+    )
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(32, ge=1)
+    max_json_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024,
+        description="v2 bodies (or JSON headers) parsed as JSON: parsing grows them up to ~25x "
+        "in memory, so they get a lower cap than binary tensors; one parse runs at a time",
+    )  # fmt: skip
     max_top_k: int = Field(1000, ge=1, le=1000)
     max_concurrent_requests: int = Field(512, ge=1, description="inference requests in flight")
     max_body_bytes_in_flight: int = Field(
@@ -180,6 +215,24 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds for the whole request body to arrive (total, not per chunk)",
     )
+    max_connections: int = Field(
+        2048, ge=1, description="open connections and requests at once, all endpoints; past it "
+        "uvicorn answers 503 (health probes included, so keep it above max_concurrent_requests)",
+    )  # fmt: skip
+    max_headers: int = Field(100, ge=1, le=10_000, description="headers per request")
+    max_head_bytes: int = Field(
+        32 * 1024, ge=1024, description="bytes of the request line and headers together"
+    )
+    head_timeout_s: float = Field(
+        10.0, gt=0, description="seconds for a request's head to arrive, from the connection "
+        "(or the next request's first byte); the connection is closed past it",
+    )  # fmt: skip
+    keep_alive_s: float = Field(5.0, gt=0, description="idle seconds before a kept-alive "
+                                "connection is closed")  # fmt: skip
+    min_upload_bytes_per_s: float = Field(
+        16 * 1024, ge=0, description="least average rate a request body must arrive at, 2 s "
+        "after it starts (408 body_timeout below it); 0 = only body_timeout_s applies",
+    )  # fmt: skip
     drain_timeout_s: float = Field(20.0, ge=0)
     shutdown_delay_s: float = Field(
         0.0,
@@ -214,6 +267,17 @@ class Settings(BaseSettings):
         if self.metrics_auth and self.api_key is None:
             raise ValueError("metrics_auth needs api_key: there is no key to ask for")
         return self
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, v: SecretStr | None) -> SecretStr | None:
+        # Fail closed: an empty key (an unset variable in a manifest) must not mean "no auth".
+        if v is not None and len(v.get_secret_value().strip()) < MIN_API_KEY_CHARS:
+            raise ValueError(
+                f"api_key must be at least {MIN_API_KEY_CHARS} characters (got "
+                f"{len(v.get_secret_value().strip())}); unset it to serve without a key"
+            )
+        return v
 
     @field_validator("agreement_floors", mode="before")
     @classmethod

@@ -174,6 +174,7 @@ async def infer(
         m = describe.model_at(state, model, version, ready=True)
         with state.pipeline.admit(m) as ticket:  # before a byte of the body is read
             body = await request.body()
+            ticket.body_complete()
             work = inference.handle(state, m, ticket, body, header)
             out, json_len = await cancel_on_disconnect(request, work)
     if json_len is None:

@@ -57,7 +57,8 @@ def test_image_config(cpu_image: Image) -> None:
     assert cfg.user == f"{UID}:{UID}"
     assert cfg.entrypoint == ("python", "-m", "server")  # exec form: no shell between
     assert cfg.stop_signal == signal.SIGTERM
-    assert cfg.exposed_ports == ("8000/tcp",)
+    assert cfg.exposed_ports == ("8000/tcp", "8001/tcp")  # REST, gRPC
+    assert cfg.env["RESNET_GRPC_PORT"] == "8001"
     assert cfg.env["RESNET_PROVIDER"] == "auto" and cfg.env["RESNET_MODEL_DIR"] == "/models"
 
 
