@@ -128,6 +128,7 @@ class InvalidHost(ServerError):
 
     status = 400
     code = "invalid_host"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class ClientDisconnected(ServerError):

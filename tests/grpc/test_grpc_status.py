@@ -16,6 +16,7 @@ EXPECTED = {
     e.ImageTooCostly: (grpc.StatusCode.INVALID_ARGUMENT, None),
     e.HeadersTooLarge: (grpc.StatusCode.INVALID_ARGUMENT, None),
     e.HeaderTimeout: (grpc.StatusCode.DEADLINE_EXCEEDED, None),
+    e.InvalidHost: (grpc.StatusCode.INVALID_ARGUMENT, None),
     e.BodyTooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, None),
     e.BodyTimeout: (grpc.StatusCode.DEADLINE_EXCEEDED, None),
     e.BadRequest: (grpc.StatusCode.INVALID_ARGUMENT, None),
