@@ -24,7 +24,9 @@ from tests.integration.test_predict import direct_probs, metric
 from tests.reliability.helpers import connect, read_response, wait_for
 from tests.reliability.test_admission import headers_only
 
-WORKER_SETTINGS = {"workers": 2, "cores": 2, "models": "resnet18", "warmup_batch_sizes": "1,4"}
+# A body held half-sent for seconds (the gauges test): no minimum upload rate.
+WORKER_SETTINGS = {"workers": 2, "cores": 2, "models": "resnet18", "warmup_batch_sizes": "1,4",
+                   "min_upload_bytes_per_s": 0}  # fmt: skip
 
 
 def workers_of(srv: ServerProcess) -> dict[str, int]:

@@ -34,7 +34,8 @@ def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                          module="tests.fault_server", models="resnet18", batching="delay",
                          max_queue_delay_ms=300, max_batch_size=BATCH, max_queue_size=QUEUE,
                          warmup_batch_sizes="1,2", max_body_bytes_in_flight=200_000,
-                         max_body_bytes=150_000)  # fmt: skip
+                         max_body_bytes=150_000,  # bodies held half-sent: no minimum rate
+                         min_upload_bytes_per_s=0)  # fmt: skip
     yield s
     s.stop()
 
