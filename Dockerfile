@@ -137,9 +137,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     RESNET_MODEL_DIR=/models \
-    RESNET_PORT=8000
+    RESNET_PORT=8000 \
+    RESNET_GRPC_PORT=8001
 WORKDIR /tmp
 EXPOSE 8000
+# gRPC: the v2 GRPCInferenceService (tritonclient.grpc) and grpc.health.v1.
+EXPOSE 8001
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RESNET_PORT', '8000'), timeout=2)"]
 STOPSIGNAL SIGTERM

@@ -11,7 +11,7 @@ WEIGHTS ?= imagenet
 # (docs/PRECISION.md, "Making reduced-precision models").
 QUANTIZE ?=
 
-.PHONY: help install models serve test lint typecheck test-tools bench bench-quick soak gpu-check clean
+.PHONY: help install models serve test lint typecheck test-tools bench bench-quick soak gpu-check clean grpc-stubs
 .PHONY: docker-tools docker-base docker-build docker-run docker-test
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make models     export $(MODELS) into models/ (WEIGHTS=imagenet|random|PATH, QUANTIZE=int8)"
 	@echo "make bench      benchmark (docs/BENCHMARKS.md, ~30 min); make bench-quick (~5 min)"
 	@echo "make soak       2-minute steady-load memory test (opt-in)"
+	@echo "make grpc-stubs regenerate the gRPC stubs in server/grpc/proto (after make install)"
 	@echo "make docker-build  build the image (TARGET=cpu|gpu) with buildah, no registry needed"
 	@echo "make docker-run    run that image's server on :$(PORT)"
 	@echo "make docker-test   build the CPU and GPU images and test them running (~20 min, root)"
@@ -126,6 +127,17 @@ docker-run: docker-tools
 
 docker-test: $(BIN)/.installed docker-tools $(DOCKER_BASE_DEP)
 	RESNET_DOCKER_TEST=1 RESNET_DOCKER_BASE=$(DOCKER_BASE) $(BIN)/python -m pytest tests/docker -p no:cacheprovider
+
+# The checked-in gRPC stubs of server/grpc/proto/*.proto (Triton's, vendored: see its README),
+# made with the grpcio-tools pinned in pyproject.toml. protoc writes `import model_config_pb2`
+# (a top-level module); the sed makes those imports relative to the package.
+GRPC_PROTO := server/grpc/proto
+grpc-stubs:
+	cd $(GRPC_PROTO) && $(abspath $(BIN))/python -m grpc_tools.protoc -I. --python_out=. \
+	  --pyi_out=. model_config.proto && $(abspath $(BIN))/python -m grpc_tools.protoc -I. \
+	  --python_out=. --pyi_out=. --grpc_python_out=. grpc_service.proto
+	sed -i -E 's/^import (model_config|grpc_service)_pb2 as /from . import \1_pb2 as /' \
+	  $(GRPC_PROTO)/*_pb2*.py $(GRPC_PROTO)/*_pb2.pyi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -221,6 +221,8 @@ def start(name: str, args: list[str], env: dict[str, str], port: int, log_dir: P
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_")}
     full_env.update(env)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
+    # gRPC off unless asked for: servers started side by side would all want port 8001.
+    full_env.setdefault("RESNET_GRPC_PORT", "0")
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, *args], cwd=ROOT, env=full_env, stdout=out,

@@ -5,12 +5,18 @@ until the batch it ran in completes: reading, decoding, waiting in the batch que
 Refusing beyond the budget *before* the body is read and decoded is what keeps an overloaded
 server useful: the work it accepts finishes, the rest costs a fast 503 and nothing else.
 
-One deadline covers the whole span: a request admitted at ``t`` must reach the engine by
-``t + timeout`` or it is dropped (503 ``queue_timeout``), whether it was still decoding or
-waiting in the queue. And it is not admitted in the first place when the images ahead of it
-would take longer than that at the rate the model has been finishing images while busy: a
-request the deadline would drop is refused at the door instead, at no cost, rather than after
-waiting out the deadline. Plain Python, no I/O: used from the event loop only.
+One deadline covers the server's own part of the span: a request whose body was complete at
+``t`` must reach the engine by ``t + timeout`` or it is dropped (503 ``queue_timeout``),
+whether it was still decoding or waiting in the queue. The upload before ``t`` is the
+client's time, bounded by the body limits instead (a slow upload is not read whole and then
+refused for lateness). And a request is not admitted in the first place when the images
+ahead of it would take longer than that to drain: a request the deadline would drop is
+refused at the door instead, at no cost, rather than after waiting out the deadline. The
+drain rate is the faster of the rate images have been finishing and what the engines
+measured per image while running (instances / engine seconds per image): finishing follows
+demand when the server is lightly loaded, and a burst after a quiet spell must be measured
+against what the engines can do, not against how little was asked. Plain Python, no I/O:
+used from the event loop only.
 """
 
 from __future__ import annotations
@@ -47,21 +53,25 @@ class Admission:
         timeout: float,
         clock: Callable[[], float] | None = None,
         headroom: int = 0,
+        instances: int = 1,
     ) -> None:
-        """``timeout``: seconds from admission to dispatch; ``capacity`` >= 1; ``clock``:
-        monotonic seconds (default: the running event loop's time); ``headroom``: images the
-        engines take at once (instances x max batch), which wait for nobody."""
+        """``timeout``: seconds from the body's arrival to dispatch; ``capacity`` >= 1;
+        ``clock``: monotonic seconds (default: the running event loop's time); ``headroom``:
+        images the engines take at once (instances x max batch), which wait for nobody;
+        ``instances``: engine instances running batches at once."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.model = model
         self.capacity = capacity
         self.timeout = timeout
         self.headroom = headroom
+        self.instances = instances
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self.in_flight = 0
         self.decoding = 0
         """images admitted but not yet handed to the batcher (the decode backlog)"""
-        self._completions: deque[tuple[float, int]] = deque()
+        self._completions: deque[tuple[float, int, float]] = deque()
+        """(when, images, engine seconds per image of their batch)"""
 
     def admit(self, images: int = 1) -> Ticket:
         """Take ``images`` from the budget, or raise QueueFull (503, nothing taken)."""
@@ -70,21 +80,29 @@ class Admission:
         return Ticket(self, images, self._clock() + self.timeout)
 
     def rate(self) -> float | None:
-        """Images per second the model has been finishing while busy, over the last
-        ``RATE_WINDOW_S``; None until enough completions were seen."""
+        """Images per second the model can drain, over the last ``RATE_WINDOW_S``: the
+        faster of the finishing rate and the engines' measured capacity; None until enough
+        completions were seen."""
         events = self._prune(self._clock())
         if len(events) < 3 or events[-1][0] - events[0][0] < RATE_MIN_SPAN_S:
             return None
-        finished = sum(n for _, n in events) - events[0][1]  # counted from the first one on
-        return finished / (events[-1][0] - events[0][0])
+        finished = sum(n for _, n, _ in events) - events[0][1]  # counted from the first one on
+        observed = finished / (events[-1][0] - events[0][0])
+        engine_seconds = sum(n * per_image for _, n, per_image in events)
+        if engine_seconds <= 0:
+            return observed
+        capacity = self.instances * sum(n for _, n, _ in events) / engine_seconds
+        return max(observed, capacity)
 
-    def completed(self, images: int) -> None:
-        """``images`` of a request finished (their batch ran). Feeds :meth:`rate`."""
+    def completed(self, images: int, engine_seconds_per_image: float = 0.0) -> None:
+        """``images`` of a request finished (their batch ran, taking
+        ``engine_seconds_per_image`` of engine time per image of the batch). Feeds
+        :meth:`rate`."""
         now = self._clock()
-        self._completions.append((now, images))
+        self._completions.append((now, images, engine_seconds_per_image))
         self._prune(now)
 
-    def _prune(self, now: float) -> deque[tuple[float, int]]:
+    def _prune(self, now: float) -> deque[tuple[float, int, float]]:
         """Drop completions older than ``RATE_WINDOW_S``: a rate is recent or it is nothing."""
         events = self._completions
         while events and events[0][0] < now - RATE_WINDOW_S:
@@ -122,7 +140,8 @@ class Ticket:
         self._admission = admission
         self.images = images
         self.deadline = deadline
-        """event-loop time by which every image must have been dispatched to the engine"""
+        """event-loop time by which every image must have been dispatched to the engine;
+        moved to ``timeout`` after the body's arrival by :meth:`body_complete`"""
         self.stage = Stage.DECODING
         self.refused = False
         """a chunk of this request was refused (so the refusal is counted once)"""
@@ -145,13 +164,18 @@ class Ticket:
             self._admission.decoding -= self.images
             self.stage = Stage.QUEUED
 
+    def body_complete(self) -> None:
+        """The request's body has arrived: its deadline counts from now (the upload was the
+        client's time)."""
+        self.deadline = self._admission._clock() + self._admission.timeout
+
     def remaining(self) -> float:
         """Seconds left before the deadline (may be negative)."""
         return self.deadline - self._admission._clock()
 
-    def completed(self, images: int) -> None:
+    def completed(self, images: int, engine_seconds_per_image: float = 0.0) -> None:
         """``images`` of this request ran (a chunk's batch completed)."""
-        self._admission.completed(images)
+        self._admission.completed(images, engine_seconds_per_image)
 
     def release(self) -> None:
         """Give the images back. Idempotent."""

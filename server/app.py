@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -15,14 +16,17 @@ from . import __version__
 from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo, read_cpuinfo
 from .errors import ServerError, install_handlers
+from .grpc.serve import serving as serving_grpc
+from .hosts import AllowedHosts
 from .limits import LimitsMiddleware, is_inference
 from .metrics import SAMPLE_INTERVAL_S, Metrics
 from .observe import record_unrouted
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
 from .repository import ModelRepository
-from .routes import health, metrics, predict, ui
+from .routes import docs, health, metrics, predict, ui
 from .runner import EngineRun
+from .scrape import SCRAPE_MAX_AGE_S, Scrapes
 from .settings import Settings
 from .state import AppState
 from .v2 import routes as v2
@@ -30,6 +34,11 @@ from .v2 import routes as v2
 log = logging.getLogger(__name__)
 
 _BATCHER_GRACE_S = 2.0
+
+#: Called once (on the event loop, no arguments) when the app's models are loaded and ready:
+#: how a worker process tells its supervisor (``server.workers``). Read by ``create_app``; a
+#: context variable rather than a parameter so that ``serving.serve`` passes it through.
+ON_READY: ContextVar[Callable[[], None] | None] = ContextVar("on_ready", default=None)
 
 
 def create_app(
@@ -58,12 +67,16 @@ def create_app(
         metrics=metrics_,
         repository=ModelRepository(settings, metrics_, cpu or read_cpuinfo(), budget, run_wrapper),
         pipeline=Pipeline(settings, metrics_, budget),
+        scrapes=Scrapes(metrics_, SCRAPE_MAX_AGE_S if metrics_.multiprocess else 0.0),
+        budget=budget,
     )
     app = FastAPI(
         title="resnet-server",
         version=__version__,
         description="ImageNet classification (ResNet18/50) on ONNX Runtime with dynamic batching.",
-        lifespan=_lifespan(state, load_first),
+        lifespan=_lifespan(state, load_first, ON_READY.get()),
+        docs_url=None,  # routes.docs, with the setting
+        redoc_url=None,
     )
     app.state.server = state
     app.openapi = openapi_with_errors(app)  # type: ignore[method-assign]
@@ -79,6 +92,8 @@ def create_app(
     routers = [health.router, predict.router, metrics.router, v2.router]
     if settings.ui:
         routers.append(ui.router)
+    if settings.docs:
+        routers.append(docs.router())
     for router in routers:
         app.include_router(router)
     app.add_middleware(
@@ -87,26 +102,31 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
         max_concurrent=settings.max_concurrent_requests,
         max_bytes_in_flight=settings.max_body_bytes_in_flight,
+        min_bytes_per_s=settings.min_upload_bytes_per_s,
         on_refusal=count_unrouted,
     )
+    if settings.allowed_hosts:  # outermost: a request for another name gets nothing else
+        app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts, on_refusal=count_unrouted)
     return app
 
 
 def _lifespan(
-    state: AppState, load_first: bool
+    state: AppState, load_first: bool, on_ready: Callable[[], None] | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.pipeline.start()
         # Load in the background so liveness and readiness (503 "loading") answer meanwhile.
-        loading = asyncio.create_task(_load(state))
+        loading = asyncio.create_task(_load(state, on_ready))
         tasks = [loading]
         if state.metrics.multiprocess:
             tasks.append(asyncio.create_task(_sample_metrics(state.metrics)))
         try:
             if load_first:
                 await _loaded(state, loading)
-            yield
+            # After a load_first worker's load: no gRPC call may reach a loading worker either.
+            async with serving_grpc(state):
+                yield
         finally:
             state.lifecycle.draining = True
             for task in tasks:
@@ -116,6 +136,7 @@ def _lifespan(
             # still queued now gets a short grace, not a second full drain.
             await state.repository.stop(min(state.settings.drain_timeout_s, _BATCHER_GRACE_S))
             state.pipeline.close()
+            state.scrapes.close()
             log.info("stopped")
 
     return lifespan
@@ -142,7 +163,7 @@ async def _sample_metrics(metrics: Metrics) -> None:
         await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 
-async def _load(state: AppState) -> None:
+async def _load(state: AppState, on_ready: Callable[[], None] | None) -> None:
     try:
         await state.repository.load_all()
     except Exception as e:
@@ -152,6 +173,8 @@ async def _load(state: AppState) -> None:
     state.lifecycle.started = True
     if state.repository.ready:
         log.info("ready: serving %s", sorted(state.repository.models))
+        if on_ready is not None:
+            on_ready()
     else:
         bad = {n: m.not_ready_reason for n, m in state.repository.models.items() if not m.ready}
         if state.settings.workers > 1:

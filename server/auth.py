@@ -6,6 +6,7 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 
 from .errors import Unauthorized
 from .state import AppState, get_state
@@ -27,5 +28,19 @@ async def require_api_key(request: Request, state: Annotated[AppState, Depends(g
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         given = auth[7:].strip()
+    if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>')")
+
+
+def check_api_key(expected: SecretStr | None, authorization: str, x_api_key: str) -> None:
+    """The same check as :func:`require_api_key`, for callers outside FastAPI (gRPC metadata):
+    ``authorization`` is ``Bearer <key>`` or ``x_api_key`` the key; constant-time compare.
+
+    Raises:
+        Unauthorized: a key is configured and the one given is missing or wrong.
+    """
+    if expected is None:
+        return
+    given = authorization[7:].strip() if authorization.lower().startswith("bearer ") else x_api_key
     if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
         raise Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>')")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from .repository import discover
 from .serving import serve
-from .settings import Settings
+from .settings import MIN_API_KEY_CHARS, Settings
 from .workers import Supervisor
 
 
@@ -52,11 +53,28 @@ def main(argv: list[str] | None = None) -> None:
         discover(settings)
     except FileNotFoundError as e:
         sys.exit(str(e))
+    _warn_if_open(settings)
     if settings.workers > 1:
         sys.exit(Supervisor(settings).run())
     error = serve(settings)
     if error:
         sys.exit(f"exiting: {error}")
+
+
+def _warn_if_open(settings: Settings) -> None:
+    """Say so when anyone who can reach the port can use the server."""
+    if settings.api_key is not None:
+        return
+    try:
+        loopback = ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        loopback = settings.host == "localhost"
+    if not loopback:
+        logging.getLogger("server").warning(
+            "serving without an API key on %s: anyone who can reach port %d can use it; set "
+            "RESNET_API_KEY (%d+ characters) or bind to 127.0.0.1", settings.host,
+            settings.port, MIN_API_KEY_CHARS,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,11 +8,16 @@ two decodes) share cores, and every parallel operator of the run waits at its ba
 the thread that lost its core. Waiters are served first come, first served, so a run
 waiting for all the cores is not starved by a stream of one-core decodes. Blocking; called
 from worker threads only (never the event loop).
+
+Every decode and every engine run passes through here, so the budget also tells whether
+that work is moving (:meth:`CpuBudget.stalled_s`, read by readiness): work holds or waits for
+cores, and no hold has ended for so long.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,11 +33,25 @@ class CpuBudget:
         self._free = cores
         self._lock = threading.Lock()
         self._waiters: deque[tuple[int, threading.Event]] = deque()
+        self._moved = time.monotonic()  # the last release, or the start of work on an idle budget
 
     @property
     def busy(self) -> int:
         """Cores held right now."""
         return self.cores - self._free
+
+    @property
+    def waiting(self) -> int:
+        """Holds waiting for cores right now."""
+        return len(self._waiters)
+
+    def stalled_s(self) -> float:
+        """Seconds that work holding or waiting for cores has gone without any hold ending
+        (monotonic); 0.0 while no core is held or waited for."""
+        with self._lock:
+            if self._free == self.cores and not self._waiters:
+                return 0.0
+            return time.monotonic() - self._moved
 
     @contextmanager
     def hold(self, n: int) -> Iterator[None]:
@@ -46,6 +65,8 @@ class CpuBudget:
 
     def _acquire(self, n: int) -> None:
         with self._lock:
+            if self._free == self.cores and not self._waiters:
+                self._moved = time.monotonic()  # idle until now: nothing was stalled
             if not self._waiters and self._free >= n:
                 self._free -= n
                 return
@@ -55,6 +76,7 @@ class CpuBudget:
 
     def _release(self, n: int) -> None:
         with self._lock:
+            self._moved = time.monotonic()
             self._free += n
             while self._waiters and self._waiters[0][0] <= self._free:
                 need, event = self._waiters.popleft()

@@ -22,18 +22,27 @@ from PIL import Image, UnidentifiedImageError, features
 
 from server.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
 
-__all__ = ["SUPPORTED_FORMATS", "DecodeLimits", "decode", "load_rgb", "open_image", "orientation"]
+__all__ = [
+    "SUPPORTED_FORMATS", "DecodeLimits", "declared_size", "decode", "load_rgb", "open_image",
+    "orientation",
+]  # fmt: skip
 
-#: Pillow format names this server decodes. Anything else is refused (415) without being
-#: parsed further, so rarely used (and rarely audited) Pillow plugins never see client bytes.
+#: Pillow format names this server decodes: an allow-list, each with why it is worth its risk.
+#: Anything else is refused (415) without being parsed further, so rarely used (and rarely
+#: audited) Pillow plugins never see client bytes. Whatever the format, a decode runs in a
+#: worker process held to a CPU and memory budget (``server.decodepool``).
 SUPPORTED_FORMATS: Final[tuple[str, ...]] = (
-    "JPEG",  # includes MPO (JPEG + extra pictures, phone cameras): the first is the primary
-    "PNG",
-    "GIF",
-    "WEBP",
-    "BMP",
+    # What cameras and the web produce; MPO (JPEG + extra pictures, phone cameras): the first
+    # is the primary. libjpeg-turbo; the scan count is checked before decoding.
+    "JPEG",
+    "PNG",  # screenshots, datasets; zlib; every critical chunk's CRC is checked first
+    "GIF",  # still common on the web; the first frame only (later frames are never decoded)
+    "WEBP",  # the web's default; libwebp; the first frame only
+    "BMP",  # datasets and Windows tools; uncompressed or RLE, bounded by the pixel count
+    # scanners, microscopy, GIS exports; libtiff, the largest surface here: strip and tile
+    # tables are checked against the image size before decoding, the first page only
     "TIFF",
-    *(("AVIF",) if features.check_module("avif") else ()),
+    *(("AVIF",) if features.check_module("avif") else ()),  # where Pillow has libavif
 )
 
 # EXIF Orientation (tag 0x0112) -> the transpose that makes the image upright
@@ -95,15 +104,22 @@ class DecodeLimits:
         fast_jpeg: decode large JPEGs at a reduced DCT scale (Pillow's draft mode) to at least
             twice the resize target on the shorter side, then resize as usual. Faster, but not
             bit-exact with torchvision.
+        max_jpeg_scans: most start-of-scan markers a JPEG may hold. A progressive JPEG has
+            about 10 (libjpeg's default script), an MPO or an EXIF thumbnail adds a few; each
+            scan makes the decoder pass over the whole image again (300 small scans made a
+            4 MP file cost 26x its baseline decode).
     """
 
     max_pixels: int = 40_000_000
     max_resized_pixels: int = 50_000_000
     fast_jpeg: bool = False
+    max_jpeg_scans: int = 100
 
     def __post_init__(self) -> None:
-        if self.max_pixels < 1 or self.max_resized_pixels < 1:
-            raise ValueError("DecodeLimits.max_pixels and max_resized_pixels must be >= 1")
+        if self.max_pixels < 1 or self.max_resized_pixels < 1 or self.max_jpeg_scans < 1:
+            raise ValueError(
+                "DecodeLimits.max_pixels, max_resized_pixels and max_jpeg_scans must be >= 1"
+            )
 
 
 def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
@@ -170,11 +186,34 @@ def _decode_error(fmt: str, e: BaseException) -> InvalidImage:
 
 
 def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
-    """Identify and open (header only), check the declared size. Nothing is decoded yet.
+    """Identify and open (header only), check the declared size and the container's
+    structure (scans, strip tables, chunks). Nothing is decoded yet.
 
     Raises:
         InvalidImage, UnsupportedImageFormat, ImageTooLarge: as :func:`decode`.
     """
+    img = _open_header(data, limits)
+    if img.format == "PNG":
+        _check_png_crcs(data)
+    elif img.format in ("JPEG", "MPO"):
+        _check_jpeg_scans(data, limits.max_jpeg_scans)
+    elif img.format == "TIFF":
+        _check_tiff_tables(img)
+    return img
+
+
+def declared_size(data: bytes, limits: DecodeLimits) -> tuple[int, int]:
+    """``(width, height)`` the header declares, checked against ``limits.max_pixels``; the
+    structure is not checked (:func:`open_image` does that), so this costs one header parse.
+
+    Raises:
+        InvalidImage, UnsupportedImageFormat, ImageTooLarge: as :func:`decode`.
+    """
+    size: tuple[int, int] = _open_header(data, limits).size
+    return size
+
+
+def _open_header(data: bytes, limits: DecodeLimits) -> Image.Image:
     if not data:
         raise InvalidImage("empty image body")
     unsupported = _sniff_unsupported(data)
@@ -209,9 +248,60 @@ def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
             f"image is too large: {width}x{height} = {width * height} pixels "
             f"(limit {limits.max_pixels})"
         )
-    if img.format == "PNG":
-        _check_png_crcs(data)
     return img
+
+
+def _check_jpeg_scans(data: bytes, limit: int) -> None:
+    """Refuse a JPEG with more than ``limit`` start-of-scan markers.
+
+    In entropy-coded data every 0xFF byte is followed by 0x00 (stuffing) or a restart marker,
+    so ``FF DA`` occurs only as a marker: counting it is exact and costs one pass over bytes.
+
+    Raises:
+        InvalidImage: too many scans.
+    """
+    scans = data.count(b"\xff\xda")
+    if scans > limit:
+        raise InvalidImage(
+            f"cannot decode JPEG image: {scans} scans (limit {limit}; a progressive JPEG has "
+            "about 10): refused before decoding"
+        )
+
+
+# TIFF tags (TIFF 6.0): the strip and tile tables and what they must match.
+_ROWS_PER_STRIP, _STRIP_OFFSETS, _STRIP_BYTES = 278, 273, 279
+_TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS, _TILE_BYTES = 322, 323, 324, 325
+_SAMPLES_PER_PIXEL, _PLANAR_CONFIG = 277, 284
+
+
+def _check_tiff_tables(img: Image.Image) -> None:
+    """Refuse a TIFF whose strip or tile tables hold more entries than its size needs (each
+    entry is a seek and a decoder call: a table much longer than the image is pure cost).
+
+    Raises:
+        InvalidImage: a table longer than the image needs, or a zero strip/tile size.
+    """
+    tags = getattr(img, "tag_v2", {})
+    width, height = img.size
+    planes = int(tags.get(_SAMPLES_PER_PIXEL, 1)) if tags.get(_PLANAR_CONFIG, 1) == 2 else 1
+    if _TILE_OFFSETS in tags:
+        tw, th = int(tags.get(_TILE_WIDTH, 0)), int(tags.get(_TILE_LENGTH, 0))
+        if tw < 1 or th < 1:
+            raise InvalidImage("cannot decode TIFF image: zero tile size")
+        needed = -(-width // tw) * -(-height // th) * planes
+        table, what = _TILE_OFFSETS, "tiles"
+    else:
+        rows = int(tags.get(_ROWS_PER_STRIP, height) or height)
+        needed = -(-height // max(1, min(rows, height))) * planes
+        table, what = _STRIP_OFFSETS, "strips"
+    for tag in (table, _TILE_BYTES if table == _TILE_OFFSETS else _STRIP_BYTES):
+        entries = tags.get(tag, ())
+        count = len(entries) if isinstance(entries, tuple) else 1
+        if count > needed:
+            raise InvalidImage(
+                f"cannot decode TIFF image: {count} {what} declared, a {width}x{height} image "
+                f"needs {needed}: refused before decoding"
+            )
 
 
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
@@ -225,13 +315,24 @@ def _check_png_crcs(data: bytes) -> None:
     are not checked, as libpng only warns about them.
 
     Raises:
-        InvalidImage: a bad CRC, or the data ends before the IEND chunk. Pillow stops reading
+        InvalidImage: a bad CRC, too many chunks for the file's size, or the data ends before
+            the IEND chunk. Pillow stops reading
             once it has every row, so a PNG cut inside its last IDAT chunk (or missing IEND)
             would otherwise be served.
     """
     pos = len(_PNG_SIGNATURE)
     end = len(data)
+    # Encoders write IDAT chunks of 8 kB or more (libpng's default); each chunk is a decoder
+    # call, so a file of tiny chunks (a million empty IDATs in 12 MB decoded in 1.7 s for a
+    # 64x64 image) is refused by count, before the first one is decoded.
+    most, chunks = 64 + end // 1024, 0
     while pos + 12 <= end:
+        chunks += 1
+        if chunks > most:
+            raise InvalidImage(
+                f"cannot decode PNG image: more than {most} chunks in {end} bytes (an average "
+                "chunk under 1 kB): refused before decoding"
+            )
         (length,) = struct.unpack_from(">I", data, pos)
         ctype = data[pos + 4 : pos + 8]
         stop = pos + 8 + length

@@ -1,9 +1,10 @@
 """Domain errors, and the single place where they become HTTP responses.
 
 Every error the server raises on purpose is a :class:`ServerError` with a stable
-machine-readable ``code`` and an HTTP ``status``. Handlers in :func:`install_handlers`
-turn them into ``{"error": "<message>", "code": "<code>"}``; anything else is a 500 that
-says only "internal error" and logs the traceback.
+machine-readable ``code``, an HTTP ``status`` and a gRPC status (``grpc_status``, the name of a
+``grpc.StatusCode``; :mod:`server.grpc.status` turns it into one). Handlers in
+:func:`install_handlers` turn them into ``{"error": "<message>", "code": "<code>"}``; anything
+else is a 500 that says only "internal error" and logs the traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ServerError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    grpc_status: ClassVar[str] = "INTERNAL"
     retry_after: ClassVar[int | None] = None
 
     def __init__(self, message: str) -> None:
@@ -37,6 +39,7 @@ class InvalidImage(ServerError):
 
     status = 400
     code = "invalid_image"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class UnsupportedImageFormat(ServerError):
@@ -44,6 +47,7 @@ class UnsupportedImageFormat(ServerError):
 
     status = 415
     code = "unsupported_media_type"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class ImageTooLarge(ServerError):
@@ -51,6 +55,16 @@ class ImageTooLarge(ServerError):
 
     status = 413
     code = "image_too_large"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class ImageTooCostly(ServerError):
+    """Decoding the image cost more CPU time or memory than its declared size allows, or its
+    container structure (scans, strip tables) is far beyond what such an image needs."""
+
+    status = 422
+    code = "image_too_costly"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class BodyTooLarge(ServerError):
@@ -58,6 +72,7 @@ class BodyTooLarge(ServerError):
 
     status = 413
     code = "body_too_large"
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class BodyTimeout(ServerError):
@@ -65,6 +80,23 @@ class BodyTimeout(ServerError):
 
     status = 408
     code = "body_timeout"
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+class HeadersTooLarge(ServerError):
+    """The request head has more headers, or more bytes, than the server takes."""
+
+    status = 431
+    code = "headers_too_large"
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class HeaderTimeout(ServerError):
+    """The request head did not arrive in time (a connection that sends nothing, or slowly)."""
+
+    status = 408
+    code = "header_timeout"
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class BadRequest(ServerError):
@@ -72,6 +104,7 @@ class BadRequest(ServerError):
 
     status = 400
     code = "bad_request"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class InvalidParameter(ServerError):
@@ -79,6 +112,7 @@ class InvalidParameter(ServerError):
 
     status = 422
     code = "invalid_parameter"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class Unauthorized(ServerError):
@@ -86,6 +120,15 @@ class Unauthorized(ServerError):
 
     status = 401
     code = "unauthorized"
+    grpc_status = "UNAUTHENTICATED"
+
+
+class InvalidHost(ServerError):
+    """The request's Host is not on ``allowed_hosts`` (DNS rebinding)."""
+
+    status = 400
+    code = "invalid_host"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class ClientDisconnected(ServerError):
@@ -93,6 +136,7 @@ class ClientDisconnected(ServerError):
 
     status = 499  # nginx's "client closed request": nobody reads it, but logs and metrics do
     code = "client_disconnected"
+    grpc_status = "CANCELLED"
 
 
 class UnknownModel(ServerError):
@@ -100,6 +144,7 @@ class UnknownModel(ServerError):
 
     status = 404
     code = "unknown_model"
+    grpc_status = "NOT_FOUND"
 
 
 class NotReady(ServerError):
@@ -107,6 +152,7 @@ class NotReady(ServerError):
 
     status = 503
     code = "not_ready"
+    grpc_status = "UNAVAILABLE"
     retry_after = 1
 
 
@@ -115,6 +161,7 @@ class QueueFull(ServerError):
 
     status = 503
     code = "queue_full"
+    grpc_status = "RESOURCE_EXHAUSTED"
     retry_after = 1
 
 
@@ -123,7 +170,17 @@ class QueueTimeout(ServerError):
 
     status = 503
     code = "queue_timeout"
+    grpc_status = "UNAVAILABLE"
     retry_after = 1
+
+
+class DeadlineExceeded(ServerError):
+    """The caller's own deadline (a gRPC call's) passed before the request was run; dropped.
+    (REST requests have no deadline of their own: theirs is ``queue_timeout``.)"""
+
+    status = 504
+    code = "deadline_exceeded"
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class Overloaded(ServerError):
@@ -131,6 +188,7 @@ class Overloaded(ServerError):
 
     status = 503
     code = "overloaded"
+    grpc_status = "RESOURCE_EXHAUSTED"
     retry_after = 1
 
 
@@ -139,6 +197,7 @@ class ShuttingDown(ServerError):
 
     status = 503
     code = "shutting_down"
+    grpc_status = "UNAVAILABLE"
     retry_after = 5
 
 
@@ -147,6 +206,7 @@ class InferenceFailed(ServerError):
 
     status = 500
     code = "inference_failed"
+    grpc_status = "INTERNAL"
 
 
 def error_body(err: ServerError) -> dict[str, str]:

@@ -13,7 +13,6 @@ Blocking (runs the engine); called in a thread at load.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,15 @@ from .photos import Photo, photo_batch, verification_photos
 
 
 class AgreementError(RuntimeError):
-    """The variant misses its agreement floors on this machine; the message names the fix."""
+    """The variant misses its agreement floors on this machine; the message names the fix.
+
+    ``agreement`` and ``floors``: what was measured and what it missed.
+    """
+
+    def __init__(self, message: str, agreement: Agreement, floors: Floors) -> None:
+        super().__init__(message)
+        self.agreement = agreement
+        self.floors = floors
 
 
 @dataclass(frozen=True)
@@ -55,10 +62,11 @@ def _photos_of(reference_photos: tuple[tuple[str, str], ...]) -> list[Photo] | N
 
 
 def check_agreement(
-    name: str, engine: Engine, overrides: Mapping[str, float] | None = None
+    name: str, engine: Engine, floors: Floors | None = None
 ) -> LoadAgreement | None:
     """Measure ``engine`` against its file's reference; None if the file carries none (files
-    exported before the reference existed) or was made with other photos.
+    exported before the reference existed) or was made with other photos. ``floors``: what
+    to hold it to (default: its precision's :data:`~server.agreement.DEFAULT_FLOORS`).
 
     Raises:
         AgreementError: a floor of the served precision is missed.
@@ -74,7 +82,7 @@ def check_agreement(
     batch = photo_batch(photos, engine.meta.preprocessing)
     # The variant's precision (the file's, or bf16), not what this CPU executed: an fp16 file
     # that OpenVINO upcasts still carries fp16-rounded weights and is judged as fp16.
-    floors = default_floors(report.requested_precision).with_overrides(overrides or {})
+    floors = floors or default_floors(report.requested_precision)
     agreement = compare(reference.logits, engine.run(0, batch))
     _refuse_if_missed(name, report, agreement, floors, "")
     # With sessions per batch size (CUDA), those are the sessions traffic runs on.
@@ -109,5 +117,7 @@ def _refuse_if_missed(
             f"misses its agreement floors on {agreement.photos} verification photos: "
             f"{'; '.join(missed)}. Serve the fp32 model, re-export this one on this machine "
             "(python -m export ... --precision ...), or set agreement_check=false to serve "
-            "it anyway"
+            "it anyway",
+            agreement,
+            floors,
         )

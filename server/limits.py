@@ -14,6 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import BodyTimeout, BodyTooLarge, ClientDisconnected, Overloaded, ServerError
 
+#: Seconds a body may take before the minimum upload rate applies (connection set-up, TCP
+#: slow start, a client that computes its multipart framing first).
+UPLOAD_GRACE_S = 2.0
+
 
 def is_inference(scope: Scope) -> bool:
     """A POST to ``/predict...`` or a v2 ``.../infer``: what the limits and counters cover."""
@@ -34,9 +38,11 @@ async def send_error(send: Send, err: ServerError) -> None:
 class LimitsMiddleware:
     """Applies to POST inference paths only; health, metrics and metadata always get through.
 
-    Body bytes in flight: a request reserves its declared ``Content-Length`` at the door
-    (refused if the reservation would pass ``max_bytes_in_flight``), and a body without one
-    reserves as it arrives; the reservation is returned when the response is sent.
+    Body bytes in flight: a request is refused at the door if its declared ``Content-Length``
+    would not fit in ``max_bytes_in_flight`` now, and reserves bytes as they arrive (a slow
+    upload declaring 20 MiB holds what it has sent, not 20 MiB); the reservation is returned
+    when the response is sent. A body must keep arriving at ``min_bytes_per_s`` on average
+    once ``UPLOAD_GRACE_S`` have passed, and arrive whole within ``body_timeout_s``.
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class LimitsMiddleware:
         body_timeout_s: float,
         max_concurrent: int,
         max_bytes_in_flight: int,
+        min_bytes_per_s: float = 0.0,
         on_refusal: Callable[[Scope, ServerError], None] = lambda scope, err: None,
     ) -> None:
         self.app = app
@@ -54,6 +61,7 @@ class LimitsMiddleware:
         self.timeout = body_timeout_s
         self.max_concurrent = max_concurrent
         self.max_bytes = max_bytes_in_flight
+        self.min_rate = min_bytes_per_s
         self.on_refusal = on_refusal
         self.active = 0
         self.bytes_in_flight = 0
@@ -70,11 +78,10 @@ class LimitsMiddleware:
             await send_error(send, refusal)
             return
         self.active += 1
-        reservation = [declared]  # grows if the body turns out longer than declared
-        self.bytes_in_flight += declared
+        reservation = [0]  # grows as the body arrives
         try:
-            deadline = asyncio.get_running_loop().time() + self.timeout
-            await self.app(scope, self._guarded(receive, deadline, reservation), send)
+            start = asyncio.get_running_loop().time()
+            await self.app(scope, self._guarded(receive, start, reservation), send)
         finally:
             self.active -= 1
             self.bytes_in_flight -= reservation[0]
@@ -96,22 +103,34 @@ class LimitsMiddleware:
             f"server busy: {self.bytes_in_flight} body bytes in flight (limit {self.max_bytes})"
         )
 
-    def _guarded(self, receive: Receive, deadline: float, reservation: list[int]) -> Receive:
-        """``receive`` with the size limits and one deadline (loop time) for the whole body.
+    def _guarded(self, receive: Receive, start: float, reservation: list[int]) -> Receive:
+        """``receive`` with the size limits, one deadline (loop time) for the whole body, and
+        the minimum average rate after the grace period.
 
         A per-chunk timeout would let a client trickling 1 byte every 100 ms hold a slot and
         a socket for as long as it likes.
         """
         received, complete = 0, False
+        deadline = start + self.timeout
 
         async def guarded() -> Message:
             nonlocal received, complete
             if complete:  # body done: later reads only wait for a disconnect, no timeout
                 return await receive()
+            # The time by which the bytes so far, plus the next, keep the average rate up.
+            slow_at = (
+                start + UPLOAD_GRACE_S + received / self.min_rate if self.min_rate else deadline
+            )
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(min(deadline, slow_at)):
                     message = await receive()
             except TimeoutError:
+                if slow_at < deadline:
+                    elapsed = asyncio.get_running_loop().time() - start
+                    raise BodyTimeout(
+                        f"request body arriving at {received / elapsed:.0f} bytes/s, below the "
+                        f"minimum of {self.min_rate:g} bytes/s"
+                    ) from None
                 raise BodyTimeout(f"request body not received within {self.timeout:g} s") from None
             if message["type"] == "http.disconnect":
                 # Starlette would raise its own ClientDisconnect, which the app counts (and

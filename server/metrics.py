@@ -5,8 +5,8 @@ from the served set (``UNKNOWN_MODEL`` otherwise) and outcomes from error codes.
 
 With several worker processes (``workers`` > 1) every value lives in prometheus_client's
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before it starts the
-workers) and :meth:`Metrics.view` reads all workers' files: a scrape of any worker reports the
-whole server. Each gauge says how workers' values combine (``multiprocess_mode``; ignored in a
+workers) and :meth:`Metrics.collect` reads all workers' files: a scrape of any worker reports
+the whole server (collected off the event loop: :mod:`server.scrape`). Each gauge says how workers' values combine (``multiprocess_mode``; ignored in a
 single process). Gauges read from live state (:meth:`Metrics.live`) cannot be callbacks there
 (another worker's scrape cannot call them): each worker writes their values to its file
 every ``SAMPLE_INTERVAL_S`` (:meth:`Metrics.sample`) and before it answers a scrape.
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 UNKNOWN_MODEL = "_unknown"
@@ -42,6 +43,12 @@ class Metrics:
     ) -> None:
         self.registry = registry
         self.multiprocess = multiprocess
+        # With several workers, what is read is every worker's files: one collector, built
+        # once (it holds only the directory's path; each collect reads the files anew).
+        self._source = registry
+        if multiprocess:
+            self._source = CollectorRegistry()
+            MultiProcessCollector(self._source)  # type: ignore[no-untyped-call]
         self._live: list[tuple[Gauge, Callable[[], float]]] = []
         r = registry
         self.requests = Counter(
@@ -108,6 +115,25 @@ class Metrics:
             "resnet_model_load_seconds", "Time to load and warm up the model (the slowest worker).",
             ["model"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.connections_refused = Counter(
+            "resnet_connections_refused",
+            "Connections answered and closed before a request reached the app, by reason: "
+            "headers_too_large (header count or bytes), header_timeout (head not sent in time).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.decode_kills = Counter(
+            "resnet_decode_workers_killed",
+            "Decode worker processes killed, by reason: cpu or memory (the image passed its "
+            "decode budget: 422 image_too_costly), abandoned (its request was answered first), "
+            "crashed (the worker died while decoding).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.variant_skipped = Gauge(
+            "resnet_variant_skipped",
+            "Automatic variants (bf16_variants=auto) not served, 1 each, by reason: agreement "
+            "(below its floors at load) or engine (cannot run here). GET /models says why.",
+            ["model", "reason"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.model_info = Gauge(
             "resnet_model_info", "Served model; provider is what the session actually uses.",
             ["model", "architecture", "weights", "random_weights", "precision", "provider",
@@ -127,15 +153,13 @@ class Metrics:
         for gauge, read in self._live:
             gauge.set(read())
 
-    def view(self) -> CollectorRegistry:
-        """The registry to read values from: this process's, or with several workers a fresh
-        one that collects every worker's files (one file read per worker and metric type)."""
-        if not self.multiprocess:
-            return self.registry
-        self.sample()
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return registry
+    def collect(self) -> list[Metric]:
+        """Every family with its samples now: this process's, or with several workers every
+        worker's (one file read per worker and metric type). Blocking: call it from a thread
+        (``server.scrape``)."""
+        if self.multiprocess:
+            self.sample()
+        return list(self._source.collect())
 
     def observe_batch(self, model: str, rows: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(rows)

@@ -14,10 +14,13 @@ dropped with 503 ``queue_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,7 +28,9 @@ from .admission import Ticket
 from .batcher import Completed
 from .cpubudget import CpuBudget
 from .decode import DecodeLimits
+from .decodepool import DecodeBudget, DecodePool
 from .errors import (
+    ImageTooCostly,
     ImageTooLarge,
     InvalidImage,
     NotReady,
@@ -43,6 +48,8 @@ from .scores import Scores
 from .settings import Settings
 from .threadname import name_os_thread
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -55,43 +62,106 @@ class Decoded:
 
 def _decode_into(
     data: bytes, spec: Preprocessing, limits: DecodeLimits, out: np.ndarray, metrics: Metrics,
-    model: str, budget: CpuBudget, abandoned: threading.Event,
+    model: str, budget: CpuBudget, abandoned: threading.Event, workers: DecodePool | None,
 ) -> float:  # fmt: skip
     """Runs in the pool, on one core of the budget; timed once it has the core, so waiting
     for a thread or a core is not counted as decoding. Skipped (0 s) if its request was
-    abandoned (failed, timed out, client gone) while it waited for the core."""
+    abandoned (failed, timed out, client gone) while it waited for the core; with
+    ``workers``, the thread's worker process decodes, and is killed if the request is
+    abandoned meanwhile or the decode passes its budget (ImageTooCostly)."""
     with budget.hold(1):
         if abandoned.is_set():
             return 0.0
         start = time.monotonic()
-        preprocess(data, spec, limits, out)
+        if workers is None:
+            preprocess(data, spec, limits, out)
+        elif not workers.worker().preprocess(data, spec, limits, out, abandoned):
+            return 0.0
         seconds = time.monotonic() - start
     metrics.preprocess.labels(model).observe(seconds)
     return seconds
 
 
+def _wait_quietly(barrier: threading.Barrier) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(30)
+
+
 class Pipeline:
-    """Owns the preprocessing thread pool; stateless otherwise."""
+    """Owns the preprocessing thread pool (and its decode worker processes); stateless
+    otherwise."""
 
     def __init__(self, settings: Settings, metrics: Metrics, budget: CpuBudget) -> None:
         self._metrics = metrics
         self._budget = budget
         self._limits = DecodeLimits(
-            max_pixels=settings.max_image_pixels, fast_jpeg=settings.fast_jpeg_decode
-        )
+            max_pixels=settings.max_image_pixels, fast_jpeg=settings.fast_jpeg_decode,
+            max_jpeg_scans=settings.max_jpeg_scans,
+        )  # fmt: skip
         self._threads = settings.pool_threads
         self._pool: ThreadPoolExecutor | None = None
+        self._parser: ThreadPoolExecutor | None = None
+        self._decode_budget = DecodeBudget(
+            base_cpu_s=settings.decode_cpu_base_ms / 1000,
+            cpu_s_per_mpixel=settings.decode_cpu_ms_per_mpixel / 1000,
+            memory_bytes=settings.decode_memory_bytes,
+        )
+        self._isolated = settings.decode_isolation == "process"
+        self._workers: DecodePool | None = None
 
     def start(self) -> None:
-        """Create the preprocessing threads (in the lifespan, so every run gets fresh ones)."""
-        self._pool = ThreadPoolExecutor(
-            self._threads, thread_name_prefix="preprocess", initializer=name_os_thread
+        """Create the preprocessing threads (in the lifespan, so every run gets fresh ones),
+        and, isolated, start each thread's decode worker in the background."""
+        kills = self._metrics.decode_kills
+        self._workers = (
+            DecodePool(self._decode_budget, lambda reason: kills.labels(reason).inc())
+            if self._isolated
+            else None
         )
+        workers = self._workers
+
+        def init() -> None:
+            name_os_thread()
+            if workers is not None:
+                workers.start_worker()
+
+        self._pool = ThreadPoolExecutor(
+            self._threads, thread_name_prefix="preprocess", initializer=init
+        )
+        self._parser = ThreadPoolExecutor(1, thread_name_prefix="parse", initializer=name_os_thread)
+        # One task per thread, each waiting for the others: every thread (and its worker)
+        # exists before the first image, which then pays no process start.
+        barrier = threading.Barrier(self._threads)
+        for _ in range(self._threads):
+            self._pool.submit(_wait_quietly, barrier)
+
+    async def parse(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the one parse thread, holding a core of the budget: a request
+        body's parse (v2 JSON) never takes more than one core, nor more memory at once than
+        one body's parse.
+
+        Raises:
+            NotReady: the pipeline is not running. Whatever ``fn`` raises.
+        """
+        if self._parser is None:
+            raise NotReady("server is not running")
+
+        def run() -> T:
+            with self._budget.hold(1):
+                return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._parser, run)
 
     def close(self) -> None:
+        if self._parser is not None:
+            self._parser.shutdown(wait=False, cancel_futures=True)
+            self._parser = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     def admit(self, model: ServedModel, images: int = 1) -> Ticket:
         """Take ``images`` from ``model``'s budget before reading anything.
@@ -122,7 +192,7 @@ class Pipeline:
         ``i`` (e.g. ``"input 'image_bytes' element {i}: "``).
 
         Raises:
-            InvalidImage, UnsupportedImageFormat, ImageTooLarge: from ``preprocess`` (the
+            InvalidImage, UnsupportedImageFormat, ImageTooLarge, ImageTooCostly: from ``preprocess`` (the
                 first failing image; the others are cancelled or discarded).
             QueueTimeout: the deadline passed while decoding.
         """
@@ -134,13 +204,14 @@ class Pipeline:
         abandoned = threading.Event()
         futures = [
             loop.run_in_executor(self._pool, _decode_into, data, spec, self._limits, pixels[i],
-                                 self._metrics, model.name, self._budget, abandoned)
+                                 self._metrics, model.name, self._budget, abandoned,
+                                 self._workers)
             for i, data in enumerate(items)
         ]  # fmt: skip
         try:
             async with asyncio.timeout_at(ticket.deadline):
                 seconds = await asyncio.gather(*futures)
-        except (InvalidImage, UnsupportedImageFormat, ImageTooLarge) as e:
+        except (InvalidImage, UnsupportedImageFormat, ImageTooLarge, ImageTooCostly) as e:
             if not element:
                 raise
             i = next(i for i, f in enumerate(futures) if f.done() and f.exception() is e)
@@ -180,7 +251,7 @@ class Pipeline:
                 self._metrics.rejected.labels(model.name, e.code).inc()
             raise
         self._metrics.queue_wait.labels(model.name).observe(done.queue_seconds)
-        ticket.completed(len(rows))
+        ticket.completed(len(rows), done.run_seconds / max(done.batch_rows, 1))
         return done
 
     def _count_timeout(self, model: ServedModel) -> None:

@@ -9,14 +9,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .admission import Admission
+from .agreement import Agreement, Floors
 from .batcher import BatchConfig, Batcher
 from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo
-from .engines import Engine, EngineOptions, auto_provider, open_engine
+from .engines import Engine, EngineOptions, EngineUnavailable, auto_provider, open_engine
 from .errors import NotReady, UnknownModel
-from .fidelity import LoadAgreement, check_agreement
+from .fidelity import AgreementError, LoadAgreement, check_agreement
 from .metrics import Metrics
 from .modelmeta import ModelMetadata
 from .onnxfile import read_metadata_props
@@ -37,6 +39,43 @@ class ModelSpec:
     name: str
     path: Path
     precision: str | None = None
+    automatic: bool = False
+    """added by the server (``bf16_variants=auto``), not named by the user: best effort, so
+    a failure to load or to agree skips it instead of stopping the server"""
+
+
+@dataclass(frozen=True)
+class SkippedVariant:
+    """An automatic variant that is not served: why, and what was measured if it got that far.
+
+    ``reason``: ``agreement`` (below its floors) or ``engine`` (it cannot run here).
+    """
+
+    name: str
+    precision: str
+    provider: str
+    reason: str
+    message: str
+    agreement: Agreement | None = None
+    floors: Floors | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "precision": self.precision,
+            "provider": self.provider,
+            "reason": self.reason,
+            "message": self.message,
+            "agreement": None if self.agreement is None else self.agreement.to_dict(),
+            "floors": None if self.floors is None else self.floors.to_dict(),
+            "to_serve_it": _FORCE_HINT,
+        }
+
+
+_FORCE_HINT = (
+    "bf16_variants=on requires it (the server then refuses to start without it); "
+    "agreement_floors changes the floors; agreement_check=false serves it unchecked"
+)
 
 
 @dataclass
@@ -54,6 +93,8 @@ class ServedModel:
     load_seconds: float = 0.0
     ready: bool = False
     not_ready_reason: str = "loading"
+    warnings: list[str] = field(default_factory=list)
+    """automatic choices that did not go as planned (a provider fallback), for ``/models``"""
 
     @property
     def version(self) -> str:
@@ -112,11 +153,11 @@ def discover(settings: Settings, bf16: bool = False) -> dict[str, ModelSpec]:
             f"`python -m export resnet18 resnet50 --out-dir {settings.model_dir}`"
         )
     if bf16 and not settings.models:
+        automatic = settings.bf16_variants == "auto"
         for name, spec in list(specs.items()):
             if read_metadata_props(spec.path).get("precision", "fp32") == "fp32":
-                specs.setdefault(
-                    name + BF16_SUFFIX, ModelSpec(name + BF16_SUFFIX, spec.path, "bf16")
-                )
+                variant = name + BF16_SUFFIX
+                specs.setdefault(variant, ModelSpec(variant, spec.path, "bf16", automatic))
     return specs
 
 
@@ -138,6 +179,7 @@ class ModelRepository:
         self.provider = ""
         self._budget = budget
         self.models: dict[str, ServedModel] = {}
+        self.skipped: dict[str, SkippedVariant] = {}
         self.configured: frozenset[str] = frozenset()
         """names that will be served (known from the start of loading): metric labels, and
         503 rather than 404 while one of them is still loading"""
@@ -152,6 +194,12 @@ class ModelRepository:
         model = self.models.get(name)
         if model is not None:
             return model
+        skipped = self.skipped.get(name)
+        if skipped is not None:
+            raise UnknownModel(
+                f"model {name!r} is not served on this machine ({skipped.reason}: see "
+                f"skipped_variants in GET /models); served models: {sorted(self.configured)}"
+            )
         if name in self.configured:
             raise NotReady(f"model {name!r} is loading")
         raise UnknownModel(f"unknown model {name[:64]!r}; served models: {sorted(self.configured)}")
@@ -168,36 +216,88 @@ class ModelRepository:
         return bool(self.models) and all(m.ready for m in self.models.values())
 
     async def load_all(self) -> None:
-        """Discover, load and warm up every model, one after the other.
+        """Discover, load and warm up every model, one after the other. An automatic variant
+        that fails is skipped (:attr:`skipped`, a WARNING, ``resnet_variant_skipped``).
 
-        Raises whatever loading raises (EngineUnavailable, MetadataError, OSError, ...).
+        Raises whatever loading a named model raises (EngineUnavailable, AgreementError,
+        MetadataError, OSError, ...).
         """
         self.provider = resolve_provider(self._settings)
         bf16 = wants_bf16(self._settings, self.provider, self.cpu)
         specs = await asyncio.to_thread(discover, self._settings, bf16)
         self.configured = frozenset(specs)
         for spec in specs.values():
-            self.models[spec.name] = await self._load(spec)
+            try:
+                self.models[spec.name] = await self._load(spec)
+            except Exception as e:
+                if not spec.automatic:
+                    raise
+                self._skip(spec, e)
 
-    def _options(self, spec: ModelSpec) -> EngineOptions:
+    def _skip(self, spec: ModelSpec, error: Exception) -> None:
+        agreement = error if isinstance(error, AgreementError) else None
+        skipped = SkippedVariant(
+            spec.name, spec.precision or "", self.provider,
+            "agreement" if agreement else "engine", str(error),
+            agreement.agreement if agreement else None, agreement.floors if agreement else None,
+        )  # fmt: skip
+        self.skipped[spec.name] = skipped
+        self.configured = self.configured - {spec.name}
+        self._metrics.variant_skipped.labels(spec.name, skipped.reason).set(1)
+        log.warning(
+            "model %s (an automatic %s variant, bf16_variants=auto) is not served: %s. The "
+            "models it comes from still serve. To serve it: %s",
+            spec.name, skipped.precision, error, _FORCE_HINT,
+        )  # fmt: skip
+
+    def _options(self, spec: ModelSpec, provider: str) -> EngineOptions:
         s = self._settings
         return EngineOptions(
-            provider=self.provider, precision=spec.precision, threads=s.threads,
+            provider=provider, precision=spec.precision, threads=s.threads,
             instances=s.instances, cuda_device_id=s.cuda_device_id,
-            batch_sizes=s.session_sizes(self.provider),
+            batch_sizes=s.session_sizes(provider),
         )  # fmt: skip
+
+    def _open_checked(self, spec: ModelSpec, provider: str) -> tuple[Engine, LoadAgreement | None]:
+        """Open ``spec`` on ``provider`` and check its agreement (blocking).
+
+        Raises:
+            EngineUnavailable, AgreementError, MetadataError, OSError: it cannot serve.
+        """
+        engine = open_engine(spec.path, self._options(spec, provider), self.cpu)
+        if not self._settings.agreement_check:
+            return engine, None
+        floors = self._settings.floors_for(engine.report.requested_precision)
+        agreement = check_agreement(spec.name, engine, floors)
+        if agreement is None:
+            log.warning(
+                "model %s: agreement not checked at load (its file carries no reference "
+                "logits for the shipped verification photos; re-export it)", spec.name,
+            )  # fmt: skip
+        return engine, agreement
+
+    async def _open(self, spec: ModelSpec) -> tuple[Engine, LoadAgreement | None, list[str]]:
+        """``_open_checked`` on the provider in use; where ``provider=auto`` chose it and it
+        fails, on ONNX Runtime's CPU provider instead (an automatic choice must not stop a
+        model the user named), with the reason in the returned warnings."""
+        try:
+            engine, agreement = await asyncio.to_thread(self._open_checked, spec, self.provider)
+            return engine, agreement, []
+        except (EngineUnavailable, AgreementError) as e:
+            if self._settings.provider != "auto" or self.provider == "cpu" or spec.precision:
+                raise
+            warning = (
+                f"provider=auto chose {self.provider}, which cannot serve it ({e}); serving it "
+                "on ONNX Runtime's CPU provider instead"
+            )
+        log.warning("model %s: %s", spec.name, warning)
+        engine, agreement = await asyncio.to_thread(self._open_checked, spec, "cpu")
+        return engine, agreement, [warning]
 
     async def _load(self, spec: ModelSpec) -> ServedModel:
         s, start, name = self._settings, time.monotonic(), spec.name
-        engine = await asyncio.to_thread(open_engine, spec.path, self._options(spec), self.cpu)
-        agreement = None
-        if s.agreement_check:  # before anything else: a model that disagrees is not served
-            agreement = await asyncio.to_thread(check_agreement, name, engine)
-            if agreement is None:
-                log.warning(
-                    "model %s: agreement not checked at load (its file carries no reference "
-                    "logits for the shipped verification photos; re-export it)", name,
-                )  # fmt: skip
+        # Before anything else: a model that disagrees is not served.
+        engine, agreement, warnings = await self._open(spec)
         run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
         # A CUDA run keeps one host thread busy (launches and copies): the cores stay with the
         # decodes, which must overlap the GPU's work, not take turns with it.
@@ -215,11 +315,12 @@ class ModelRepository:
         capacity = config.max_queue_size + engine.instances * config.max_batch_size
         admission = Admission(
             name, capacity, config.queue_timeout,
-            headroom=engine.instances * config.max_batch_size,
+            headroom=engine.instances * config.max_batch_size, instances=engine.instances,
         )  # fmt: skip
         queue_config = dataclasses.replace(config, max_queue_size=capacity)
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
-        model = ServedModel(name, engine, batcher, config, admission, runners, agreement)
+        model = ServedModel(name, engine, batcher, config, admission, runners, agreement,
+                            warnings=warnings)  # fmt: skip
         await asyncio.to_thread(engine.warmup, s.warmup_sizes_for(engine.report.provider))
         await batcher.start()
         model.load_seconds = time.monotonic() - start

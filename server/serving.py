@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
 import socket
 import time
@@ -43,6 +45,18 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def _http_protocol(settings: Settings, state: AppState) -> type[asyncio.Protocol] | str:
+    """The head-bounded httptools protocol; uvicorn's h11 (its byte bound only) without it."""
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from .httpguard import guarded_protocol
+
+    return guarded_protocol(
+        max_headers=settings.max_headers, max_head_bytes=settings.max_head_bytes,
+        head_timeout_s=settings.head_timeout_s, metrics=state.metrics,
+    )  # fmt: skip
+
+
 def serve(
     settings: Settings, sockets: list[socket.socket] | None = None, *, load_first: bool = False
 ) -> str:
@@ -50,6 +64,7 @@ def serve(
     if none. ``sockets``: already listening ones to accept on (a worker's share of the
     supervisor's); None binds ``settings.host:port``. ``load_first``: see ``create_app``."""
     app = create_app(settings, load_first=load_first)
+    state: AppState = app.state.server
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -59,8 +74,11 @@ def serve(
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
         access_log=settings.log_level == "debug",
         lifespan="on",
+        http=_http_protocol(settings, state),
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=settings.max_head_bytes,
     )
-    state: AppState = app.state.server
     try:
         DrainingServer(config, state).run(sockets)
     except SystemExit:

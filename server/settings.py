@@ -7,12 +7,18 @@ values fail at start with a message naming the setting.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .agreement import Floors, default_floors
+
+#: Shortest API key accepted: long enough that guessing it over the network is hopeless.
+MIN_API_KEY_CHARS = 16
 
 
 def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
@@ -46,6 +52,12 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
         return None
 
 
+def bad_host(host: str) -> bool:
+    """Not a Host allow-list entry: a name (or ``[IPv6]``) without port, ``*.domain`` or ``*``."""
+    name = host.removeprefix("*.")
+    return "*" in name or "/" in name or (":" in name and not name.startswith("["))
+
+
 class Settings(BaseSettings):
     """Server settings. Durations carry their unit in the name (``_ms``, ``_s``)."""
 
@@ -68,6 +80,37 @@ class Settings(BaseSettings):
         description="serve the demo page at / (it calls the API like any client); false = API only",
     )
 
+    # Exposure and probes: what answers whom (docs/RELIABILITY.md, "Exposure")
+    metrics_auth: bool = Field(
+        False,
+        description="/metrics and the v2 statistics need the API key too (needs api_key); "
+        "false = open, for Prometheus",
+    )
+    docs: bool = Field(
+        False,
+        description="serve the interactive API docs at /docs (Swagger UI from its CDN, under a "
+        "Content-Security-Policy); /openapi.json is served either way",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated Host names to answer (exact, *.example.com or *), 400 "
+        "invalid_host otherwise; health probes are exempt; empty = any",
+    )
+    stuck_after_s: float = Field(
+        30.0,
+        ge=0,
+        description="readiness answers 503 when decodes or batches hold or wait for cores and "
+        "none has finished for this long (a wedged pipeline); 0 = off",
+    )
+
+    # gRPC (the v2 GRPCInferenceService and grpc.health.v1, beside REST: server/grpc/)
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="port of the gRPC server (Triton's 8001); 0 = no gRPC"
+    )
+    grpc_max_message_bytes: int | None = Field(
+        None, ge=1024, description="largest gRPC message received or sent; unset = max_body_bytes"
+    )
+
     # Runtime
     provider: Literal["auto", "cpu", "openvino", "cuda"] = Field(
         "auto",
@@ -86,6 +129,12 @@ class Settings(BaseSettings):
         True,
         description="at load, run the verification photos on the serving engine and refuse a "
         "model below its precision's agreement floors with its fp32 reference",
+    )
+    agreement_floors: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="JSON: floors to change per precision, e.g. "
+        '{"bf16": {"max_rel_logit_error": 0.2}}; the rest keep their defaults '
+        "(docs/PRECISION.md)",
     )
     cores: int = Field(
         0,
@@ -127,9 +176,33 @@ class Settings(BaseSettings):
     # Preprocessing and limits
     preprocess_threads: int = Field(0, ge=0, description="decode threads; 0 = cores")
     fast_jpeg_decode: bool = False
+    decode_isolation: Literal["process", "thread"] = Field(
+        "process",
+        description="process: each decode thread hands its images to a worker process held to "
+        "the decode budget below and killed past it (Linux); thread: decode in the thread "
+        "itself, bounded by size limits only",
+    )
+    decode_cpu_base_ms: float = Field(
+        250.0, gt=0, description="CPU ms a decode may take before the header is read, and the "
+        "fixed part of its budget",
+    )  # fmt: skip
+    decode_cpu_ms_per_mpixel: float = Field(
+        50.0, ge=0, description="CPU ms more a decode may take per megapixel its header declares"
+    )
+    decode_memory_bytes: int = Field(
+        1 << 30, ge=64 << 20, description="memory a decode worker may allocate beyond its start"
+    )
+    max_jpeg_scans: int = Field(
+        100, ge=1, description="most scans a JPEG may have (a progressive one has about 10)"
+    )
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(32, ge=1)
+    max_json_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024,
+        description="v2 bodies (or JSON headers) parsed as JSON: parsing grows them up to ~25x "
+        "in memory, so they get a lower cap than binary tensors; one parse runs at a time",
+    )  # fmt: skip
     max_top_k: int = Field(1000, ge=1, le=1000)
     max_concurrent_requests: int = Field(512, ge=1, description="inference requests in flight")
     max_body_bytes_in_flight: int = Field(
@@ -142,6 +215,24 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds for the whole request body to arrive (total, not per chunk)",
     )
+    max_connections: int = Field(
+        2048, ge=1, description="open connections and requests at once, all endpoints; past it "
+        "uvicorn answers 503 (health probes included, so keep it above max_concurrent_requests)",
+    )  # fmt: skip
+    max_headers: int = Field(100, ge=1, le=10_000, description="headers per request")
+    max_head_bytes: int = Field(
+        32 * 1024, ge=1024, description="bytes of the request line and headers together"
+    )
+    head_timeout_s: float = Field(
+        10.0, gt=0, description="seconds for a request's head to arrive, from the connection "
+        "(or the next request's first byte); the connection is closed past it",
+    )  # fmt: skip
+    keep_alive_s: float = Field(5.0, gt=0, description="idle seconds before a kept-alive "
+                                "connection is closed")  # fmt: skip
+    min_upload_bytes_per_s: float = Field(
+        16 * 1024, ge=0, description="least average rate a request body must arrive at, 2 s "
+        "after it starts (408 body_timeout below it); 0 = only body_timeout_s applies",
+    )  # fmt: skip
     drain_timeout_s: float = Field(20.0, ge=0)
     shutdown_delay_s: float = Field(
         0.0,
@@ -155,6 +246,59 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        for host in v:
+            if host != "*" and bad_host(host):
+                raise ValueError(f"{host!r}: a host name without port, a *.domain wildcard, or *")
+        return [h.lower() for h in v]
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        if self.metrics_auth and self.api_key is None:
+            raise ValueError("metrics_auth needs api_key: there is no key to ask for")
+        return self
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, v: SecretStr | None) -> SecretStr | None:
+        # Fail closed: an empty key (an unset variable in a manifest) must not mean "no auth".
+        if v is not None and len(v.get_secret_value().strip()) < MIN_API_KEY_CHARS:
+            raise ValueError(
+                f"api_key must be at least {MIN_API_KEY_CHARS} characters (got "
+                f"{len(v.get_secret_value().strip())}); unset it to serve without a key"
+            )
+        return v
+
+    @field_validator("agreement_floors", mode="before")
+    @classmethod
+    def _parse_floors(cls, v: object) -> object:
+        if isinstance(v, str):  # from the command line (the environment is parsed already)
+            try:
+                return json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not valid JSON: {e}") from None
+        return v
+
+    @field_validator("agreement_floors")
+    @classmethod
+    def _check_floors(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for precision, overrides in v.items():
+            default_floors(precision).with_overrides(overrides)  # ValueError naming the bad key
+        return v
+
+    def floors_for(self, precision: str) -> Floors:
+        """The agreement floors a ``precision`` variant must meet at load."""
+        return default_floors(precision).with_overrides(self.agreement_floors.get(precision, {}))
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -7,9 +7,11 @@ from typing import cast
 
 from fastapi import Request
 
+from .cpubudget import CpuBudget
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .repository import ModelRepository
+from .scrape import Scrapes
 from .settings import Settings
 
 
@@ -20,6 +22,7 @@ class Lifecycle:
     started: bool = False
     draining: bool = False
     startup_error: str = ""
+    stuck: bool = False  # readiness last found the pipeline stuck (logged when it changes)
 
 
 @dataclass
@@ -28,6 +31,8 @@ class AppState:
     metrics: Metrics
     repository: ModelRepository
     pipeline: Pipeline
+    scrapes: Scrapes
+    budget: CpuBudget
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
     @property

@@ -86,6 +86,12 @@ class ServerProcess:
     url: str
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    grpc_port: int = 0
+    """the gRPC port (0: gRPC off); ``grpc_url`` is what ``tritonclient.grpc`` takes"""
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def log(self) -> str:
@@ -150,8 +156,14 @@ def start_server(
     wait: bool = True,
     **settings: object,
 ) -> ServerProcess:
-    """Start a server with ``settings`` as RESNET_* environment variables."""
+    """Start a server with ``settings`` as RESNET_* environment variables. gRPC listens on a
+    free port of its own unless ``grpc_port`` is given (0 = off): never the default 8001,
+    which parallel test servers would fight over."""
     port = free_port()
+    while "grpc_port" not in settings:
+        other = free_port()
+        if other != port:
+            settings["grpc_port"] = other
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_")}
     # provider cpu unless a test asks for another: most suites compare answers with a direct
     # ONNX Runtime session bit for bit; tests/integration/test_engines.py covers openvino.
@@ -164,7 +176,8 @@ def start_server(
         proc = subprocess.Popen(
             [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, env)
+    grpc_port = int(env["RESNET_GRPC_PORT"])
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, env, grpc_port)
     if wait:
         try:
             server.wait_ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -12,6 +13,7 @@ from ..errors import NotReady, error_body, error_headers
 from ..repository import ServedModel
 from ..state import AppState, get_state
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 State = Annotated[AppState, Depends(get_state)]
 
@@ -54,12 +56,21 @@ class ModelInfo(BaseModel):
     preprocessing: dict[str, Any]
     batching: dict[str, Any]
     load_seconds: float
+    warnings: list[str] = Field(
+        description="automatic choices that did not go as planned for this model (a "
+        "provider=auto fallback), empty when none"
+    )
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
     default_model: str
     cpu: dict[str, Any] = Field(description="the CPU's vendor, model and matrix-unit features")
+    skipped_variants: list[dict[str, Any]] = Field(
+        description="automatic variants (bf16_variants=auto) not served, each with its reason, "
+        "message, the agreement measured and the floors it missed (null if it never ran), "
+        "and how to serve it anyway"
+    )
 
 
 @router.get("/healthz", response_model=Status)
@@ -71,11 +82,34 @@ async def healthz() -> Status:
 @router.get("/readyz", response_model=Status, responses={503: {"description": "not ready"}})
 async def readyz(state: State) -> Status | JSONResponse:
     """Ready when every model is loaded on its intended provider and warmed up; 503 while
-    starting, after a failed provider check, and from the moment shutdown begins."""
-    if state.ready:
+    starting, after a failed provider check, from the moment shutdown begins, and while the
+    pipeline is stuck (``stuck_after_s``: decodes or batches hold or wait for cores and none
+    has finished for that long), so that a wedged pod leaves the load balancer's rotation."""
+    reason = _stuck(state) if state.ready else _reason(state)
+    if not reason:
         return Status(status="ready")
-    err = NotReady(f"not ready: {_reason(state)}")
+    err = NotReady(f"not ready: {reason}")
     return JSONResponse(error_body(err), err.status, headers=error_headers(err))
+
+
+def _stuck(state: AppState) -> str:
+    """Why the pipeline counts as stuck, or "" (logged when that changes)."""
+    limit, budget = state.settings.stuck_after_s, state.budget
+    stalled = budget.stalled_s() if limit else 0.0
+    stuck = stalled >= limit > 0
+    reason = ""
+    if stuck:
+        reason = (
+            f"stuck: {budget.busy} of {budget.cores} cores held and {budget.waiting} decodes "
+            f"or batches waiting, none finished for {stalled:.1f} s (stuck_after_s {limit:g})"
+        )
+    if stuck != state.lifecycle.stuck:
+        state.lifecycle.stuck = stuck
+        if stuck:
+            log.error("readiness 503: %s", reason)
+        else:
+            log.warning("readiness 200 again: work is finishing")
+    return reason
 
 
 def _reason(state: AppState) -> str:
@@ -124,6 +158,7 @@ def model_info(m: ServedModel) -> ModelInfo:
                   "max_queue_size": cfg.max_queue_size,
                   "queue_timeout_ms": cfg.queue_timeout * 1000},
         load_seconds=round(m.load_seconds, 3),
+        warnings=list(m.warnings),
     )  # fmt: skip
 
 
@@ -145,4 +180,5 @@ async def models(state: State) -> ModelList:
         models=infos,
         default_model=state.settings.default_model,
         cpu=state.repository.cpu.describe(),
+        skipped_variants=[v.describe() for v in state.repository.skipped.values()],
     )

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..auth import require_api_key
 from ..batcher import Completed
@@ -109,13 +109,21 @@ async def read_images(request: Request, max_images: int) -> list[bytes]:
     return [body]
 
 
+class _InMemoryParser(MultiPartParser):
+    """Starlette's parser, keeping every part in memory: parts over 1 MiB would spool to
+    ``/tmp`` (a small emptyDir in the pod) beside the body bytes the in-flight budget already
+    counts; in memory they are those bytes, bounded by ``max_body_bytes_in_flight``."""
+
+    spool_max_size = sys.maxsize
+
+
 async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
+    parser = _InMemoryParser(request.headers, request.stream(), max_files=max_images,
+                             max_fields=max_images)  # fmt: skip
     try:
-        form = await request.form(max_files=max_images, max_fields=max_images)
+        form = await parser.parse()
     except MultiPartException as e:
         raise BadRequest(f"malformed multipart body: {e.message}") from None
-    except HTTPException as e:  # Starlette re-raises MultiPartException as a 400 inside apps
-        raise BadRequest(f"malformed multipart body: {e.detail}") from None
     try:
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not files:
@@ -165,6 +173,7 @@ async def _predict(state: AppState, request: Request, name: str | None, k: int) 
         pipeline = state.pipeline
         with pipeline.admit(model) as ticket:  # before a byte of the body is read
             images = await read_images(request, state.settings.max_images_per_request)
+            ticket.body_complete()
             pipeline.grow(model, ticket, len(images) - 1)
             decoded = await pipeline.decode(model, ticket, images)
             # Chunks of at most one batch, accepted or refused together (all_or_none).

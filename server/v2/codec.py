@@ -24,7 +24,7 @@ from typing import Any, Final
 import numpy as np
 from pydantic import ValidationError
 
-from ..errors import BadRequest
+from ..errors import BadRequest, BodyTooLarge
 from .schemas import InferRequest, RequestInput
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
@@ -82,16 +82,24 @@ def check_datatype(inp: RequestInput, expected: str) -> None:
 # -- requests --------------------------------------------------------------------------------
 
 
-def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
+def parse_request(body: bytes, header_length: str | None, max_json_bytes: int) -> ParsedRequest:
     """Split ``body`` into the JSON header and the binary inputs, and validate the header.
 
     Raises:
         BadRequest: bad header length, invalid JSON (NaN/Infinity included), a header that is
             not an inference request, or binary data shorter or longer than declared.
+        BodyTooLarge: the JSON part is longer than ``max_json_bytes`` (parsing it would cost
+            up to ~25x its size in memory; binary tensors do not).
     """
     json_len = _json_length(header_length, len(body))
+    if json_len > max_json_bytes:
+        raise BodyTooLarge(
+            f"the JSON part of this request is {json_len} bytes, over the limit of "
+            f"{max_json_bytes} for JSON; send tensors as binary data (the binary tensor data "
+            f"extension, {HEADER_LENGTH})"
+        )
     view = memoryview(body)
-    header = _validate(_loads(view[:json_len], binary_follows=json_len < len(body)))
+    header = validate_header(_loads(view[:json_len], binary_follows=json_len < len(body)))
     return ParsedRequest(header, _split_binary(header, view[json_len:], header_length is not None))
 
 
@@ -123,7 +131,9 @@ def _loads(data: memoryview, *, binary_follows: bool) -> Any:
         raise BadRequest(f"invalid JSON header: {str(e)[:200]}{hint}") from None
 
 
-def _validate(obj: Any) -> InferRequest:
+def validate_header(obj: Any) -> InferRequest:
+    """``obj`` (the decoded JSON header, or a gRPC request as the same dict) as an
+    InferRequest. Raises BadRequest naming the first five problems."""
     try:
         return InferRequest.model_validate(obj)
     except ValidationError as e:
@@ -216,6 +226,14 @@ def _json_array(inp: RequestInput) -> np.ndarray:
         raise BadRequest(f"input {inp.name!r} has neither 'data' nor binary_data_size")
     if not isinstance(inp.data, list):
         raise BadRequest(f"input {inp.name!r}: 'data' must be a list")
+    leaf: Any = inp.data
+    while isinstance(leaf, list) and leaf:  # refuse objects before numpy builds an array of them
+        leaf = leaf[0]
+    kind = {dict: "objects", str: "strings", type(None): "nulls"}.get(type(leaf))
+    if kind is not None:
+        raise BadRequest(
+            f"input {inp.name!r} is {inp.datatype}: JSON data holds {kind}, expected integers"
+        )
     try:
         return np.asarray(inp.data)
     except (ValueError, TypeError, RecursionError):
@@ -313,7 +331,7 @@ def encode_response(
             "shape": list(out.data.shape),
         }
         if out.binary:
-            raw = _raw(out)
+            raw = raw_bytes(out)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif out.datatype == BYTES:
@@ -328,7 +346,8 @@ def encode_response(
     return b"".join([text, *chunks]), len(text)
 
 
-def _raw(out: OutputTensor) -> bytes:
+def raw_bytes(out: OutputTensor) -> bytes:
+    """``out`` as raw bytes: FP32 little-endian row-major, BYTES as Triton's serialisation."""
     if out.datatype == BYTES:
         items = out.data.reshape(-1).tolist()
         return b"".join(_LENGTH.pack(len(b)) + b for b in items)

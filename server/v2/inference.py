@@ -14,6 +14,10 @@ one execution, possibly with other requests' rows.
 Output ``logits``: FP32 ``[N, classes]`` raw logits, or with ``parameters.classification = K``
 BYTES ``[N, K]`` of ``"<logit>:<index>:<label>"`` (best first, logit printed with ``%f``
 like Triton's ``std::to_string``).
+
+Protocol-neutral: REST parses a body (``prepare``), gRPC a protobuf message
+(:mod:`server.grpc.translate`), into the same ``ParsedRequest``; from there ``prepare_parsed``
+checks it and ``run`` takes it through the pipeline for both.
 """
 
 from __future__ import annotations
@@ -66,8 +70,8 @@ def image_shape(model: ServedModel) -> tuple[int, int, int]:
 async def handle(
     state: AppState, model: ServedModel, ticket: Ticket, body: bytes, header_length: str | None
 ) -> tuple[bytes, int | None]:
-    """Run one admitted v2 inference request; returns ``codec.encode_response``'s body and
-    length. ``ticket`` was taken for one image before the body was read; it grows to the
+    """Run one admitted v2 REST inference request; returns ``codec.encode_response``'s body
+    and length. ``ticket`` was taken for one image before the body was read; it grows to the
     request's batch size here.
 
     Raises:
@@ -75,10 +79,27 @@ async def handle(
         InvalidImage, UnsupportedImageFormat, ImageTooLarge: an ``image_bytes`` element.
         QueueFull, QueueTimeout, ShuttingDown, InferenceFailed: from the pipeline.
     """
+    max_json = state.settings.max_json_body_bytes
     if len(body) > _OFFLOAD_BYTES:
-        prepared = await asyncio.to_thread(prepare, model, body, header_length)
+        prepared = await state.pipeline.parse(prepare, model, body, header_length, max_json)
     else:
-        prepared = prepare(model, body, header_length)
+        prepared = prepare(model, body, header_length, max_json)
+    scores = await run(state, model, ticket, prepared)
+    if len(scores.logits) == 1 and all(o.binary for o in prepared.outputs):
+        return respond(model, prepared, scores)
+    # JSON of N x 1000 floats (or N x K classification strings) takes milliseconds of CPU.
+    return await asyncio.to_thread(respond, model, prepared, scores)
+
+
+async def run(state: AppState, model: ServedModel, ticket: Ticket, prepared: Prepared) -> Scores:
+    """The protocol-neutral part of a v2 request (REST and gRPC): grow ``ticket`` to the
+    request's N images, decode ``image_bytes`` in the pool, submit the rows to the batcher and
+    wait for their scores (N rows, ranked to the largest classification K asked).
+
+    Raises:
+        InvalidImage, UnsupportedImageFormat, ImageTooLarge: an ``image_bytes`` element.
+        QueueFull, QueueTimeout, ShuttingDown, InferenceFailed: from the pipeline.
+    """
     n = len(prepared.rows) if prepared.rows is not None else len(prepared.encoded)
     state.pipeline.grow(model, ticket, n - 1)
     rows = prepared.rows
@@ -87,25 +108,41 @@ async def handle(
         rows = (await state.pipeline.decode(model, ticket, prepared.encoded, element)).pixels
     k = max(o.classes for o in prepared.outputs)
     done = await state.pipeline.submit(model, ticket, rows, k)
-    if len(rows) == 1 and all(o.binary for o in prepared.outputs):
-        return respond(model, prepared, done.value)
-    # JSON of N x 1000 floats (or N x K classification strings) takes milliseconds of CPU.
-    return await asyncio.to_thread(respond, model, prepared, done.value)
+    return done.value
 
 
 def respond(model: ServedModel, prepared: Prepared, scores: Scores) -> tuple[bytes, int | None]:
-    """Encode the requested outputs of ``scores``. Blocking (CPU)."""
-    tensors = [_output(model, o, scores) for o in prepared.outputs]
-    return codec.encode_response(model.name, model.version, prepared.request_id, tensors)
+    """Encode the requested outputs of ``scores`` as a REST body. Blocking (CPU)."""
+    return codec.encode_response(
+        model.name, model.version, prepared.request_id, output_tensors(model, prepared, scores)
+    )
 
 
-def prepare(model: ServedModel, body: bytes, header_length: str | None) -> Prepared:
-    """Parse and check a request against ``model`` and decode its input. Blocking (CPU).
+def output_tensors(model: ServedModel, prepared: Prepared, scores: Scores) -> list[OutputTensor]:
+    """The requested outputs of ``scores``: FP32 logits, or BYTES classification strings."""
+    return [_output(model, o, scores) for o in prepared.outputs]
+
+
+def prepare(
+    model: ServedModel, body: bytes, header_length: str | None, max_json_bytes: int
+) -> Prepared:
+    """Parse and check a REST request body against ``model`` and decode its input. Blocking
+    (CPU).
+
+    Raises:
+        BadRequest: see the module docstring for what is accepted.
+        BodyTooLarge: the JSON part is longer than ``max_json_bytes``.
+    """
+    return prepare_parsed(model, codec.parse_request(body, header_length, max_json_bytes))
+
+
+def prepare_parsed(model: ServedModel, parsed: ParsedRequest) -> Prepared:
+    """Check a parsed request (from REST or gRPC) against ``model``: its one input's name,
+    datatype, shape and batch size, the outputs and their classification parameter.
 
     Raises:
         BadRequest: see the module docstring for what is accepted.
     """
-    parsed = codec.parse_request(body, header_length)
     outputs = _outputs(model, parsed)
     index, inp = _the_input(model, parsed)
     raw = parsed.binary.get(index)

@@ -18,6 +18,7 @@ from ..disconnect import cancel_on_disconnect
 from ..errors import NotReady
 from ..observe import observe_request
 from ..routes.health import readyz
+from ..routes.metrics import metrics_key
 from ..state import AppState, get_state
 from . import describe, inference
 from .codec import HEADER_LENGTH
@@ -100,10 +101,15 @@ async def ready(state: State) -> Response:
     return status if isinstance(status, JSONResponse) else Response()
 
 
-@router.get("/v2/models/stats", response_model=StatsResponse)
+@router.get(
+    "/v2/models/stats",
+    response_model=StatsResponse,
+    responses=_errors(401),
+    dependencies=[Depends(metrics_key)],
+)
 async def all_stats(state: State) -> StatsResponse:
     """Statistics of every served model (shadows a model named "stats")."""
-    samples = Samples(state.metrics.view())
+    samples = Samples((await state.scrapes.snapshot()).families)
     models = state.repository.models.values()
     return StatsResponse(model_stats=[model_stats(samples, m) for m in models])
 
@@ -143,11 +149,18 @@ async def model_config(state: State, model: str, version: str | None = None) -> 
     return describe.model_config(state, describe.model_at(state, model, version))
 
 
-@_model_route("GET", "/stats", response_model=StatsResponse, responses=_errors(404))
+@_model_route(
+    "GET",
+    "/stats",
+    response_model=StatsResponse,
+    responses=_errors(401, 404),
+    dependencies=[Depends(metrics_key)],
+)
 async def model_statistics(state: State, model: str, version: str | None = None) -> StatsResponse:
     """Triton statistics of ``model`` (statistics extension), from the Prometheus metrics."""
     m = describe.model_at(state, model, version)
-    return StatsResponse(model_stats=[model_stats(Samples(state.metrics.view()), m)])
+    samples = Samples((await state.scrapes.snapshot()).families)
+    return StatsResponse(model_stats=[model_stats(samples, m)])
 
 
 @_model_route("POST", "/infer", response_class=Response, responses=_INFER_RESPONSES,
@@ -161,6 +174,7 @@ async def infer(
         m = describe.model_at(state, model, version, ready=True)
         with state.pipeline.admit(m) as ticket:  # before a byte of the body is read
             body = await request.body()
+            ticket.body_complete()
             work = inference.handle(state, m, ticket, body, header)
             out, json_len = await cancel_on_disconnect(request, work)
     if json_len is None:

@@ -22,7 +22,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 
 from ..repository import ServedModel
 from .schemas import BatchStats, Count, InferenceStats, ModelStats
@@ -31,11 +31,11 @@ _Labels = frozenset[tuple[str, str]]
 
 
 class Samples:
-    """One snapshot of a registry: sample name -> [(labels, value)]."""
+    """One collection's samples by name: sample name -> [(labels, value)]."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, families: Iterable[Metric]) -> None:
         self._by_name: dict[str, list[tuple[_Labels, float]]] = defaultdict(list)
-        for family in registry.collect():
+        for family in families:
             for s in family.samples:
                 self._by_name[s.name].append((frozenset(s.labels.items()), s.value))
 

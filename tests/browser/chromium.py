@@ -99,11 +99,12 @@ class Browser:
     """One Chromium with a fresh profile. ``open`` starts a new page visit; ``requests``
     and ``console`` cover what happened since."""
 
-    def __init__(self, profile: Path, log: Path) -> None:
+    def __init__(self, profile: Path, log: Path, extra_flags: tuple[str, ...] = ()) -> None:
         chromium, chromedriver = system_chromium()
         options = Options()
         options.binary_location = chromium
-        for flag in (*FLAGS, f"--user-data-dir={profile}", "--window-size={},{}".format(*DESKTOP)):
+        size = "--window-size={},{}".format(*DESKTOP)
+        for flag in (*FLAGS, f"--user-data-dir={profile}", size, *extra_flags):
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
         # An explicit driver path: Selenium Manager never runs (it would try to download one).

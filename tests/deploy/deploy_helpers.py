@@ -61,19 +61,41 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
-@cache
-def _render(overlay: str, kubectl: str) -> tuple[dict[str, Any], ...]:
+def promtool_check_expr(expr: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``promtool check rules`` on a rule file recording ``expr``: promtool's own PromQL parser
+    (it has no command for a bare expression)."""
+    rules = tmp_path / "expr.yml"
+    rules.write_text(yaml_rule(expr))
+    return run(tool("promtool"), "check", "rules", str(rules))
+
+
+def yaml_rule(expr: str) -> str:
     import yaml
 
-    proc = run(kubectl, "kustomize", str(REPO / "k8s" / "overlays" / overlay))
-    assert proc.returncode == 0, f"kubectl kustomize {overlay} failed:\n{proc.stderr}"
+    return yaml.safe_dump(
+        {"groups": [{"name": "check", "rules": [{"record": "check", "expr": expr}]}]}
+    )
+
+
+@cache
+def _render(path: Path, kubectl: str) -> tuple[dict[str, Any], ...]:
+    import yaml
+
+    proc = run(kubectl, "kustomize", str(path))
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
     docs = tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
-    assert docs, f"overlay {overlay} rendered nothing"
+    assert docs, f"{path} rendered nothing"
     return docs
 
 
 def render(overlay: str) -> tuple[dict[str, Any], ...]:
-    return _render(overlay, tool("kubectl"))
+    """The documents of k8s/overlays/<overlay>, as ``kubectl kustomize`` renders them."""
+    return render_path(REPO / "k8s" / "overlays" / overlay)
+
+
+def render_path(path: Path) -> tuple[dict[str, Any], ...]:
+    """The documents of the kustomization in ``path`` (cached: do not modify them)."""
+    return _render(path, tool("kubectl"))
 
 
 def one(docs: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_helpers import OVERLAYS, REPO, module, one, render
+from deploy_helpers import OVERLAYS, REPO, module, one, render, render_path
 
 # Newest Kubernetes the pinned kubernetes-validate (>= 1.37) ships schemas for.
 K8S_VERSION = "1.37.0"
@@ -214,3 +214,41 @@ def test_gpu_overlay() -> None:
     assert name in served
     assert served[name]["seriesQuery"].startswith("resnet_images_in_flight{")
     assert set(served[name]["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+# Every kustomization a user applies: each must take the API key from a required Secret.
+APPLIED = ("overlays/cpu", "overlays/gpu", "keda/cpu", "keda/gpu", "kserve/cpu", "kserve/gpu")
+
+
+def secret_refs(node: Any) -> list[dict[str, Any]]:
+    """Every ``secretKeyRef`` anywhere in ``node``."""
+    if isinstance(node, list):
+        return [r for v in node for r in secret_refs(v)]
+    if not isinstance(node, dict):
+        return []
+    here = [node["secretKeyRef"]] if "secretKeyRef" in node else []
+    return here + [r for v in node.values() for r in secret_refs(v)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_key_comes_from_a_required_secret(overlay: str) -> None:
+    """Fails closed: without the Secret the pod does not start (CreateContainerConfigError);
+    an `optional: true` reference would start it unauthenticated."""
+    env = {e["name"]: e for e in container(render(overlay))["env"]}
+    assert env["RESNET_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "resnet-server-api-key", "key": "api-key", "optional": False}
+    }
+
+
+def test_base_alone_has_no_api_key_reference() -> None:
+    """The key is the component's (k8s/components/api-key): an overlay without it serves
+    without authentication by a visible decision, not because a Secret is missing."""
+    docs = render_path(REPO / "k8s" / "base")
+    assert secret_refs(list(docs)) == []
+    assert "RESNET_API_KEY" not in {e["name"] for e in container(docs)["env"]}
+
+
+@pytest.mark.parametrize("path", APPLIED)
+def test_no_secret_is_optional(path: str) -> None:
+    refs = secret_refs(list(render_path(REPO / "k8s" / path)))
+    assert refs == [{"name": "resnet-server-api-key", "key": "api-key", "optional": False}]

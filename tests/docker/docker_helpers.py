@@ -77,6 +77,8 @@ def start(image: str, log_dir: Path, **env: str) -> localbuild.Container:
     """A running container of ``image`` on a free port, with RESNET_* ``env``."""
     settings = {f"RESNET_{k.upper()}": v for k, v in env.items()}
     port = free_port()
+    # The container shares this machine's network: a free gRPC port too, never the image's 8001.
+    settings.setdefault("RESNET_GRPC_PORT", str(free_port()))
     return localbuild.Container(image, port, settings, log=log_dir / f"server-{port}.log").start()
 
 

@@ -41,9 +41,11 @@ def test_realistic_weights_export_and_verify(realistic: Realistic, arch: str) ->
     assert made.path.is_file()
 
 
-def test_the_old_fixed_bound_rejects_realistic_resnet50(realistic: Realistic) -> None:
+def test_the_old_fixed_bound_has_no_margin_for_realistic_resnet50(realistic: Realistic) -> None:
     # The check before this change: ORT CPU vs the unfused float32 model on seeded noise
-    # (batch 1 seed 0, batch 4 seed 1), fixed bound 1e-4. It rejects a correct file.
+    # (batch 1 seed 0, batch 4 seed 1), fixed bound 1e-4. A correct file lands within a
+    # factor 2 of it, on either side by CPU (measured: 1.1e-4 on an AVX2 EPYC, which it
+    # rejects; 8.9e-5 on an AVX-512 EPYC), so the bound is a coin flip, not a check.
     made = realistic("resnet50")
     model = build("resnet50")
     model.load_state_dict(file_weights(made.weights).state_dict)
@@ -53,7 +55,7 @@ def test_the_old_fixed_bound_rejects_realistic_resnet50(realistic: Realistic) ->
         images = random_images(batch, 224, seed)
         torch32 = reference.logits(model, images, SPEC, torch.float32)
         diffs.append(float(np.abs(session.run(None, {"images": images})[0] - torch32).max()))
-    assert max(diffs) > 1e-4
+    assert 0.5e-4 < max(diffs) < 2e-4
     assert made.report.ok
 
 

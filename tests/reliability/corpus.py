@@ -105,6 +105,51 @@ def noisy_jpeg_entropy() -> bytes:
     return bytes(data)
 
 
+def jpeg_many_scans(scans: int = 150) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it holds ``scans`` scans: each
+    extra scan is one more pass of the decoder over the whole image."""
+    buf = io.BytesIO()
+    photo_like(256, 192, seed=3).save(buf, "JPEG", progressive=True, quality=85)
+    data = buf.getvalue()
+    last = data.rindex(b"\xff\xda")
+    present = data.count(b"\xff\xda")
+    return data[:-2] + data[last:-2] * (scans - present) + b"\xff\xd9"
+
+
+def tiff_long_strip_table(strips: int = 20_000) -> bytes:
+    """An 8x8 greyscale TIFF (one strip of 8 rows) whose strip tables hold ``strips`` entries."""
+    entries = [  # (tag, type, count, value or offset): SHORT 3, LONG 4
+        (256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+        (273, 4, strips, 0), (277, 3, 1, 1), (278, 3, 1, 8), (279, 4, strips, 0),
+    ]  # fmt: skip
+    ifd_at = 8
+    ifd_size = 2 + 12 * len(entries) + 4
+    offsets_at = ifd_at + ifd_size
+    counts_at = offsets_at + 4 * strips
+    pixels_at = counts_at + 4 * strips
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_at) + struct.pack("<H", len(entries)))
+    for tag, kind, count, value in entries:
+        if tag == 273:
+            value = offsets_at
+        elif tag == 279:
+            value = counts_at
+        out += struct.pack("<HHII", tag, kind, count, value)
+    out += struct.pack("<I", 0)
+    out += struct.pack(f"<{strips}I", *([pixels_at] * strips))
+    out += struct.pack(f"<{strips}I", *([64] + [0] * (strips - 1)))
+    out += bytes(range(64))
+    return bytes(out)
+
+
+def png_tiny_chunks(target: int = 4 << 20) -> bytes:
+    """A 64x64 greyscale PNG preceded by about ``target`` bytes of empty IDAT chunks."""
+    raw = b"".join(b"\x00" + bytes(64) for _ in range(64))
+    empty = png_chunk(b"IDAT", b"")
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + ihdr + empty * (target // len(empty))
+            + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))  # fmt: skip
+
+
 def multipart_without_file() -> tuple[bytes, dict[str, str]]:
     body = b'--b0undary\r\nContent-Disposition: form-data; name="note"\r\n\r\nno image\r\n--b0undary--\r\n'
     return body, {"content-type": "multipart/form-data; boundary=b0undary"}
@@ -160,6 +205,12 @@ def predict_cases() -> Iterator[Case]:
         "unsupported_media_type",
     )
     yield Case("empty-body", "/predict", 400, bad, "empty body", b"", JPEG_CT)
+    # Structure that costs far more than the pixels: refused before anything is decoded.
+    yield Case("jpeg-150-scans", "/predict", 400, inv, "150 scans (limit 100; a progressive",
+               jpeg_many_scans(), JPEG_CT)  # fmt: skip
+    yield Case("tiff-long-strip-table", "/predict", 400, inv,
+               "20000 strips declared, a 8x8 image needs 1", tiff_long_strip_table(), OCTET)  # fmt: skip
+    yield Case("png-tiny-chunks", "/predict", 400, inv, "chunks in", png_tiny_chunks(), OCTET)
     yield Case("empty-body-no-type", "/predict", 400, bad, "empty body", b"")
     yield Case(
         "text-as-jpeg", "/predict", 400, inv, "not a recognised image", b"hello, world\n", JPEG_CT

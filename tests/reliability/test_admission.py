@@ -34,7 +34,8 @@ def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                          module="tests.fault_server", models="resnet18", batching="delay",
                          max_queue_delay_ms=300, max_batch_size=BATCH, max_queue_size=QUEUE,
                          warmup_batch_sizes="1,2", max_body_bytes_in_flight=200_000,
-                         max_body_bytes=150_000)  # fmt: skip
+                         max_body_bytes=150_000,  # bodies held half-sent: no minimum rate
+                         min_upload_bytes_per_s=0)  # fmt: skip
     yield s
     s.stop()
 
@@ -153,7 +154,8 @@ def test_body_bytes_in_flight_are_bounded_and_refusals_counted(srv: ServerProces
                         outcome="overloaded")  # fmt: skip
     rejected = metric(srv, "resnet_rejected_requests_total", model="resnet18", reason="overloaded")
     with connect(srv) as slow:
-        slow.sendall(headers_only(b"/predict", 120_000) + b"\xff\xd8")  # holds its reservation
+        # 120 kB of a 130 kB body sent, the rest withheld: it holds the bytes it sent.
+        slow.sendall(headers_only(b"/predict", 130_000) + b"\xff\xd8" + b"\0" * 119_998)
         assert wait_for(lambda: gauge(srv, "resnet_decode_backlog") == 1, 3)
         r = srv.client().post("/predict/resnet18", content=b"\xff" * 120_000,
                               headers={"content-type": "image/jpeg"})  # fmt: skip
@@ -171,6 +173,18 @@ def test_body_bytes_in_flight_are_bounded_and_refusals_counted(srv: ServerProces
     r = srv.client().post("/predict", content=jpeg(seed=4) + b"\0" * 100_000,
                           headers={"content-type": "image/jpeg"})  # fmt: skip
     assert r.status_code == 200, r.text
+
+
+def test_a_slow_upload_holds_only_the_bytes_it_sent(srv: ServerProcess) -> None:
+    """Declaring a large body reserves nothing: 13 sockets declaring 20 MiB at 1 B/s once
+    exhausted the budget. Here one declares 130 kB of a 200 kB budget and sends 2 bytes; a
+    120 kB body beside it is served."""
+    with connect(srv) as slow:
+        slow.sendall(headers_only(b"/predict", 130_000) + b"\xff\xd8")
+        assert wait_for(lambda: gauge(srv, "resnet_decode_backlog") == 1, 3)
+        r = srv.client().post("/predict", content=jpeg(seed=5) + b"\0" * 100_000,
+                              headers={"content-type": "image/jpeg"})  # fmt: skip
+        assert r.status_code == 200, r.text
 
 
 def test_v2_json_request_is_admitted_for_its_whole_batch(srv: ServerProcess) -> None:
@@ -192,7 +206,7 @@ def test_v2_json_request_is_admitted_for_its_whole_batch(srv: ServerProcess) -> 
 
 def test_unknown_model_refusals_do_not_make_new_series(srv: ServerProcess) -> None:
     with httpx.Client(base_url=srv.url) as c, connect(srv) as slow:
-        slow.sendall(headers_only(b"/predict", 120_000) + b"\xff\xd8")
+        slow.sendall(headers_only(b"/predict", 130_000) + b"\xff\xd8" + b"\0" * 119_998)
         assert wait_for(lambda: gauge(srv, "resnet_decode_backlog") == 1, 3)
         r = c.post("/predict/no-such-model", content=b"\xff" * 120_000,
                    headers={"content-type": "image/jpeg"})  # fmt: skip

@@ -84,13 +84,19 @@ def test_inference_with_the_key(
 
 @pytest.mark.parametrize(
     "path", ["/healthz", "/readyz", "/metrics", "/models", "/v2", "/v2/health/ready",
-             "/v2/models/resnet18", "/openapi.json", "/docs"],
+             "/v2/models/resnet18", "/openapi.json"],
 )  # fmt: skip
 def test_health_metrics_and_metadata_stay_open(srv: ServerProcess, path: str) -> None:
     r = srv.client().get(path)
     assert r.status_code == 200, r.text
     assert KEY not in r.text
     assert "server" not in r.headers
+
+
+def test_interactive_docs_are_off_by_default(srv: ServerProcess) -> None:
+    for path in ("/docs", "/redoc"):
+        assert_error(srv.client().get(path), 404, "not_found")
+    assert "/predict" in srv.client().get("/openapi.json").json()["paths"]
 
 
 def test_auth_is_off_by_default() -> None:
@@ -113,8 +119,46 @@ def test_readme_limits_table_matches_the_settings() -> None:
         "max_concurrent_requests": ("512", 512),
         "max_body_bytes_in_flight": ("256 MiB", 256 * 1024 * 1024),
         "body_timeout_s": ("10", 10),
+        "min_upload_bytes_per_s": ("16384", 16 * 1024),
+        "max_json_body_bytes": ("8 MiB", 8 * 1024 * 1024),
+        "decode_cpu_base_ms": ("250", 250),
+        "decode_cpu_ms_per_mpixel": ("50", 50),
+        "decode_memory_bytes": ("1 GiB", 1 << 30),
+        "max_jpeg_scans": ("100", 100),
+        "max_headers": ("100", 100),
+        "max_head_bytes": ("32 KiB", 32 * 1024),
+        "head_timeout_s": ("10", 10),
+        "max_connections": ("2048", 2048),
     }
     assert set(rows) == set(expected)
     for name, (text, value) in expected.items():
         assert rows[name].strip() == text, name
         assert getattr(defaults, name) == value, name
+
+
+@pytest.mark.parametrize("key", ["", "   ", "short-key"])
+def test_an_empty_or_short_key_refuses_to_start(model_dir: Path, tmp_path: Path, key: str) -> None:
+    # Fail closed: RESNET_API_KEY="" (an unset secret in a manifest) must not mean "no auth".
+    srv = start_server(model_dir, tmp_path, wait=False, api_key=key)
+    assert srv.exit_status(60) == 1
+    assert (
+        "invalid settings:\n  api_key: Value error, api_key must be at least 16 characters "
+        f"(got {len(key.strip())}); unset it to serve without a key" in srv.log
+    ), srv.log
+
+
+def test_serving_without_a_key_beyond_loopback_is_warned(model_dir: Path, tmp_path: Path) -> None:
+    srv = start_server(model_dir, tmp_path, models="resnet18", host="0.0.0.0",
+                       warmup_batch_sizes="1")  # fmt: skip
+    try:
+        assert (
+            "WARNING server: serving without an API key on 0.0.0.0: anyone who can reach port"
+            in srv.log
+        ), srv.log
+    finally:
+        srv.stop()
+    quiet = start_server(model_dir, tmp_path, models="resnet18", warmup_batch_sizes="1")
+    try:
+        assert "serving without an API key" not in quiet.log  # 127.0.0.1: loopback only
+    finally:
+        quiet.stop()

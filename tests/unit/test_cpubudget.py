@@ -109,3 +109,31 @@ def test_threads_are_sized_from_the_budget(
 ) -> None:
     s = Settings(model_dir=tmp_path, **kw)  # type: ignore[arg-type]
     assert (s.threads, s.pool_threads) == (threads, pool)
+
+
+def test_stalled_counts_from_the_last_release_only_while_work_holds_or_waits() -> None:
+    budget = CpuBudget(2)
+    assert budget.stalled_s() == 0.0  # idle: nothing is stalled, however long
+    time.sleep(1.0)
+    release, released = threading.Event(), threading.Event()
+
+    def hold(n: int) -> None:
+        with budget.hold(n):
+            release.wait(5)
+        released.set()
+
+    first = threading.Thread(target=hold, args=(2,))
+    first.start()
+    time.sleep(0.15)
+    # Counted from the start of the work on an idle budget, not from the idle time before.
+    assert 0.1 <= budget.stalled_s() < 0.9
+    waiter = threading.Thread(target=hold, args=(1,))
+    waiter.start()
+    time.sleep(0.1)
+    assert budget.busy == 2 and budget.waiting == 1
+    assert budget.stalled_s() >= 0.25  # a waiter does not count as progress
+    release.set()
+    first.join(5)
+    waiter.join(5)
+    assert released.is_set()
+    assert budget.busy == 0 and budget.waiting == 0 and budget.stalled_s() == 0.0

@@ -120,3 +120,27 @@ def test_available_cpus_honours_the_container_cpu_quota(
     affinity = len(os.sched_getaffinity(0))
     want = affinity if expected is None else min(affinity, expected)
     assert available_cpus(tmp_path) == want
+
+
+def test_agreement_floors_override_some_floors_of_one_precision(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from server.agreement import DEFAULT_FLOORS
+    from server.cli import load_settings
+
+    monkeypatch.setenv("RESNET_AGREEMENT_FLOORS", '{"bf16": {"max_rel_logit_error": 0.2}}')
+    s = Settings(model_dir=tmp_path)
+    assert s.floors_for("bf16") == DEFAULT_FLOORS["bf16"].with_overrides(
+        {"max_rel_logit_error": 0.2}
+    )
+    assert s.floors_for("int8") == DEFAULT_FLOORS["int8"]
+    monkeypatch.delenv("RESNET_AGREEMENT_FLOORS")
+    flag = load_settings(["--model-dir", str(tmp_path),
+                          "--agreement-floors", '{"int8": {"min_top1": 0.9}}'])  # fmt: skip
+    assert flag.floors_for("int8").min_top1 == 0.9
+    with pytest.raises(ValidationError, match="unknown floor 'min_top3'"):
+        Settings(model_dir=tmp_path, agreement_floors={"int8": {"min_top3": 1.0}})
+    with pytest.raises(ValidationError, match="no agreement floors for precision 'fp8'"):
+        Settings(model_dir=tmp_path, agreement_floors={"fp8": {}})
+    with pytest.raises(SystemExit, match="agreement_floors: Value error, not valid JSON"):
+        load_settings(["--model-dir", str(tmp_path), "--agreement-floors", "{bf16"])

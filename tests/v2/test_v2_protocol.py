@@ -261,14 +261,17 @@ def test_v2_requests_are_counted_under_their_endpoint(server: ServerProcess) -> 
 
 
 def test_api_key_guards_infer_only(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, models="resnet18", api_key="s3cret",
+    srv = start_server(model_dir, tmp_path, models="resnet18", api_key="s3cret-v2-test-key",
                        warmup_batch_sizes="1")  # fmt: skip
     try:
         c = srv.client()
         body = json.dumps(images(IMAGE, data=[0] * PIXELS)).encode()
         r = c.post(INFER, content=body)
         assert r.status_code == 401 and "API key" in r.json()["error"]
-        assert c.post(INFER, content=body, headers={"x-api-key": "s3cret"}).status_code == 200
+        assert (
+            c.post(INFER, content=body, headers={"x-api-key": "s3cret-v2-test-key"}).status_code
+            == 200
+        )
         for path in ("/v2", "/v2/health/ready", "/v2/models/resnet18", "/v2/models/resnet18/stats"):
             assert c.get(path).status_code == 200, path
     finally:
@@ -284,5 +287,34 @@ def test_too_large_body_is_refused_before_parsing(model_dir: Path, tmp_path: Pat
         assert r.status_code == 413 and r.json()["code"] == "body_too_large"
         with httpx.Client(base_url=srv.url) as c:
             assert c.get("/v2/health/ready").status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_json_bodies_have_their_own_lower_cap(model_dir: Path, tmp_path: Path) -> None:
+    # JSON grows ~25x when parsed ("data": [{}, {}, ...]: 2 MB became +48 MiB), so it gets a
+    # cap of its own below max_body_bytes; binary tensors of the same size are served.
+    srv = start_server(model_dir, tmp_path, models="resnet18", max_json_body_bytes=65536,
+                       warmup_batch_sizes="1")  # fmt: skip
+    try:
+        c = srv.client()
+        big = json.dumps(images(IMAGE, data=[7] * PIXELS)).encode()  # ~450 kB of JSON
+        r = c.post(INFER, content=big)
+        assert r.status_code == 413
+        assert r.json() == {
+            "error": f"the JSON part of this request is {len(big)} bytes, over the limit of "
+            "65536 for JSON; send tensors as binary data (the binary tensor data extension, "
+            "Inference-Header-Content-Length)",
+            "code": "body_too_large",
+        }
+        body, headers = binary_body(binary_images(PIXELS), b"\7" * PIXELS)
+        assert c.post(INFER, content=body, headers=headers).status_code == 200
+        objects = json.dumps(images(IMAGE, data=[{}] * 5000)).encode()
+        r = c.post(INFER, content=objects)
+        assert r.status_code == 400
+        assert (
+            r.json()["error"]
+            == "input 'images' is UINT8: JSON data holds objects, expected integers"
+        )
     finally:
         srv.stop()
