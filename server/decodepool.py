@@ -25,6 +25,7 @@ from the preprocessing pool's threads.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -55,6 +56,8 @@ _SLICE_S: Final = 0.05  # how often a waiting thread looks at its request's aban
 _MIB: Final = 1 << 20
 _SOCKET_BUFFER: Final = 1 << 20  # capped by net.core.wmem_max / rmem_max
 _START_TIMEOUT_S: Final = 60.0
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_KEEP_BYTES: Final = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ def _cpu_seconds(pid: int | None) -> float:
 
 def _worker_main(conn: Connection, memory_bytes: int) -> None:
     """The worker process: decode what arrives until the pipe closes."""
+    _keep_heap()
     _limit_memory(memory_bytes)
     conn.send(("ready",))
     while True:
@@ -251,6 +255,22 @@ def _worker_main(conn: Connection, memory_bytes: int) -> None:
             continue
         conn.send(("ok",))
         conn.send_bytes(crop.tobytes())
+
+
+def _keep_heap() -> None:
+    """Keep freed memory in this process's heap instead of returning it to the kernel.
+
+    glibc hands allocations over 32 MiB (at most, 128 kB to start with) to ``mmap`` and
+    unmaps them when freed, so every decode's image buffers are fresh pages, each a page
+    fault: measured with ``bench.isolation``, 1.3 ms of a 2-3 ms decode. The worker's heap
+    cannot outgrow its memory budget (``RLIMIT_AS``), which bounds what this keeps.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
+    libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
 
 
 def _limit_memory(extra: int) -> None:
