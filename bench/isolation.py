@@ -51,7 +51,7 @@ def _photos() -> list[tuple[str, bytes]]:
 
 
 def servers(model_dir: Path, model: str, provider: str, levels: list[int], rounds: int,
-            seconds: float) -> None:  # fmt: skip
+            seconds: float, modes: list[str]) -> None:  # fmt: skip
     """Both isolation modes of one server, side by side (see the module docstring)."""
     from PIL import Image
 
@@ -64,7 +64,7 @@ def servers(model_dir: Path, model: str, provider: str, levels: list[int], round
     )
     body, logs = buf.getvalue(), Path(tempfile.mkdtemp(prefix="bench-isolation-"))
     running = {}
-    for mode in ("process", "thread"):
+    for mode in modes:
         port = free_port()
         env = {"RESNET_MODEL_DIR": str(model_dir), "RESNET_MODELS": model, "RESNET_PORT": str(port),
                "RESNET_PROVIDER": provider, "RESNET_DECODE_ISOLATION": mode,
@@ -87,12 +87,13 @@ def servers(model_dir: Path, model: str, provider: str, levels: list[int], round
                     print(f"round {r} c={level:<3d} {mode:8s} {row[0]:7.1f} req/s  p50 "
                           f"{row[1]:6.1f} ms  p99 {row[2]:6.1f} ms  machine busy "
                           f"{busy / (seconds + 1.0):.2f} cores")  # fmt: skip
-        print("medians over rounds:")
+        print("medians over rounds (ratio: against the last mode):")
         for level in levels:
-            p, t = (np.median(np.array(results[(m, level)]), axis=0) for m in ("process", "thread"))
-            print(f"c={level:<3d} process {p[0]:7.1f} req/s (p50 {p[1]:.1f} ms, p99 {p[2]:.1f}) | "
-                  f"thread {t[0]:7.1f} req/s (p50 {t[1]:.1f}, p99 {t[2]:.1f}) | ratio "
-                  f"{p[0] / t[0]:.3f}")  # fmt: skip
+            med = {m: np.median(np.array(results[(m, level)]), axis=0) for m in modes}
+            base = med[modes[-1]][0]
+            print(f"c={level:<3d} " + " | ".join(
+                f"{m} {v[0]:.1f} req/s (p50 {v[1]:.1f} ms, p99 {v[2]:.1f}, ratio {v[0] / base:.3f})"
+                for m, v in med.items()))  # fmt: skip
     finally:
         for srv, _ in running.values():
             srv.stop()
@@ -114,10 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--modes", default="auto,process,thread", help="decode_isolation values")
     args = parser.parse_args(argv)
     if args.server is not None:
         levels = [int(c) for c in args.concurrency.split(",")]
-        servers(args.server, args.model, args.provider, levels, args.rounds, args.seconds)
+        servers(args.server, args.model, args.provider, levels, args.rounds, args.seconds,
+                args.modes.split(","))  # fmt: skip
         return
     pool = DecodePool(DecodeBudget())
     worker, never, limits = pool.worker(), threading.Event(), DecodeLimits()

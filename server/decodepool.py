@@ -18,7 +18,10 @@ thread watches three things and kills the worker at the first:
 - **its request being abandoned** (answered already: failed, timed out, client gone), so
   nothing keeps running after the answer.
 
-A killed worker is replaced before the thread takes its next image. Linux only (``/proc``,
+A killed worker is replaced before the thread takes its next image. With
+``decode_isolation=auto`` (the default) a file that is cheap by construction (small, few
+pixels, a C decoder: :func:`decodes_inline`) decodes in the thread itself, where its worst
+case is inside its budget anyway and the hand-off would be pure cost. Linux only (``/proc``,
 ``RLIMIT_AS``); elsewhere use ``decode_isolation=thread``. Everything here blocks: call it
 from the preprocessing pool's threads.
 """
@@ -80,6 +83,35 @@ class DecodeBudget:
 
 OnKill = Callable[[str], None]
 """Told why a worker was killed: ``cpu``, ``memory``, ``abandoned`` or ``crashed``."""
+
+
+#: Bytes and declared pixels up to which such a file decodes in the calling thread: its worst
+#: case is within its own budget, so a worker process would only add its hand-off (measured:
+#: 15% of a 2-core server's throughput on 500x375 JPEGs). The worst measured inside these
+#: bounds: a 2 MP progressive JPEG at the 100-scan limit, ~0.2 s of CPU (budget 0.35 s).
+INLINE_MAX_BYTES: Final = 1 << 20
+INLINE_MAX_PIXELS: Final = 2_000_000
+
+
+def decodes_inline(data: bytes, limits: DecodeLimits) -> bool:
+    """Whether ``data`` is cheap by construction: a small file of a C-decoded format that
+    declares few pixels. Reads the header only; a header that cannot be read goes to a
+    worker, which reports the error.
+    """
+    if len(data) > INLINE_MAX_BYTES or not data.startswith(_INLINE_MAGIC):
+        return False
+    try:
+        width, height = declared_size(data, limits)
+    except ServerError:
+        return False
+    return width * height <= INLINE_MAX_PIXELS
+
+
+# Formats whose decoders are C and whose cost, once the structure checks have passed, is
+# bounded by the file's bytes and declared pixels: JPEG, PNG, GIF, RIFF (WebP's container;
+# other RIFF is refused by the decoder). BMP's RLE decoder is Python and TIFF has many codecs:
+# those always go to a worker.
+_INLINE_MAGIC: Final = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"RIFF")
 
 
 class DecodeWorker:

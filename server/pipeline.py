@@ -28,7 +28,7 @@ from .admission import Ticket
 from .batcher import Completed
 from .cpubudget import CpuBudget
 from .decode import DecodeLimits
-from .decodepool import DecodeBudget, DecodePool
+from .decodepool import DecodeBudget, DecodePool, decodes_inline
 from .errors import (
     ImageTooCostly,
     ImageTooLarge,
@@ -63,17 +63,19 @@ class Decoded:
 def _decode_into(
     data: bytes, spec: Preprocessing, limits: DecodeLimits, out: np.ndarray, metrics: Metrics,
     model: str, budget: CpuBudget, abandoned: threading.Event, workers: DecodePool | None,
+    inline: bool,
 ) -> float:  # fmt: skip
     """Runs in the pool, on one core of the budget; timed once it has the core, so waiting
     for a thread or a core is not counted as decoding. Skipped (0 s) if its request was
-    abandoned (failed, timed out, client gone) while it waited for the core; with
-    ``workers``, the thread's worker process decodes, and is killed if the request is
-    abandoned meanwhile or the decode passes its budget (ImageTooCostly)."""
+    abandoned (failed, timed out, client gone) while it waited for the core. With
+    ``workers``, an image (with ``inline``, one not cheap by construction: ``decodes_inline``) is decoded
+    by the thread's worker process, killed if the request is abandoned meanwhile or the
+    decode passes its budget (ImageTooCostly)."""
     with budget.hold(1):
         if abandoned.is_set():
             return 0.0
         start = time.monotonic()
-        if workers is None:
+        if workers is None or (inline and decodes_inline(data, limits)):
             preprocess(data, spec, limits, out)
         elif not workers.worker().preprocess(data, spec, limits, out, abandoned):
             return 0.0
@@ -106,7 +108,8 @@ class Pipeline:
             cpu_s_per_mpixel=settings.decode_cpu_ms_per_mpixel / 1000,
             memory_bytes=settings.decode_memory_bytes,
         )
-        self._isolated = settings.decode_isolation == "process"
+        self._isolated = settings.decode_isolation != "thread"
+        self._inline = settings.decode_isolation == "auto"
         self._workers: DecodePool | None = None
 
     def start(self) -> None:
@@ -205,7 +208,7 @@ class Pipeline:
         futures = [
             loop.run_in_executor(self._pool, _decode_into, data, spec, self._limits, pixels[i],
                                  self._metrics, model.name, self._budget, abandoned,
-                                 self._workers)
+                                 self._workers, self._inline)
             for i, data in enumerate(items)
         ]  # fmt: skip
         try:

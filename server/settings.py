@@ -176,11 +176,12 @@ class Settings(BaseSettings):
     # Preprocessing and limits
     preprocess_threads: int = Field(0, ge=0, description="decode threads; 0 = cores")
     fast_jpeg_decode: bool = False
-    decode_isolation: Literal["process", "thread"] = Field(
-        "process",
+    decode_isolation: Literal["auto", "process", "thread"] = Field(
+        "auto",
         description="process: each decode thread hands its images to a worker process held to "
-        "the decode budget below and killed past it (Linux); thread: decode in the thread "
-        "itself, bounded by size limits only",
+        "the decode budget below and killed past it (Linux); auto: the same, but files cheap "
+        "by construction (JPEG/PNG/WebP/GIF up to 1 MiB and 2 MP) decode in the thread; "
+        "thread: every decode in the thread, bounded by the size and structure limits only",
     )
     decode_cpu_base_ms: float = Field(
         250.0, gt=0, description="CPU ms a decode may take before the header is read, and the "

@@ -145,3 +145,27 @@ def test_nothing_keeps_running_after_the_answer(model_dir: Path, tmp_path: Path)
         assert post(srv, jpeg(400, 300, seed=4), JPEG_CT).status_code == 200
     finally:
         srv.stop()
+
+
+def test_only_files_cheap_by_construction_decode_in_the_thread() -> None:
+    """``decode_isolation=auto``: small JPEG/PNG/WebP/GIF files of few pixels skip the worker
+    (their worst case is inside their budget); anything larger, or another format, does not."""
+    from server.decode import DecodeLimits
+    from server.decodepool import decodes_inline
+    from tests.reliability.corpus import jpeg_many_scans, tiff_long_strip_table
+
+    limits = DecodeLimits()
+    photo = Image.open(io.BytesIO(jpeg(500, 375, seed=1)))
+    assert decodes_inline(jpeg(500, 375, seed=1), limits)
+    for fmt in ("PNG", "WEBP", "GIF"):
+        buf = io.BytesIO()
+        photo.save(buf, fmt)
+        assert decodes_inline(buf.getvalue(), limits), fmt
+    buf = io.BytesIO()
+    photo.save(buf, "BMP")
+    assert not decodes_inline(buf.getvalue(), limits)  # a Python RLE decoder: a worker
+    assert not decodes_inline(tiff_long_strip_table(), limits)  # TIFF: always a worker
+    assert not decodes_inline(gradient_png(2000, 1001), limits)  # over 2 MP declared
+    assert not decodes_inline(jpeg(500, 375) + b"\0" * (1 << 20), limits)  # over 1 MiB
+    assert decodes_inline(jpeg_many_scans(), limits)  # small: refused in the thread, at once
+    assert not decodes_inline(b"not an image", limits)  # a worker reports the error
