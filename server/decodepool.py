@@ -174,11 +174,18 @@ class DecodeWorker:
             InvalidImage, UnsupportedImageFormat, ImageTooLarge: as :func:`server.preprocess.preprocess`.
             ImageTooCostly: the decode passed its CPU or memory budget (the worker is replaced).
         """
-        self.start()
-        assert self._conn is not None and self._process is not None
-        start_cpu = _cpu_seconds(self._process.pid)
-        self._conn.send((spec.to_dict(), limits))
-        self._conn.send_bytes(data)
+        for attempt in (1, 2):  # a worker that died between images (OOM-killed) is replaced
+            self.start()
+            assert self._conn is not None and self._process is not None
+            start_cpu = _cpu_seconds(self._process.pid)
+            try:
+                self._conn.send((spec.to_dict(), limits))
+                self._conn.send_bytes(data)
+                break
+            except OSError:
+                self.close()
+                if attempt == 2:
+                    raise
         budget = self._budget.base_cpu_s
         pixels = 0
         while True:
@@ -191,6 +198,7 @@ class DecodeWorker:
                 budget = self._budget.cpu_seconds(pixels)
                 continue
             if kind == "ok":
+                assert self._conn is not None
                 np.copyto(out, np.frombuffer(self._conn.recv_bytes(), np.uint8).reshape(out.shape))
                 return True
             if kind == "memory":
@@ -341,9 +349,15 @@ class DecodePool:
         return worker
 
     def start_worker(self) -> None:
-        """Start the calling thread's worker now (a pool initializer: no first-image wait)."""
+        """Start the calling thread's worker now (a pool initializer: no first-image wait).
+        Never raises: an initializer that raises breaks the whole thread pool; a worker that
+        could not start is started again by its first image."""
         start = time.monotonic()
-        self.worker().start()
+        try:
+            self.worker().start()
+        except Exception:
+            log.exception("decode worker did not start; its thread retries with its first image")
+            return
         log.debug("decode worker started in %.3f s", time.monotonic() - start)
 
     def close(self) -> None:

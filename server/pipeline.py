@@ -68,9 +68,9 @@ def _decode_into(
     """Runs in the pool, on one core of the budget; timed once it has the core, so waiting
     for a thread or a core is not counted as decoding. Skipped (0 s) if its request was
     abandoned (failed, timed out, client gone) while it waited for the core. With
-    ``workers``, an image (with ``inline``, one not cheap by construction: ``decodes_inline``) is decoded
-    by the thread's worker process, killed if the request is abandoned meanwhile or the
-    decode passes its budget (ImageTooCostly)."""
+    ``workers``, the image (with ``inline``, only one not cheap by construction:
+    ``decodes_inline``) is decoded by the thread's worker process, killed if the request is
+    abandoned meanwhile or the decode passes its budget (ImageTooCostly)."""
     with budget.hold(1):
         if abandoned.is_set():
             return 0.0
