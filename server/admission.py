@@ -12,11 +12,11 @@ client's time, bounded by the body limits instead (a slow upload is not read who
 refused for lateness). And a request is not admitted in the first place when the images
 ahead of it would take longer than that to drain: a request the deadline would drop is
 refused at the door instead, at no cost, rather than after waiting out the deadline. The
-drain rate is the faster of the rate images have been finishing and what the engines
-measured per image while running (instances / engine seconds per image): finishing follows
-demand when the server is lightly loaded, and a burst after a quiet spell must be measured
-against what the engines can do, not against how little was asked. Plain Python, no I/O:
-used from the event loop only.
+drain rate is the rate images have been finishing while busy: at saturation that is the
+capacity, decode and engine together. (Taking the faster of it and the engines' own measured
+capacity, so that a burst after a quiet spell is not judged by how little was asked, was
+tried and measured worse: engine time alone ignores the decodes that share the cores, and at
+1.5x load it admitted requests that then timed out in the queue.) Plain Python, no I/O: used from the event loop only.
 """
 
 from __future__ import annotations
@@ -53,25 +53,21 @@ class Admission:
         timeout: float,
         clock: Callable[[], float] | None = None,
         headroom: int = 0,
-        instances: int = 1,
     ) -> None:
         """``timeout``: seconds from the body's arrival to dispatch; ``capacity`` >= 1;
         ``clock``: monotonic seconds (default: the running event loop's time); ``headroom``:
-        images the engines take at once (instances x max batch), which wait for nobody;
-        ``instances``: engine instances running batches at once."""
+        images the engines take at once (instances x max batch), which wait for nobody."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.model = model
         self.capacity = capacity
         self.timeout = timeout
         self.headroom = headroom
-        self.instances = instances
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self.in_flight = 0
         self.decoding = 0
         """images admitted but not yet handed to the batcher (the decode backlog)"""
-        self._completions: deque[tuple[float, int, float]] = deque()
-        """(when, images, engine seconds per image of their batch)"""
+        self._completions: deque[tuple[float, int]] = deque()
 
     def admit(self, images: int = 1) -> Ticket:
         """Take ``images`` from the budget, or raise QueueFull (503, nothing taken)."""
@@ -80,29 +76,21 @@ class Admission:
         return Ticket(self, images, self._clock() + self.timeout)
 
     def rate(self) -> float | None:
-        """Images per second the model can drain, over the last ``RATE_WINDOW_S``: the
-        faster of the finishing rate and the engines' measured capacity; None until enough
-        completions were seen."""
+        """Images per second the model has been finishing while busy, over the last
+        ``RATE_WINDOW_S``; None until enough completions were seen."""
         events = self._prune(self._clock())
         if len(events) < 3 or events[-1][0] - events[0][0] < RATE_MIN_SPAN_S:
             return None
-        finished = sum(n for _, n, _ in events) - events[0][1]  # counted from the first one on
-        observed = finished / (events[-1][0] - events[0][0])
-        engine_seconds = sum(n * per_image for _, n, per_image in events)
-        if engine_seconds <= 0:
-            return observed
-        capacity = self.instances * sum(n for _, n, _ in events) / engine_seconds
-        return max(observed, capacity)
+        finished = sum(n for _, n in events) - events[0][1]  # counted from the first one on
+        return finished / (events[-1][0] - events[0][0])
 
-    def completed(self, images: int, engine_seconds_per_image: float = 0.0) -> None:
-        """``images`` of a request finished (their batch ran, taking
-        ``engine_seconds_per_image`` of engine time per image of the batch). Feeds
-        :meth:`rate`."""
+    def completed(self, images: int) -> None:
+        """``images`` of a request finished (their batch ran). Feeds :meth:`rate`."""
         now = self._clock()
-        self._completions.append((now, images, engine_seconds_per_image))
+        self._completions.append((now, images))
         self._prune(now)
 
-    def _prune(self, now: float) -> deque[tuple[float, int, float]]:
+    def _prune(self, now: float) -> deque[tuple[float, int]]:
         """Drop completions older than ``RATE_WINDOW_S``: a rate is recent or it is nothing."""
         events = self._completions
         while events and events[0][0] < now - RATE_WINDOW_S:
@@ -173,9 +161,9 @@ class Ticket:
         """Seconds left before the deadline (may be negative)."""
         return self.deadline - self._admission._clock()
 
-    def completed(self, images: int, engine_seconds_per_image: float = 0.0) -> None:
+    def completed(self, images: int) -> None:
         """``images`` of this request ran (a chunk's batch completed)."""
-        self._admission.completed(images, engine_seconds_per_image)
+        self._admission.completed(images)
 
     def release(self) -> None:
         """Give the images back. Idempotent."""

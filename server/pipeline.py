@@ -254,7 +254,7 @@ class Pipeline:
                 self._metrics.rejected.labels(model.name, e.code).inc()
             raise
         self._metrics.queue_wait.labels(model.name).observe(done.queue_seconds)
-        ticket.completed(len(rows), done.run_seconds / max(done.batch_rows, 1))
+        ticket.completed(len(rows))
         return done
 
     def _count_timeout(self, model: ServedModel) -> None:

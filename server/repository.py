@@ -315,7 +315,7 @@ class ModelRepository:
         capacity = config.max_queue_size + engine.instances * config.max_batch_size
         admission = Admission(
             name, capacity, config.queue_timeout,
-            headroom=engine.instances * config.max_batch_size, instances=engine.instances,
+            headroom=engine.instances * config.max_batch_size,
         )  # fmt: skip
         queue_config = dataclasses.replace(config, max_queue_size=capacity)
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)

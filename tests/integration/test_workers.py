@@ -204,7 +204,8 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost(pool: ServerProcess) ->
     for _ in range(8):
         assert post_fresh(pool, data).status_code == 200
     assert ok_count(pool) == before + 16  # the dead worker's counts stay in the totals
-    assert fresh_scrape(pool, "resnet_images_in_flight") == 0
+    # Live gauges are sampled every 0.25 s and a scrape is reused for up to 1 s.
+    assert wait_for(lambda: fresh_scrape(pool, "resnet_images_in_flight") == 0, 5)
     assert pool.client().get("/readyz").status_code == 200
 
 

@@ -117,6 +117,8 @@ class Ramp:
         self.pending: set[asyncio.Task[None]] = set()
         self.latest = 0.0
         self.refusal: Refusal | None = None
+        self.steps: list[Step] = []
+        """every step run, in order"""
         self.unexpected: list[str] = []
         """answers other than 200 or a 503 refusal, and transport errors (a task's exception
         would be lost: finished tasks leave ``pending``)"""
@@ -137,7 +139,9 @@ class Ramp:
             self.unexpected.append(f"{r.status_code} {r.text}")
             return
         step.answers[code] += 1
-        if self.refusal is None:
+        # The first refusal by when its request was sent: a queue_timeout comes back a
+        # deadline later, after a queue_full sent in a later step may have come back.
+        if self.refusal is None or self.steps.index(step) < self.steps.index(self.refusal.step):
             self.refusal = Refusal(code, step, at_door)
             self.refusal.answered = await self.scrape()
 
@@ -146,6 +150,7 @@ class Ramp:
 
     async def run(self, step: Step, seconds: float) -> None:
         """Send at ``step.offered`` req/s for ``seconds`` while scraping every SCRAPE_S."""
+        self.steps.append(step)
         t0 = time.monotonic()
         sent = 0
         next_scrape = t0
