@@ -21,15 +21,10 @@ async def require_api_key(request: Request, state: Annotated[AppState, Depends(g
     Raises:
         Unauthorized: a key is configured and the request's is missing or wrong.
     """
-    expected = state.settings.api_key
-    if expected is None:
-        return
-    given = request.headers.get("x-api-key", "")
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
-        raise Unauthorized("missing or invalid API key (send 'Authorization: Bearer <key>')")
+    headers = request.headers
+    check_api_key(
+        state.settings.api_key, headers.get("authorization", ""), headers.get("x-api-key", "")
+    )
 
 
 def check_api_key(expected: SecretStr | None, authorization: str, x_api_key: str) -> None:

@@ -124,10 +124,6 @@ class DecodeWorker:
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
     def start(self) -> None:
         """Start the process if there is none (idempotent), and wait until it is ready.
 
