@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import Scope
 
 from . import __version__
+from .control import RepositoryControl
 from .cpubudget import CpuBudget
 from .cpuinfo import CpuInfo, read_cpuinfo
 from .errors import ServerError, install_handlers
@@ -24,7 +25,9 @@ from .observe import record_unrouted
 from .openapi import openapi_with_errors
 from .pipeline import Pipeline
 from .repository import ModelRepository
+from .respcache import ResponseCache
 from .routes import docs, health, metrics, predict, ui
+from .routes import repository as repository_api
 from .runner import EngineRun
 from .scrape import SCRAPE_MAX_AGE_S, Scrapes
 from .settings import Settings
@@ -62,13 +65,21 @@ def create_app(
         multiprocess=settings.workers > 1,
     )  # fmt: skip
     budget = CpuBudget(settings.budget_cores)
+    cache = (
+        ResponseCache(settings.response_cache_bytes, metrics_)
+        if settings.response_cache_bytes
+        else None
+    )
+    repository = ModelRepository(settings, metrics_, cpu or read_cpuinfo(), budget, run_wrapper)
     state = AppState(
         settings=settings,
         metrics=metrics_,
-        repository=ModelRepository(settings, metrics_, cpu or read_cpuinfo(), budget, run_wrapper),
+        repository=repository,
         pipeline=Pipeline(settings, metrics_, budget),
         scrapes=Scrapes(metrics_, SCRAPE_MAX_AGE_S if metrics_.multiprocess else 0.0),
         budget=budget,
+        control=RepositoryControl(settings, repository, cache),
+        cache=cache,
     )
     app = FastAPI(
         title="resnet-server",
@@ -89,7 +100,7 @@ def create_app(
             )
 
     install_handlers(app, on_early_error=count_unrouted)
-    routers = [health.router, predict.router, metrics.router, v2.router]
+    routers = [health.router, predict.router, metrics.router, v2.router, repository_api.router]
     if settings.ui:
         routers.append(ui.router)
     if settings.docs:
@@ -121,6 +132,8 @@ def _lifespan(
         tasks = [loading]
         if state.metrics.multiprocess:
             tasks.append(asyncio.create_task(_sample_metrics(state.metrics)))
+        if state.settings.model_control == "poll":
+            tasks.append(asyncio.create_task(_poll_after(state, loading)))
         try:
             if load_first:
                 await _loaded(state, loading)
@@ -155,6 +168,13 @@ async def _loaded(state: AppState, loading: asyncio.Task[None]) -> None:
         raise RuntimeError("stopped while loading")
     if state.lifecycle.startup_error:
         raise RuntimeError(state.lifecycle.startup_error)
+
+
+async def _poll_after(state: AppState, loading: asyncio.Task[None]) -> None:
+    """``model_control=poll``: follow model_dir once the start's load has succeeded."""
+    await asyncio.wait({loading})
+    if not state.lifecycle.startup_error:
+        await state.control.poll_forever()
 
 
 async def _sample_metrics(metrics: Metrics) -> None:

@@ -147,6 +147,24 @@ class UnknownModel(ServerError):
     grpc_status = "NOT_FOUND"
 
 
+class RepositoryDisabled(ServerError):
+    """The repository API is off for this ``model_control`` (the message says how to turn it
+    on)."""
+
+    status = 403
+    code = "repository_disabled"
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class ModelLoadFailed(ServerError):
+    """A repository load found a version that cannot serve (unreadable, corrupt, below its
+    agreement floors): it takes no traffic and what served before still serves."""
+
+    status = 400
+    code = "model_load_failed"
+    grpc_status = "FAILED_PRECONDITION"
+
+
 class NotReady(ServerError):
     """The server or model is not ready (loading, warming up, or shutting down)."""
 

@@ -140,10 +140,40 @@ class Metrics:
              "requested_provider", "fallback"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
+        self.version_state = Gauge(
+            "resnet_model_version_state",
+            "1 for the state each model version is in (loading, ready, draining, failed, "
+            "unloaded), 0 for the others. GET /models and the repository index say why.",
+            ["model", "version", "state"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.cache_hits = Counter(
+            "resnet_cache_hits", "Requests answered from the response cache.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.cache_misses = Counter(
+            "resnet_cache_misses", "Requests of a cached model not found in the response cache.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.cache_evictions = Counter(
+            "resnet_cache_evictions", "Answers evicted from the response cache to make room "
+            "(least recently used first).", ["model"], registry=r,
+        )  # fmt: skip
+        self.cache_lookup = Counter(
+            "resnet_cache_lookup_seconds", "Seconds spent hashing and looking up requests in "
+            "the response cache, by outcome (hit or miss).", ["model", "outcome"], registry=r,
+        )  # fmt: skip
+        self.cache_bytes = Gauge(
+            "resnet_cache_bytes", "Bytes of answers held by the response cache (all models).",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+
     def live(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Report ``read()`` (cheap, thread-safe) as the value of ``gauge`` (one labelled
-        child): read at each scrape, or with several workers sampled (module docstring)."""
+        child): read at each scrape, or with several workers sampled (module docstring).
+        A second call for the same child replaces the first (a model version swapped: the
+        old version's objects are not kept alive by its reader)."""
         if self.multiprocess:
+            self._live = [(g, r) for g, r in self._live if g is not gauge]
             self._live.append((gauge, read))
         else:
             gauge.set_function(read)

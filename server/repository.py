@@ -1,9 +1,16 @@
-"""The set of served models: discovery, load, warm-up, batcher start, and bounded stop."""
+"""The set of served models: discovery, load, warm-up, batcher start, and bounded stop.
+
+Each model name has one or more versions (:mod:`server.versions`); :meth:`ModelRepository.get`
+is the one place a (name, optional version) becomes the served version a request runs on. The
+served set is replaced whole on every change (:meth:`ModelRepository.install`), never mutated
+under a request; :mod:`server.swap` changes it without downtime.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +32,7 @@ from .onnxfile import read_metadata_props
 from .runner import EngineRun, Job, Runner
 from .scores import Scores
 from .settings import Settings
+from .versions import VersionPolicy, read_config, scan
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,12 @@ class ModelSpec:
     automatic: bool = False
     """added by the server (``bf16_variants=auto``), not named by the user: best effort, so
     a failure to load or to agree skips it instead of stopping the server"""
+    version: int = 1
+    signature: tuple[int, int] = (0, 0)
+    """the file's (size, mtime ns) when discovered: a changed file is a new load"""
+    cache: bool = False
+    """its answers go through the response cache (``response_cache_models`` or config.json)"""
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
 
 
 @dataclass(frozen=True)
@@ -95,10 +109,21 @@ class ServedModel:
     not_ready_reason: str = "loading"
     warnings: list[str] = field(default_factory=list)
     """automatic choices that did not go as planned (a provider fallback), for ``/models``"""
+    version: str = "1"
+    generation: int = 0
+    """unique per load in this process: a reload of the same version is another generation
+    (response-cache keys carry it)"""
+    spec: ModelSpec | None = None
+    draining: bool = False
+    """retired: no new request reaches it; those admitted finish (``server.swap``)"""
 
     @property
-    def version(self) -> str:
-        return "1"
+    def state(self) -> str:
+        """``ready``, ``draining``, or ``failed`` (loaded but may not take traffic: the reason
+        is ``not_ready_reason``)."""
+        if self.draining:
+            return "draining"
+        return "ready" if self.ready else "failed"
 
     @property
     def meta(self) -> ModelMetadata:
@@ -130,35 +155,78 @@ def wants_bf16(settings: Settings, provider: str, cpu: CpuInfo) -> bool:
 
 
 def discover(settings: Settings, bf16: bool = False) -> dict[str, ModelSpec]:
-    """Model name -> spec. ``settings.models`` empty means every ``*.onnx`` in the directory,
-    plus ``<name>-bf16`` for each fp32 file if ``bf16``. A listed ``<name>-bf16`` with no file
-    of that name is the bf16 variant of ``<name>.onnx``.
+    """Model name -> the spec of its highest version to serve (see :func:`discover_versions`)."""
+    return {name: specs[-1] for name, specs in discover_versions(settings, bf16).items()}
+
+
+def discover_versions(
+    settings: Settings, bf16: bool = False, names: list[str] | None = None
+) -> dict[str, list[ModelSpec]]:
+    """Model name -> the specs of the versions its policy serves, ascending. ``names`` (a
+    repository load) or else ``settings.models``; both empty mean every model in the
+    directory (flat ``*.onnx`` and ``<name>/<version>/model.onnx``), plus ``<name>-bf16`` for
+    each fp32 file if ``bf16``. A listed ``<name>-bf16`` with no model of that name is the
+    bf16 variant of ``<name>``. Blocking (reads the directory and config files).
 
     Raises:
         FileNotFoundError: a named model has no file, or the directory holds none.
+        ConfigError: a model's config.json is invalid.
     """
-    found = {p.stem: p for p in sorted(settings.model_dir.glob("*.onnx"))}
-    wanted = settings.models or list(found)
-    specs: dict[str, ModelSpec] = {}
+    found = scan(settings.model_dir)
+    wanted = names or settings.models or list(found)
+    cached = set(settings.response_cache_models)
+    specs: dict[str, list[ModelSpec]] = {}
     for name in wanted:
         base = name.removesuffix(BF16_SUFFIX)
-        if name in found:
-            specs[name] = ModelSpec(name, found[name])
-        elif name != base and base in found:
-            specs[name] = ModelSpec(name, found[base], "bf16")
-    missing = [m for m in wanted if m not in specs]
+        source, precision = (name, None) if name in found else (base, "bf16")
+        if source not in found or (precision and name == base):
+            continue
+        config = read_config(settings.model_dir, source)
+        cache = name in cached or config.response_cache
+        files = found[source]
+        specs[name] = [
+            ModelSpec(name, files[v].path, precision, version=v, signature=files[v].signature,
+                      cache=cache, policy=config.policy)
+            for v in config.policy.select(list(files))
+        ]  # fmt: skip
+    missing = [m for m in wanted if not specs.get(m)]
     if missing or not specs:
         raise FileNotFoundError(
             f"no model file for {missing or 'any model'} in {settings.model_dir}; export with "
             f"`python -m export resnet18 resnet50 --out-dir {settings.model_dir}`"
         )
-    if bf16 and not settings.models:
+    if bf16 and not settings.models and not names:
         automatic = settings.bf16_variants == "auto"
-        for name, spec in list(specs.items()):
-            if read_metadata_props(spec.path).get("precision", "fp32") == "fp32":
-                variant = name + BF16_SUFFIX
-                specs.setdefault(variant, ModelSpec(variant, spec.path, "bf16", automatic))
+        for name, versions in list(specs.items()):
+            variant = name + BF16_SUFFIX
+            fp32 = [s for s in versions
+                    if read_metadata_props(s.path).get("precision", "fp32") == "fp32"]  # fmt: skip
+            if fp32 and variant not in specs:
+                specs[variant] = [
+                    dataclasses.replace(s, name=variant, precision="bf16", automatic=automatic,
+                                        cache=s.cache or variant in cached)
+                    for s in fp32
+                ]  # fmt: skip
     return specs
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """A version as the repository index reports it: ``state`` one of ``loading``,
+    ``ready``, ``draining``, ``failed`` (``reason`` says why), ``unloaded``."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+VERSION_STATES = ("loading", "ready", "draining", "failed", "unloaded")
+_generations = itertools.count(1)
+
+
+def _version_order(version: str) -> int:
+    return int(version) if version.isdigit() else 0
 
 
 class ModelRepository:
@@ -178,35 +246,61 @@ class ModelRepository:
         self.cpu = cpu
         self.provider = ""
         self._budget = budget
+        self.served: dict[str, dict[str, ServedModel]] = {}
+        """name -> version -> model: what requests can reach; replaced whole, never mutated"""
         self.models: dict[str, ServedModel] = {}
+        """name -> its default version (the highest ready one), derived from ``served``"""
+        self.states: dict[tuple[str, str], VersionState] = {}
+        """(name, version) -> state of versions that are not (or no longer) served"""
+        self.retiring: set[asyncio.Task[None]] = set()
+        """drains in progress (``server.swap``)"""
         self.skipped: dict[str, SkippedVariant] = {}
         self.configured: frozenset[str] = frozenset()
         """names that will be served (known from the start of loading): metric labels, and
         503 rather than 404 while one of them is still loading"""
 
-    def get(self, name: str) -> ServedModel:
-        """The loaded model ``name``.
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The served version a request for ``name`` runs on: ``version``, or (None or "")
+        the highest ready one. The only lookup the front doors (REST, v2, gRPC) use.
 
         Raises:
-            UnknownModel: not a configured model (404).
+            UnknownModel: not a configured model, or no such version served (404).
             NotReady: configured but still loading (503).
         """
-        model = self.models.get(name)
-        if model is not None:
-            return model
+        versions = self.served.get(name)
+        if versions and not version:
+            return self.models[name]
+        if versions and version:
+            model = versions.get(version)
+            if model is not None:
+                return model
+            known = self.states.get((name, version))
+            if known is not None and known.state == "loading":
+                raise NotReady(f"version {version} of model {name!r} is loading")
+            why = f" ({known.state}: {known.reason})" if known and known.reason else ""
+            raise UnknownModel(
+                f"unknown version {version[:32]!r} of model {name!r}{why}; served versions: "
+                f"{sorted(versions, key=_version_order)}"
+            )
         skipped = self.skipped.get(name)
         if skipped is not None:
             raise UnknownModel(
                 f"model {name!r} is not served on this machine ({skipped.reason}: see "
                 f"skipped_variants in GET /models); served models: {sorted(self.configured)}"
             )
+        gone = [s for (n, _), s in self.states.items() if n == name and s.state != "loading"]
+        if name in self.configured and gone:
+            states = "; ".join(f"version {s.version} {s.state}: {s.reason}" for s in gone)
+            raise UnknownModel(
+                f"model {name!r} is not loaded ({states}); load it through the repository API"
+            )
         if name in self.configured:
             raise NotReady(f"model {name!r} is loading")
         raise UnknownModel(f"unknown model {name[:64]!r}; served models: {sorted(self.configured)}")
 
-    def get_ready(self, name: str) -> ServedModel:
+    def get_ready(self, name: str, version: str | None = None) -> ServedModel:
         """As ``get``, and the model may take inference traffic (else NotReady, 503)."""
-        model = self.get(name)
+        model = self.get(name, version)
         if not model.ready:
             raise NotReady(f"model {name!r} not ready: {model.not_ready_reason}")
         return model
@@ -214,6 +308,57 @@ class ModelRepository:
     @property
     def ready(self) -> bool:
         return bool(self.models) and all(m.ready for m in self.models.values())
+
+    def versions_of(self, name: str) -> list[str]:
+        """The served versions of ``name``, ascending."""
+        return list(self.served.get(name, {}))
+
+    def all_served(self) -> list[ServedModel]:
+        """Every served version, by name then version."""
+        return [m for name in sorted(self.served) for m in self.served[name].values()]
+
+    def install(self, name: str, versions: dict[str, ServedModel]) -> None:
+        """Make ``versions`` (possibly empty) what requests for ``name`` reach, atomically:
+        the dicts are replaced, so a request that already resolved its model keeps it."""
+        ordered = dict(sorted(versions.items(), key=lambda kv: _version_order(kv[0])))
+        served = dict(self.served)
+        if ordered:
+            served[name] = ordered
+        else:
+            served.pop(name, None)
+        models = dict(self.models)
+        if ordered:
+            ready = [m for m in ordered.values() if m.ready] or list(ordered.values())
+            models[name] = ready[-1]
+            self._publish(models[name])
+        else:
+            models.pop(name, None)
+        self.served, self.models = served, models
+        for version, model in ordered.items():
+            self.states.pop((name, version), None)
+            self.set_state(name, version, model.state)
+        if name not in self.configured:
+            self.configured = self.configured | {name}
+
+    def set_state(self, name: str, version: str, state: str, reason: str = "") -> None:
+        """Set the version-state gauge; a state other than ``ready`` is also kept for the
+        index (a served version reports its own, :meth:`index`)."""
+        if state != "ready":
+            self.states[(name, version)] = VersionState(name, version, state, reason)
+        gauge = self._metrics.version_state
+        for other in VERSION_STATES:
+            gauge.labels(name, version, other).set(1 if other == state else 0)
+
+    def index(self) -> list[VersionState]:
+        """Every version known: served ones (their state now) and the others', by name and
+        version."""
+        out = {
+            (m.name, m.version): VersionState(m.name, m.version, m.state, m.not_ready_reason)
+            for m in self.all_served()
+        }
+        for key, st in self.states.items():
+            out.setdefault(key, st)
+        return [out[k] for k in sorted(out, key=lambda k: (k[0], _version_order(k[1])))]
 
     async def load_all(self) -> None:
         """Discover, load and warm up every model, one after the other. An automatic variant
@@ -224,15 +369,20 @@ class ModelRepository:
         """
         self.provider = resolve_provider(self._settings)
         bf16 = wants_bf16(self._settings, self.provider, self.cpu)
-        specs = await asyncio.to_thread(discover, self._settings, bf16)
+        specs = await asyncio.to_thread(discover_versions, self._settings, bf16)
         self.configured = frozenset(specs)
-        for spec in specs.values():
-            try:
-                self.models[spec.name] = await self._load(spec)
-            except Exception as e:
-                if not spec.automatic:
-                    raise
-                self._skip(spec, e)
+        for name, versions in specs.items():
+            loaded: dict[str, ServedModel] = {}
+            for spec in versions:
+                try:
+                    loaded[str(spec.version)] = await self.load_version(spec)
+                except Exception as e:
+                    if not spec.automatic:
+                        raise
+                    self._skip(spec, e)
+                    break
+            else:
+                self.install(name, loaded)
 
     def _skip(self, spec: ModelSpec, error: Exception) -> None:
         agreement = error if isinstance(error, AgreementError) else None
@@ -294,6 +444,23 @@ class ModelRepository:
         engine, agreement = await asyncio.to_thread(self._open_checked, spec, "cpu")
         return engine, agreement, [warning]
 
+    async def load_version(self, spec: ModelSpec) -> ServedModel:
+        """Open, check, warm up at every warm-up size and start ``spec``; not yet served (see
+        :meth:`install`). Its state is ``loading`` meanwhile, ``failed`` if it raises.
+
+        Raises whatever opening raises (EngineUnavailable, AgreementError, MetadataError,
+        OSError, ...).
+        """
+        version = str(spec.version)
+        self.set_state(spec.name, version, "loading")
+        try:
+            model = await self._load(spec)
+        except Exception as e:
+            self.set_state(spec.name, version, "failed", str(e))
+            raise
+        model.version, model.generation, model.spec = version, next(_generations), spec
+        return model
+
     async def _load(self, spec: ModelSpec) -> ServedModel:
         s, start, name = self._settings, time.monotonic(), spec.name
         # Before anything else: a model that disagrees is not served.
@@ -324,7 +491,6 @@ class ModelRepository:
         await asyncio.to_thread(engine.warmup, s.warmup_sizes_for(engine.report.provider))
         await batcher.start()
         model.load_seconds = time.monotonic() - start
-        self._publish(model)
         report = engine.report
         if report.fallback:
             log.error("model %s: %s (devices %s)", name, report.fallback_reason, report.devices)
@@ -333,8 +499,8 @@ class ModelRepository:
         else:
             model.ready, model.not_ready_reason = True, ""
         log.info(
-            "model %s loaded: %s %s weights=%s provider=%s (%s) in %.2fs (warm-up sizes %s)",
-            name, engine.meta.architecture, report.precision, engine.meta.weights,
+            "model %s version %s loaded: %s %s weights=%s provider=%s (%s) in %.2fs (warm-up "
+            "sizes %s)", name, spec.version, engine.meta.architecture, report.precision, engine.meta.weights,
             report.provider, report.runtime, model.load_seconds,
             s.warmup_sizes_for(report.provider),
         )  # fmt: skip
@@ -364,11 +530,22 @@ class ModelRepository:
         m.live(m.in_flight.labels(model.name), lambda: admission.in_flight)
         m.live(m.decode_backlog.labels(model.name), lambda: admission.decoding)
 
+    def unpublish(self, name: str) -> None:
+        """``name`` has no version served any more: its live gauges read 0 (and hold no
+        reference to the retired version's batcher)."""
+        m = self._metrics
+        for gauge in (m.queue_depth, m.in_flight, m.decode_backlog):
+            m.live(gauge.labels(name), lambda: 0.0)
+
     async def stop(self, drain_timeout: float) -> None:
         """Drain every batcher concurrently (bounded), then release the inference threads."""
-        for m in self.models.values():
+        for task in list(self.retiring):
+            task.cancel()
+        await asyncio.gather(*self.retiring, return_exceptions=True)
+        served = self.all_served()
+        for m in served:
             m.ready, m.not_ready_reason = False, "shutting down"
-        await asyncio.gather(*(m.batcher.stop(drain_timeout) for m in self.models.values()))
-        for m in self.models.values():
+        await asyncio.gather(*(m.batcher.stop(drain_timeout) for m in served))
+        for m in served:
             for runner in m.runners:
                 runner.close()

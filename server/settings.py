@@ -69,6 +69,23 @@ class Settings(BaseSettings):
         default_factory=list, description="model names to serve; empty = every .onnx in model_dir"
     )
     default_model: str = "resnet18"
+    model_control: Literal["none", "explicit", "poll"] = Field(
+        "none",
+        description="none: model_dir is read once at start and the repository API is off; "
+        "explicit: the repository API loads and unloads (docs/VERSIONS.md); poll: model_dir is "
+        "rescanned every repository_poll_s and the server follows it",
+    )
+    repository_poll_s: float = Field(
+        10.0, gt=0, le=3600, description="seconds between model_dir scans (model_control=poll)"
+    )
+    response_cache_bytes: int = Field(
+        0, ge=0, description="bytes of stored answers (LRU) shared by the cached models; 0 = off"
+    )
+    response_cache_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="models whose answers are cached (also a model's config.json "
+        '{"response_cache": {"enable": true}}); needs response_cache_bytes',
+    )
 
     # HTTP
     host: str = "127.0.0.1"
@@ -241,7 +258,7 @@ class Settings(BaseSettings):
         description="after SIGTERM, keep serving (readiness 503) this long before closing",
     )
 
-    @field_validator("models", "warmup_batch_sizes", mode="before")
+    @field_validator("models", "warmup_batch_sizes", "response_cache_models", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):
@@ -307,6 +324,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"model_dir {str(self.model_dir)!r} does not exist; export models first with "
                 f"`python -m export resnet18 resnet50 --out-dir {self.model_dir}` (or `make models`)"
+            )
+        if self.model_control == "explicit" and self.workers > 1:
+            # A load call reaches one worker; the others would keep serving the old version.
+            raise ValueError(
+                "model_control=explicit needs workers=1 (a repository call reaches one worker "
+                "only); use model_control=poll, which every worker follows"
             )
         if self.queue_timeout_ms <= self.max_queue_delay_ms:
             raise ValueError("queue_timeout_ms must be greater than max_queue_delay_ms")

@@ -7,10 +7,12 @@ from typing import cast
 
 from fastapi import Request
 
+from .control import RepositoryControl
 from .cpubudget import CpuBudget
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .repository import ModelRepository
+from .respcache import ResponseCache
 from .scrape import Scrapes
 from .settings import Settings
 
@@ -33,6 +35,9 @@ class AppState:
     pipeline: Pipeline
     scrapes: Scrapes
     budget: CpuBudget
+    control: RepositoryControl
+    cache: ResponseCache | None = None
+    """the response cache; None when ``response_cache_bytes`` is 0"""
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
     @property

@@ -137,7 +137,8 @@ class InferenceServicer:
     ) -> pb.ModelMetadataResponse:
         async def work() -> pb.ModelMetadataResponse:
             model = describe.model_at(self._state, request.name, request.version)
-            return translate.model_metadata(describe.model_metadata(model))
+            versions = self._state.repository.versions_of(model.name)
+            return translate.model_metadata(describe.model_metadata(model, versions))
 
         return await _answer(context, work())
 
@@ -164,7 +165,7 @@ class InferenceServicer:
             elif request.version:
                 raise BadRequest("statistics of a version need the model's name")
             else:
-                models = list(state.repository.models.values())
+                models = state.repository.all_served()
             samples = Samples((await state.scrapes.snapshot()).families)
             return translate.model_statistics([model_stats(samples, m) for m in models])
 
@@ -226,10 +227,47 @@ class InferenceServicer:
                 ) from None
         return translate.infer_response(model, prepared, scores)
 
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        """As ``POST /v2/repository/index`` (behind the API key when one is set)."""
+
+        async def work() -> pb.RepositoryIndexResponse:
+            check_api_key(self._state.settings.api_key, *_key_metadata(context))
+            entries = await self._state.control.index(request.ready)
+            return translate.repository_index(entries)
+
+        return await _answer(context, work())
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        """As ``POST /v2/repository/models/{name}/load``."""
+
+        async def work() -> pb.RepositoryModelLoadResponse:
+            check_api_key(self._state.settings.api_key, *_key_metadata(context))
+            await self._state.control.load(request.model_name, dict(request.parameters))
+            return pb.RepositoryModelLoadResponse()
+
+        return await _answer(context, work())
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        """As ``POST /v2/repository/models/{name}/unload`` (``unload_dependents`` is
+        accepted: no model here has dependents)."""
+
+        async def work() -> pb.RepositoryModelUnloadResponse:
+            check_api_key(self._state.settings.api_key, *_key_metadata(context))
+            unknown = sorted(set(request.parameters) - {"unload_dependents"})
+            if unknown:
+                raise BadRequest(f"unload parameters {unknown[:8]} are not supported")
+            await self._state.control.unload(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await _answer(context, work())
+
     ModelStreamInfer = _unimplemented("ModelStreamInfer")
-    RepositoryIndex = _unimplemented("RepositoryIndex")
-    RepositoryModelLoad = _unimplemented("RepositoryModelLoad")
-    RepositoryModelUnload = _unimplemented("RepositoryModelUnload")
     SystemSharedMemoryStatus = _unimplemented("SystemSharedMemoryStatus")
     SystemSharedMemoryRegister = _unimplemented("SystemSharedMemoryRegister")
     SystemSharedMemoryUnregister = _unimplemented("SystemSharedMemoryUnregister")

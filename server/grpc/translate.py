@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from google.protobuf import json_format
 
+from ..control import IndexEntry
 from ..errors import BadRequest
 from ..repository import ServedModel
 from ..scores import Scores
@@ -126,4 +127,16 @@ def model_statistics(docs: list[ModelStats]) -> pb.ModelStatisticsResponse:
     """REST's statistics documents, whose fields are Triton's ``ModelStatistics``'s by name."""
     return json_format.ParseDict(
         {"model_stats": [d.model_dump() for d in docs]}, pb.ModelStatisticsResponse()
+    )
+
+
+def repository_index(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
+    """The repository index (:class:`server.control.IndexEntry`) as its protobuf."""
+    return pb.RepositoryIndexResponse(
+        models=[
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=e.name, version=e.version, state=e.state, reason=e.reason
+            )
+            for e in entries
+        ]
     )

@@ -25,6 +25,7 @@ class Status(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
+    state: str = Field(description="ready, draining (retired, finishing its requests) or failed")
     ready: bool
     not_ready_reason: str
     architecture: str
@@ -62,8 +63,18 @@ class ModelInfo(BaseModel):
     )
 
 
+class VersionInfo(BaseModel):
+    name: str
+    version: str
+    state: str = Field(description="loading, ready, draining, failed or unloaded")
+    reason: str = Field(description="why it is not ready (the load error of a failed one)")
+
+
 class ModelList(BaseModel):
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="every served version (draining ones too)")
+    versions: list[VersionInfo] = Field(
+        description="every version known, served or not: the repository's state of each"
+    )
     default_model: str
     cpu: dict[str, Any] = Field(description="the CPU's vendor, model and matrix-unit features")
     skipped_variants: list[dict[str, Any]] = Field(
@@ -130,6 +141,7 @@ def model_info(m: ServedModel) -> ModelInfo:
     return ModelInfo(
         name=m.name,
         version=m.version,
+        state=m.state,
         ready=m.ready,
         not_ready_reason=m.not_ready_reason,
         architecture=meta.architecture,
@@ -175,9 +187,13 @@ def _agreement(m: ServedModel) -> dict[str, Any] | None:
 @router.get("/models", response_model=ModelList)
 async def models(state: State) -> ModelList:
     """What is served: architecture, weights, provider actually in use, batching, input contract."""
-    infos = [model_info(m) for m in state.repository.models.values()]
+    infos = [model_info(m) for m in state.repository.all_served()]
     return ModelList(
         models=infos,
+        versions=[
+            VersionInfo(name=v.name, version=v.version, state=v.state, reason=v.reason)
+            for v in state.repository.index()
+        ],
         default_model=state.settings.default_model,
         cpu=state.repository.cpu.describe(),
         skipped_variants=[v.describe() for v in state.repository.skipped.values()],

@@ -6,12 +6,14 @@ import asyncio
 import sys
 from typing import Annotated, Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from .. import respcache
 from ..auth import require_api_key
 from ..batcher import Completed
 from ..disconnect import all_or_none, cancel_on_disconnect
@@ -164,22 +166,36 @@ def encode(
     })  # fmt: skip
 
 
-async def _predict(state: AppState, request: Request, name: str | None, k: int) -> Response:
+def _from_cache(scores: Scores) -> tuple[Decoded, list[tuple[slice, Completed[Scores]]]]:
+    """A cache hit as ``encode`` takes it: nothing decoded, queued or run (timings 0)."""
+    n = len(scores.logits)
+    nothing = Decoded(np.zeros((0,), np.uint8), np.zeros(n))
+    return nothing, [(slice(0, n), Completed(scores, 0.0, 0.0, 0))]
+
+
+async def _predict(
+    state: AppState, request: Request, name: str | None, k: int, version: str | None = None
+) -> Response:
     name = name or state.settings.default_model
     async with observe_request(state.metrics, "predict", name, state.repository.configured):
         if not 1 <= k <= state.settings.max_top_k:  # max_top_k <= 1000 (settings)
             raise InvalidParameter(f"top_k must be in 1..{state.settings.max_top_k}")
-        model = state.repository.get_ready(name)
+        model = state.repository.get_ready(name, version)
         pipeline = state.pipeline
         with pipeline.admit(model) as ticket:  # before a byte of the body is read
             images = await read_images(request, state.settings.max_images_per_request)
             ticket.body_complete()
+            key, hit = await respcache.lookup(state.cache, model, images, k)
+            if hit is not None:
+                return Response(encode(model, *_from_cache(hit)), media_type="application/json")
             pipeline.grow(model, ticket, len(images) - 1)
             decoded = await pipeline.decode(model, ticket, images)
             # Chunks of at most one batch, accepted or refused together (all_or_none).
             chunks = _chunks(len(images), model.config.max_batch_size)
             work = all_or_none(pipeline.submit(model, ticket, decoded.pixels[c], k) for c in chunks)
             parts = list(zip(chunks, await cancel_on_disconnect(request, work), strict=True))
+        if key is not None and state.cache is not None:
+            state.cache.put(key, respcache.join([done.value for _, done in parts]))
         if len(images) * k > _OFFLOAD_ENTRIES:
             body = await asyncio.to_thread(encode, model, decoded, parts)
         else:
@@ -203,5 +219,15 @@ async def predict(
 @router.post("/predict/{model}", response_model=PredictResponse, responses=_ERRORS,
              openapi_extra=_IMAGE_BODY)  # fmt: skip
 async def predict_model(request: Request, state: State, model: str, top_k: TopK = 5) -> Response:
-    """Classify one or more images with the model named in the path."""
+    """Classify one or more images with the model named in the path (its highest ready
+    version)."""
     return await _predict(state, request, model, top_k)
+
+
+@router.post("/predict/{model}/versions/{version}", response_model=PredictResponse,
+             responses=_ERRORS, openapi_extra=_IMAGE_BODY)  # fmt: skip
+async def predict_version(
+    request: Request, state: State, model: str, version: str, top_k: TopK = 5
+) -> Response:
+    """Classify with one version of the model (404 if that version is not served)."""
+    return await _predict(state, request, model, top_k, version)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Final
 
 from .. import __version__
-from ..errors import UnknownModel
 from ..repository import ServedModel
 from ..state import AppState
 from .inference import IMAGE_BYTES, image_shape
@@ -24,7 +23,8 @@ from .schemas import (
 
 SERVER_NAME: Final = "resnet-server"
 #: Exactly the protocol extensions implemented (listed by ``GET /v2``).
-EXTENSIONS: Final = ("binary_tensor_data", "classification", "model_configuration", "statistics")
+EXTENSIONS: Final = ("binary_tensor_data", "classification", "model_configuration",
+                     "model_repository", "statistics")  # fmt: skip
 PLATFORM: Final = "onnxruntime_onnx"
 
 
@@ -35,27 +35,24 @@ def server_metadata() -> ServerMetadata:
 def model_at(
     state: AppState, name: str, version: str | None, *, ready: bool = False
 ) -> ServedModel:
-    """The served model ``name``; ``version`` None or empty means its only version, "1".
-    With ``ready``, the model must also be ready for inference.
+    """The served model ``name`` at ``version`` (None or empty: its highest ready version),
+    resolved by :meth:`~server.repository.ModelRepository.get`. With ``ready``, the version
+    must also be ready for inference.
 
     Raises:
-        UnknownModel: no such model, or no such version of it (404).
+        UnknownModel: no such model, or no such version of it served (404).
         NotReady: the model is loading (or, with ``ready``, not ready) (503).
     """
     repo = state.repository
-    model = repo.get_ready(name) if ready else repo.get(name)
-    if version and version != model.version:
-        raise UnknownModel(
-            f"unknown version {version[:32]!r} of model {name!r}; versions: [{model.version!r}]"
-        )
-    return model
+    return repo.get_ready(name, version) if ready else repo.get(name, version)
 
 
-def model_metadata(model: ServedModel) -> ModelMetadata:
+def model_metadata(model: ServedModel, versions: list[str] | None = None) -> ModelMetadata:
+    """``versions``: every served version of the model (default: ``model``'s own)."""
     meta = model.meta
     return ModelMetadata(
         name=model.name,
-        versions=[model.version],
+        versions=versions or [model.version],
         platform=PLATFORM,
         inputs=[
             TensorMetadata(name=meta.input_name, datatype="UINT8", shape=[-1, *image_shape(model)]),
@@ -75,7 +72,9 @@ def model_config(state: AppState, model: ServedModel) -> ModelConfig:
         name=model.name,
         platform=PLATFORM,
         backend="openvino" if report.provider == "openvino" else "onnxruntime",
-        version_policy={"latest": {"num_versions": 1}},
+        version_policy=(
+            model.spec.policy.to_dict() if model.spec else {"latest": {"num_versions": 1}}
+        ),
         max_batch_size=cfg.max_batch_size,
         input=[
             ConfigInput(

@@ -1,8 +1,8 @@
 """Open Inference Protocol v2 REST endpoints (KServe / Triton); see docs/V2_PROTOCOL.md.
 
 Thin: each endpoint resolves the model and delegates to ``describe``, ``inference`` or
-``stats``. Every path with ``{model}`` also exists under ``/versions/{version}``; the only
-version is "1". Errors are the server's ``{"error", "code"}`` JSON, a superset of v2's.
+``stats``. Every path with ``{model}`` also exists under ``/versions/{version}``, which
+serves that version (``ModelRepository.get`` resolves both). Errors are the server's ``{"error", "code"}`` JSON, a superset of v2's.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ async def ready(state: State) -> Response:
 async def all_stats(state: State) -> StatsResponse:
     """Statistics of every served model (shadows a model named "stats")."""
     samples = Samples((await state.scrapes.snapshot()).families)
-    models = state.repository.models.values()
+    models = state.repository.all_served()
     return StatsResponse(model_stats=[model_stats(samples, m) for m in models])
 
 
@@ -129,7 +129,8 @@ def _model_route(method: str, suffix: str, **kw: Any) -> Callable[[_F], _F]:
 @_model_route("GET", "", response_model=ModelMetadata, responses=_errors(404))
 async def model_metadata(state: State, model: str, version: str | None = None) -> ModelMetadata:
     """Inputs, outputs (-1 is the batch axis), platform and versions of ``model``."""
-    return describe.model_metadata(describe.model_at(state, model, version))
+    m = describe.model_at(state, model, version)
+    return describe.model_metadata(m, state.repository.versions_of(m.name))
 
 
 @_model_route("GET", "/ready", response_class=Response,

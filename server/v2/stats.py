@@ -10,7 +10,9 @@ Mapping (all per model, every endpoint: ``/predict`` and v2 alike):
 - ``queue``: ``resnet_queue_wait_seconds`` (one per request); ``compute_input``:
   ``resnet_preprocess_seconds`` (one per encoded image); ``compute_infer``:
   ``resnet_inference_seconds`` (one per batch execution, not per request as in Triton);
-  ``compute_output``, ``cache_hit``, ``cache_miss``: 0.
+  ``compute_output``: 0.
+- ``cache_hit`` / ``cache_miss``: ``resnet_cache_hits_total`` / ``resnet_cache_misses_total``;
+  ``ns`` is the time spent hashing and looking up (``resnet_cache_lookup_seconds_total``).
 - ``batch_stats``: ``resnet_batch_size`` has one bucket per size, so each entry is the exact
   number of executions of that size; only ``compute_infer.count`` is known (ns is 0).
 - ``last_inference``: ``resnet_last_inference_timestamp_seconds`` in ms (0 before the first).
@@ -72,6 +74,12 @@ def _batch_stats(s: Samples, model: str) -> list[BatchStats]:
     return out
 
 
+def _cache(s: Samples, model: str, outcome: str) -> Count:
+    counter = "resnet_cache_hits_total" if outcome == "hit" else "resnet_cache_misses_total"
+    seconds = s.sum("resnet_cache_lookup_seconds_total", model=model, outcome=outcome)
+    return Count(count=int(s.sum(counter, model=model)), ns=round(seconds * 1e9))
+
+
 def model_stats(s: Samples, model: ServedModel) -> ModelStats:
     """Statistics of ``model`` from snapshot ``s`` (the module docstring says what each field
     counts)."""
@@ -95,8 +103,8 @@ def model_stats(s: Samples, model: ServedModel) -> ModelStats:
             compute_input=_count(s, "resnet_preprocess_seconds", m),
             compute_infer=_count(s, "resnet_inference_seconds", m),
             compute_output=zero,
-            cache_hit=zero,
-            cache_miss=zero,
+            cache_hit=_cache(s, m, "hit"),
+            cache_miss=_cache(s, m, "miss"),
         ),
         batch_stats=_batch_stats(s, m),
     )
