@@ -20,7 +20,11 @@ so what served keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import logging
+import time
 
 from .errors import ModelLoadFailed
 from .repository import ModelRepository, ModelSpec, ServedModel
@@ -126,13 +130,31 @@ async def retire(repo: ModelRepository, model: ServedModel, drain_s: float, grac
             model.name, model.version, model.admission.in_flight, drain_s,
         )  # fmt: skip
     await _release(model, grace_s)
-    serving = repo.served.get(model.name, {}).get(model.version)
+    name, version = model.name, model.version
+    # The retired version's objects hold one another in cycles (its batcher's finished tasks
+    # and their frames): without a collection its sessions stay until the next full one,
+    # which the engines' memory (not Python allocations) does not hasten. Measured: RSS grew
+    # ~200 MiB per v1->v2->v1 cycle without it, flat with it (tests/integration/test_swap.py).
+    del model
+    seconds = await asyncio.to_thread(_collect)
+    serving = repo.served.get(name, {}).get(version)
     if serving is None:
-        repo.set_state(model.name, model.version, "unloaded", "unloaded")
+        repo.set_state(name, version, "unloaded", "unloaded")
     else:
-        repo.states.pop((model.name, model.version), None)
-        repo.set_state(model.name, model.version, serving.state)
-    log.info("model %s version %s unloaded", model.name, model.version)
+        repo.states.pop((name, version), None)
+        repo.set_state(name, version, serving.state)
+    log.info("model %s version %s unloaded (memory released in %.0f ms)", name, version,
+             seconds * 1000)  # fmt: skip
+
+
+def _collect() -> float:
+    """A full garbage collection, then glibc's ``malloc_trim`` (the freed arena pages back to
+    the OS, where there is glibc); returns the seconds taken."""
+    start = time.perf_counter()
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return time.perf_counter() - start
 
 
 async def _release(model: ServedModel, grace_s: float) -> None:

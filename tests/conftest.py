@@ -54,6 +54,31 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def resnet18_seed1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second resnet18 (random weights, seed 1): another version whose answers differ from
+    the session's seed-0 file, so an answer says which version ran it."""
+    return _seed1(tmp_path_factory.mktemp("seed1"))
+
+
+def _seed1(out: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "export", "resnet18", "--weights", "random", "--seed", "1",
+         "--out-dir", str(out)],
+        check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return out / "resnet18.onnx"
+
+
+def versioned_dir(tmp_path: Path, versions: dict[int, Path], name: str = "resnet18") -> Path:
+    """``tmp_path/models/<name>/<v>/model.onnx`` linked to each of ``versions``' files."""
+    root = tmp_path / "models"
+    for v, path in versions.items():
+        (root / name / str(v)).mkdir(parents=True)
+        (root / name / str(v) / "model.onnx").symlink_to(path)
+    return root
+
+
+@pytest.fixture(scope="session")
 def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """``python -m export resnet18 --weights random --precision int8`` (seed 0, provider auto,
     the default calibration photos), once per session: its file and what the command printed."""
