@@ -220,6 +220,10 @@ class VersionState:
     state: str
     reason: str = ""
 
+    def describe(self) -> str:
+        """``state`` and, if it adds anything, ``reason``: "failed: <the load error>"."""
+        return self.state if self.reason in ("", self.state) else f"{self.state}: {self.reason}"
+
 
 VERSION_STATES = ("loading", "ready", "draining", "failed", "unloaded")
 _generations = itertools.count(1)
@@ -277,7 +281,7 @@ class ModelRepository:
             known = self.states.get((name, version))
             if known is not None and known.state == "loading":
                 raise NotReady(f"version {version} of model {name!r} is loading")
-            why = f" ({known.state}: {known.reason})" if known and known.reason else ""
+            why = f" ({known.describe()})" if known else ""
             raise UnknownModel(
                 f"unknown version {version[:32]!r} of model {name!r}{why}; served versions: "
                 f"{sorted(versions, key=_version_order)}"
@@ -290,7 +294,7 @@ class ModelRepository:
             )
         gone = [s for (n, _), s in self.states.items() if n == name and s.state != "loading"]
         if name in self.configured and gone:
-            states = "; ".join(f"version {s.version} {s.state}: {s.reason}" for s in gone)
+            states = "; ".join(f"version {s.version} {s.describe()}" for s in gone)
             raise UnknownModel(
                 f"model {name!r} is not loaded ({states}); load it through the repository API"
             )
