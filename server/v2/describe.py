@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Final
 
-from .. import __version__
-from ..repository import ServedModel
-from ..state import AppState
-from .inference import IMAGE_BYTES, image_shape
-from .schemas import (
+from server import __version__
+from server.models.repository import ServedModel
+from server.state import AppState
+from server.v2.inference import IMAGE_BYTES, image_shape
+from server.v2.schemas import (
     ConfigInput,
     ConfigOutput,
     DynamicBatching,
@@ -36,7 +36,7 @@ def model_at(
     state: AppState, name: str, version: str | None, *, ready: bool = False
 ) -> ServedModel:
     """The served model ``name`` at ``version`` (None or empty: its highest ready version),
-    resolved by :meth:`~server.repository.ModelRepository.get`. With ``ready``, the version
+    resolved by :meth:`~server.models.repository.ModelRepository.get`. With ``ready``, the version
     must also be ready for inference.
 
     Raises:

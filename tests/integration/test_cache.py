@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import tritonclient.grpc as tgrpc
 
-from server.respcache import ENTRY_OVERHEAD
+from server.flow.respcache import ENTRY_OVERHEAD
 from tests.conftest import ServerProcess, start_server, versioned_dir
 from tests.imagegen import jpeg
 

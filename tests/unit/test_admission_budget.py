@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from server.admission import Admission, Stage
-from server.errors import QueueFull
+from contract.errors import QueueFull
+from server.flow.admission import Admission, Stage
 
 
 @pytest.mark.asyncio

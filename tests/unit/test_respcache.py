@@ -1,4 +1,4 @@
-"""The response cache's LRU (server.respcache): sizes, eviction order, drop, metrics."""
+"""The response cache's LRU (server.flow.respcache): sizes, eviction order, drop, metrics."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sys
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from contract.scores import Scores, score
+from server.flow.respcache import ENTRY_OVERHEAD, ResponseCache, digest, join
 from server.metrics import Metrics
-from server.respcache import ENTRY_OVERHEAD, ResponseCache, digest, join
-from server.scores import Scores, score
 
 
 def _scores(seed: int, n: int = 1, k: int = 5) -> Scores:

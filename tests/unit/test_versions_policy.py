@@ -1,4 +1,4 @@
-"""Version discovery and policies (server.versions): layout, config.json, Triton's policies."""
+"""Version discovery and policies (server.models.versions): layout, config.json, Triton's policies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.versions import ConfigError, ModelConfig, VersionPolicy, read_config, scan
+from server.models.versions import ConfigError, ModelConfig, VersionPolicy, read_config, scan
 
 
 def _touch(path: Path, data: bytes = b"x") -> None:
