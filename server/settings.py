@@ -294,6 +294,10 @@ class Settings(BaseSettings):
                 f"model_dir {str(self.model_dir)!r} does not exist; export models first with "
                 f"`python -m export resnet18 resnet50 --out-dir {self.model_dir}` (or `make models`)"
             )
+        if self.response_cache_models and not self.response_cache_bytes:
+            raise ValueError(
+                "response_cache_models needs response_cache_bytes (the cache's size; 0 = off)"
+            )
         if self.model_control == "explicit" and self.workers > 1:
             # A load call reaches one worker; the others would keep serving the old version.
             raise ValueError(

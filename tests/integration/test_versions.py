@@ -217,7 +217,11 @@ def test_tritonclient_http_index_load_unload(two_versions: Path, tmp_path: Path)
             "load it through the repository API",
             "code": "unknown_model",
         })  # fmt: skip
-        assert c.get("/readyz").status_code == 503
+        assert c.get("/readyz").json() == {
+            "error": "not ready: no model is loaded (every model was unloaded through the "
+            "repository API)",
+            "code": "not_ready",
+        }
         with pytest.raises(InferenceServerException) as info:
             triton.unload_model("resnet18")
         assert info.value.message() == "model 'resnet18' is not loaded"

@@ -96,3 +96,15 @@ def test_read_config_refuses(tmp_path: Path, doc: str, message: str) -> None:
         read_config(tmp_path, "m")
     assert str(info.value).startswith(str(tmp_path / "m" / "config.json"))
     assert message in str(info.value)
+
+
+def test_settings_refuse_incoherent_combinations(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from server.settings import Settings
+
+    with pytest.raises(ValidationError, match="response_cache_models needs response_cache_bytes"):
+        Settings(model_dir=tmp_path, response_cache_models=["resnet18"])
+    with pytest.raises(ValidationError, match="model_control=explicit needs workers=1"):
+        Settings(model_dir=tmp_path, model_control="explicit", workers=2)
+    assert Settings(model_dir=tmp_path, model_control="poll", workers=2).workers == 2

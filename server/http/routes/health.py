@@ -131,6 +131,8 @@ def _reason(state: AppState) -> str:
         return life.startup_error
     if not life.started:
         return "loading models"
+    if not state.repository.models:
+        return "no model is loaded (every model was unloaded through the repository API)"
     bad = {m.name: m.not_ready_reason for m in state.repository.models.values() if not m.ready}
     return f"models not ready: {bad}"
 
