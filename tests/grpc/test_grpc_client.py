@@ -66,7 +66,13 @@ def test_server_metadata_equals_rest(
     got = gc.get_server_metadata()
     assert (got.name, list(got.extensions)) == (
         "resnet-server",
-        ["binary_tensor_data", "classification", "model_configuration", "statistics"],
+        [
+            "binary_tensor_data",
+            "classification",
+            "model_configuration",
+            "model_repository",
+            "statistics",
+        ],
     )
     assert json_format.MessageToDict(got) == hc.get_server_metadata()
 
@@ -233,11 +239,11 @@ def fp32_input(x: np.ndarray) -> tgrpc.InferInput:
         (lambda c, x: c.infer("nope", [images_input(x)]), "NOT_FOUND",
          "unknown model 'nope'; served models: ['resnet18', 'resnet50']"),
         (lambda c, x: c.infer("resnet18", [images_input(x)], model_version="3"), "NOT_FOUND",
-         "unknown version '3' of model 'resnet18'; versions: ['1']"),
+         "unknown version '3' of model 'resnet18'; served versions: ['1']"),
         (lambda c, x: c.get_model_metadata("nope"), "NOT_FOUND",
          "unknown model 'nope'; served models: ['resnet18', 'resnet50']"),
         (lambda c, x: c.get_model_config("resnet18", "2"), "NOT_FOUND",
-         "unknown version '2' of model 'resnet18'; versions: ['1']"),
+         "unknown version '2' of model 'resnet18'; served versions: ['1']"),
         (lambda c, x: c.get_inference_statistics("nope"), "NOT_FOUND",
          "unknown model 'nope'; served models: ['resnet18', 'resnet50']"),
         (lambda c, x: c.infer("resnet18", [images_input(x[:, :100])]), "INVALID_ARGUMENT",
@@ -258,8 +264,9 @@ def fp32_input(x: np.ndarray) -> tgrpc.InferInput:
          "classification must be an integer in 1..1000 (0: raw logits), got 1001"),
         (lambda c, x: c.infer("resnet18", [bytes_input([jpeg(), b"not an image"])]),
          "INVALID_ARGUMENT", "input 'image_bytes' element 1: cannot decode image: "),
-        (lambda c, x: c.get_model_repository_index(), "UNIMPLEMENTED",
-         "RepositoryIndex is not implemented by resnet-server (docs/V2_PROTOCOL.md lists what is)"),
+        (lambda c, x: c.get_model_repository_index(), "FAILED_PRECONDITION",
+         "the repository API (index) is off: model_control=none; start the server with "
+         "RESNET_MODEL_CONTROL=explicit (or poll) to enable it"),
         (lambda c, x: c.get_system_shared_memory_status(), "UNIMPLEMENTED",
          "SystemSharedMemoryStatus is not implemented by resnet-server (docs/V2_PROTOCOL.md "
          "lists what is)"),

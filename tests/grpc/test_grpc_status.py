@@ -24,6 +24,8 @@ EXPECTED = {
     e.Unauthorized: (grpc.StatusCode.UNAUTHENTICATED, None),
     e.ClientDisconnected: (grpc.StatusCode.CANCELLED, None),
     e.UnknownModel: (grpc.StatusCode.NOT_FOUND, None),
+    e.RepositoryDisabled: (grpc.StatusCode.FAILED_PRECONDITION, None),
+    e.ModelLoadFailed: (grpc.StatusCode.FAILED_PRECONDITION, None),
     e.NotReady: (grpc.StatusCode.UNAVAILABLE, "1"),
     e.QueueFull: (grpc.StatusCode.RESOURCE_EXHAUSTED, "1"),
     e.QueueTimeout: (grpc.StatusCode.UNAVAILABLE, "1"),

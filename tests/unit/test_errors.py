@@ -47,6 +47,8 @@ async def _get(app: FastAPI, path: str) -> httpx.Response:
         (e.InvalidParameter("top_k must be in 1..1000"), 422, "invalid_parameter", None),
         (e.Unauthorized("no key"), 401, "unauthorized", None),
         (e.UnknownModel("unknown model 'x'"), 404, "unknown_model", None),
+        (e.RepositoryDisabled("the repository API is off"), 403, "repository_disabled", None),
+        (e.ModelLoadFailed("failed to load model 'x'"), 400, "model_load_failed", None),
         (e.NotReady("loading"), 503, "not_ready", "1"),
         (e.QueueFull("queue full"), 503, "queue_full", "1"),
         (e.QueueTimeout("waited too long"), 503, "queue_timeout", "1"),

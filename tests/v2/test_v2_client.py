@@ -43,7 +43,13 @@ def test_server_metadata_lists_exactly_the_extensions(tc: triton.InferenceServer
     assert tc.get_server_metadata() == {
         "name": "resnet-server",
         "version": __version__,
-        "extensions": ["binary_tensor_data", "classification", "model_configuration", "statistics"],
+        "extensions": [
+            "binary_tensor_data",
+            "classification",
+            "model_configuration",
+            "model_repository",
+            "statistics",
+        ],
     }
 
 

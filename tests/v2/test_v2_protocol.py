@@ -214,7 +214,7 @@ DEEP_DATA = (b'{"inputs":[{"name":"images","shape":[1,224,224,3],"datatype":"UIN
         ("/v2/models/nope/infer", lambda: (b"{}", {}), 404,
          "unknown model 'nope'; served models: ['resnet18', 'resnet50']"),
         ("/v2/models/resnet18/versions/2/infer", lambda: (b"{}", {}), 404,
-         "unknown version '2' of model 'resnet18'; versions: ['1']"),
+         "unknown version '2' of model 'resnet18'; served versions: ['1']"),
     ],
 )  # fmt: skip
 def test_malformed_requests_get_clear_errors(
