@@ -9,11 +9,13 @@ at ``--concurrency`` on ``/predict/<model>`` with one JPEG, interleaved in round
   every ``--every`` seconds (version 2's directory added or removed before each call), so each
   load (open, agreement check, warm-up) and each drain falls inside the phase.
 
-Reported: throughput, p50, p99, errors, and the swaps done. The loads share the machine's cores
+With ``--rate`` the load is an open loop (Poisson arrivals) instead, e.g. at half the
+machine's capacity, where a load's CPU can use the idle half. Reported: throughput, p50,
+p99, errors, and the swaps done. The loads share the machine's cores
 with the traffic: on a small CPU that is most of the cost.
 
     python -m bench.swaps --v1 models/resnet18.onnx --v2 /path/seed1/resnet18.onnx \\
-        [--seconds 20] [--every 4] [--concurrency 4]
+        [--seconds 20] [--every 4] [--concurrency 4 | --rate 40]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from .images import photo
-from .load import PhaseResult, Target, closed_loop
+from .load import PhaseResult, Target, closed_loop, open_loop
 from .procs import free_port, start
 
 WARMUP_S = 1.5
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase")
     p.add_argument("--every", type=float, default=4.0, help="seconds between swaps")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="open loop at this many requests/s (Poisson) instead of the closed loop")  # fmt: skip
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="bench-swaps-"))
     (root / args.model / "1").mkdir(parents=True)
@@ -90,7 +94,11 @@ def main(argv: list[str] | None = None) -> None:
                     swapper = threading.Thread(target=_swapper, args=(
                         srv.url, args.model, v2_dir, args.v2, args.every, stop, loads))  # fmt: skip
                     swapper.start()
-                phase = asyncio.run(closed_loop(target, args.concurrency, args.seconds, WARMUP_S))
+                if args.rate:
+                    work = open_loop(target, args.rate, args.seconds, WARMUP_S, seed=rnd)
+                else:
+                    work = closed_loop(target, args.concurrency, args.seconds, WARMUP_S)
+                phase = asyncio.run(work)
                 stop.set()
                 if swapper is not None:
                     swapper.join()

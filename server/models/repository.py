@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from contract.agreement import Agreement, Floors
 from contract.cpuinfo import CpuInfo
@@ -29,6 +29,7 @@ from server.flow.batcher import BatchConfig, Batcher
 from server.flow.cpubudget import CpuBudget
 from server.flow.runner import EngineRun, Job, Runner
 from server.metrics import Metrics
+from server.models import background
 from server.models.engines import (
     Engine,
     EngineOptions,
@@ -41,6 +42,7 @@ from server.models.versions import VersionPolicy, read_config, scan
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 BF16_SUFFIX = "-bf16"
 
@@ -436,12 +438,23 @@ class ModelRepository:
             )  # fmt: skip
         return engine, agreement
 
-    async def _open(self, spec: ModelSpec) -> tuple[Engine, LoadAgreement | None, list[str]]:
+    async def _blocking(self, lowered: bool, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a thread; with ``lowered``, at the load priority
+        (:mod:`server.models.background`)."""
+        if lowered:
+            return await asyncio.to_thread(background.run_lowered, fn, *args)
+        return await asyncio.to_thread(fn, *args)
+
+    async def _open(
+        self, spec: ModelSpec, lowered: bool = False
+    ) -> tuple[Engine, LoadAgreement | None, list[str]]:
         """``_open_checked`` on the provider in use; where ``provider=auto`` chose it and it
         fails, on ONNX Runtime's CPU provider instead (an automatic choice must not stop a
         model the user named), with the reason in the returned warnings."""
         try:
-            engine, agreement = await asyncio.to_thread(self._open_checked, spec, self.provider)
+            engine, agreement = await self._blocking(
+                lowered, self._open_checked, spec, self.provider
+            )
             return engine, agreement, []
         except (EngineUnavailable, AgreementError) as e:
             if self._settings.provider != "auto" or self.provider == "cpu" or spec.precision:
@@ -451,7 +464,7 @@ class ModelRepository:
                 "on ONNX Runtime's CPU provider instead"
             )
         log.warning("model %s: %s", spec.name, warning)
-        engine, agreement = await asyncio.to_thread(self._open_checked, spec, "cpu")
+        engine, agreement = await self._blocking(lowered, self._open_checked, spec, "cpu")
         return engine, agreement, [warning]
 
     async def load_version(self, spec: ModelSpec) -> ServedModel:
@@ -464,17 +477,18 @@ class ModelRepository:
         version = str(spec.version)
         self.set_state(spec.name, version, "loading")
         try:
-            model = await self._load(spec)
+            # Another version serves meanwhile: the load takes the cores it leaves.
+            model = await self._load(spec, bool(self.models) and background.available())
         except Exception as e:
             self.set_state(spec.name, version, "failed", str(e))
             raise
         model.version, model.generation, model.spec = version, next(_generations), spec
         return model
 
-    async def _load(self, spec: ModelSpec) -> ServedModel:
+    async def _load(self, spec: ModelSpec, lowered: bool = False) -> ServedModel:
         s, start, name = self._settings, time.monotonic(), spec.name
         # Before anything else: a model that disagrees is not served.
-        engine, agreement, warnings = await self._open(spec)
+        engine, agreement, warnings = await self._open(spec, lowered)
         run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
         # A CUDA run keeps one host thread busy (launches and copies): the cores stay with the
         # decodes, which must overlap the GPU's work, not take turns with it.
@@ -498,7 +512,9 @@ class ModelRepository:
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
         model = ServedModel(name, engine, batcher, config, admission, runners, agreement,
                             warnings=warnings)  # fmt: skip
-        await asyncio.to_thread(engine.warmup, s.warmup_sizes_for(engine.report.provider))
+        await self._blocking(lowered, engine.warmup, s.warmup_sizes_for(engine.report.provider))
+        if lowered:  # the engine's threads, made while niced, serve at normal priority
+            background.restore_threads()
         await batcher.start()
         model.load_seconds = time.monotonic() - start
         report = engine.report

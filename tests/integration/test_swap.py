@@ -56,6 +56,16 @@ def _client_loop(
                               (best["index"], round(best["probability"], 6)), ""))  # fmt: skip
 
 
+def _niced_threads(pid: int) -> dict[int, int]:
+    """Threads of ``pid`` whose niceness is not 0: tid -> nice."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        if int(fields[16]) != 0:
+            out[int(task.name)] = int(fields[16])
+    return out
+
+
 def _settled(c: httpx.Client) -> list[dict[str, str]]:
     """The repository index once no version is draining any more."""
     deadline = time.monotonic() + 60
@@ -113,6 +123,7 @@ def test_swap_v1_v2_v1_ten_times_under_load(
         for t in threads:
             t.join(60)
         log = srv.log
+        niced = _niced_threads(srv.proc.pid)
     finally:
         stop.set()
         srv.stop()
@@ -137,6 +148,9 @@ def test_swap_v1_v2_v1_ten_times_under_load(
     assert log.count("model resnet18 now serves versions ['1'] (retiring ['2'])") == CYCLES
     assert log.count("model resnet18 version 1 unloaded (memory released in") == CYCLES
     assert log.count("model resnet18 version 2 unloaded (memory released in") == CYCLES
+    # Loads ran niced (server.models.background); the engines serve at normal priority.
+    assert niced == {}
+    assert "memory released in" in log
     growth = rss[-1] - rss[0]
     print(f"RSS after each cycle (MiB): {[round(x / 2**20, 1) for x in rss]}")
     assert growth < RSS_GROWTH_LIMIT, [round(x / 2**20, 1) for x in rss]
