@@ -10,7 +10,7 @@ Workloads (closed loop, ``/predict/<model>`` JPEGs, each client cycling through 
   server is a miss, what the cache costs where nothing repeats (hashing plus the store).
 
 Each workload runs on a server with ``response_cache_bytes`` 0 (off) and with 64 MiB (on),
-interleaved in two rounds; throughput, p50 and p99 from the client and the server's hit count.
+interleaved in rounds (``--rounds``, default 2, the order of the two alternating); throughput, p50 and p99 from the client and the server's hit count.
 
     python -m bench.cache [--model-dir models] [--model resnet18] [--seconds 8] [--concurrency 4]
 """
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=ROUNDS)
     args = p.parse_args(argv)
     log_dir = Path("bench/out")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                 "RESNET_DEFAULT_MODEL": args.model, "RESNET_PORT": str(port),
                 "RESNET_PROVIDER": "cpu", "RESNET_UI": "false",
                 "RESNET_RESPONSE_CACHE_BYTES": str(size),
-                "RESNET_RESPONSE_CACHE_MODELS": args.model,
+                "RESNET_RESPONSE_CACHE_MODELS": args.model if size else "",
             }  # fmt: skip
             servers[label] = start(f"cache-{label}", ["-m", "server"], env, port, log_dir)
         for srv in servers.values():
@@ -114,9 +115,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"repeated: {len(repeated)} images, mean "
               f"{statistics.fmean(map(len, repeated)) / 1e3:.1f} KB")  # fmt: skip
         rows: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {}
-        for rnd in range(ROUNDS):
+        for rnd in range(args.rounds):
             for work in ("repeated", "unique"):
-                for label, srv in servers.items():
+                # Alternate which server goes first: drift hits both alike.
+                order = list(servers.items())[:: 1 if rnd % 2 == 0 else -1]
+                for label, srv in order:
                     # Unique bodies per phase: a later phase never hits an earlier one's.
                     images = (
                         repeated

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per phase")
     p.add_argument("--every", type=float, default=4.0, help="seconds between swaps")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=ROUNDS)
     p.add_argument("--rate", type=float, default=0.0,
                    help="open loop at this many requests/s (Poisson) instead of the closed loop")  # fmt: skip
     args = p.parse_args(argv)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: dict[str, list[tuple[PhaseResult, int]]] = {"steady": [], "swapping": []}
     try:
         srv.wait_ready("/readyz")
-        for rnd in range(ROUNDS):
+        for rnd in range(args.rounds):
             for phase_name in rows:
                 stop, loads = threading.Event(), list[float]()
                 swapper = None
