@@ -265,6 +265,8 @@ class ModelRepository:
         self.states: dict[tuple[str, str], VersionState] = {}
         """(name, version) -> state of versions that are not (or no longer) served"""
         self.retiring: set[asyncio.Task[None]] = set()
+        self._info: dict[str, tuple[str, ...]] = {}
+        """name -> the ``resnet_model_info`` labels published for it"""
         """drains in progress (``server.models.swap``)"""
         self.skipped: dict[str, SkippedVariant] = {}
         self.configured: frozenset[str] = frozenset()
@@ -541,16 +543,14 @@ class ModelRepository:
     def _publish(self, model: ServedModel) -> None:
         m, meta, report = self._metrics, model.meta, model.engine.report
         m.model_load.labels(model.name).set(model.load_seconds)
-        m.model_info.labels(
-            model=model.name,
-            architecture=meta.architecture,
-            weights=meta.weights,
-            random_weights=str(meta.random_weights).lower(),
-            precision=report.precision,
-            provider=report.provider,
-            requested_provider=report.requested_provider,
-            fallback=str(report.fallback).lower(),
-        ).set(1)
+        info = (model.name, meta.architecture, meta.weights, str(meta.random_weights).lower(),
+                report.precision, report.provider, report.requested_provider,
+                str(report.fallback).lower())  # fmt: skip
+        old = self._info.get(model.name)
+        if old is not None and old != info:  # a swap: one info series per model, the new one
+            m.model_info.remove(*old)
+        self._info[model.name] = info
+        m.model_info.labels(*info).set(1)
         batcher, admission = model.batcher, model.admission
         m.live(m.queue_depth.labels(model.name), lambda: batcher.queue_depth)
         m.live(m.in_flight.labels(model.name), lambda: admission.in_flight)
@@ -562,6 +562,9 @@ class ModelRepository:
         m = self._metrics
         for gauge in (m.queue_depth, m.in_flight, m.decode_backlog):
             m.live(gauge.labels(name), lambda: 0.0)
+        info = self._info.pop(name, None)
+        if info is not None:
+            m.model_info.remove(*info)
 
     async def stop(self, drain_timeout: float) -> None:
         """Drain every batcher concurrently (bounded), then release the inference threads."""

@@ -211,6 +211,9 @@ def test_tritonclient_http_index_load_unload(two_versions: Path, tmp_path: Path)
         ]
         r = c.post("/v2/repository/index", json={"ready": True})
         assert (r.status_code, r.json()) == (200, [])
+        metrics = c.get("/metrics").text
+        assert 'resnet_model_info{model="resnet18"' not in metrics
+        assert 'resnet_images_in_flight{model="resnet18"} 0.0' in metrics
         r = c.post("/predict/resnet18", content=IMAGE, headers=JPEG)
         assert (r.status_code, r.json()) == (404, {
             "error": "model 'resnet18' is not loaded (version 1 unloaded; version 2 unloaded); "
@@ -234,6 +237,10 @@ def test_tritonclient_http_index_load_unload(two_versions: Path, tmp_path: Path)
         triton.load_model("resnet18")
         assert _top(c, "/predict/resnet18")[0] == "2"
         assert c.get("/readyz").json() == {"status": "ready"}
+        info = [
+            x for x in c.get("/metrics").text.splitlines() if x.startswith("resnet_model_info{")
+        ]
+        assert len(info) == 1 and 'model="resnet18"' in info[0], info
     finally:
         triton.close()
         srv.stop()

@@ -25,7 +25,10 @@ class Status(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
-    state: str = Field(description="ready, draining (retired, finishing its requests) or failed")
+    state: str = Field(
+        description="ready, or failed (loaded but not allowed traffic: the reason "
+        "is not_ready_reason)"
+    )
     ready: bool
     not_ready_reason: str
     architecture: str
@@ -71,7 +74,10 @@ class VersionInfo(BaseModel):
 
 
 class ModelList(BaseModel):
-    models: list[ModelInfo] = Field(description="every served version (draining ones too)")
+    models: list[ModelInfo] = Field(
+        description="every served version, by name then version (a retired, draining one is "
+        "listed under versions)"
+    )
     versions: list[VersionInfo] = Field(
         description="every version known, served or not: the repository's state of each"
     )

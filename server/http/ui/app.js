@@ -183,6 +183,9 @@ async function loadModels() {
   }
   if (modelsFailed) clearError();
   models = Array.isArray(body.models) ? body.models : [];
+  // One entry per model, its highest version (the list is by name, then version): the one
+  // POST /predict/{model} answers with.
+  models = [...new Map(models.map((m) => [m.name, m])).values()];
   defaultModel = typeof body.default_model === "string" ? body.default_model : "";
   const options = models.map((m) => el("option", { value: m.name, text: optionText(m) }));
   // Rebuilt only when something changed, so a list the visitor has open stays put.
