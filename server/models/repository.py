@@ -265,9 +265,11 @@ class ModelRepository:
         self.states: dict[tuple[str, str], VersionState] = {}
         """(name, version) -> state of versions that are not (or no longer) served"""
         self.retiring: set[asyncio.Task[None]] = set()
+        """drains in progress (``server.models.swap``)"""
+        self.stopping = False
+        """the server is stopping: drains stop waiting for their requests"""
         self._info: dict[str, tuple[str, ...]] = {}
         """name -> the ``resnet_model_info`` labels published for it"""
-        """drains in progress (``server.models.swap``)"""
         self.skipped: dict[str, SkippedVariant] = {}
         self.configured: frozenset[str] = frozenset()
         """names that will be served (known from the start of loading): metric labels, and
@@ -568,8 +570,9 @@ class ModelRepository:
 
     async def stop(self, drain_timeout: float) -> None:
         """Drain every batcher concurrently (bounded), then release the inference threads."""
-        for task in list(self.retiring):
-            task.cancel()
+        # Drains in progress stop waiting and release their version (bounded by the batcher's
+        # grace); cancelling one midway would leave its batcher half stopped.
+        self.stopping = True
         await asyncio.gather(*self.retiring, return_exceptions=True)
         served = self.all_served()
         for m in served:

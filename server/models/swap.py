@@ -122,9 +122,9 @@ async def retire(repo: ModelRepository, model: ServedModel, drain_s: float, grac
     loop = asyncio.get_running_loop()
     deadline = loop.time() + drain_s
     # Polled: admission has no event to wait on, and a drain is rare and short.
-    while model.admission.in_flight and loop.time() < deadline:  # noqa: ASYNC110
+    while model.admission.in_flight and loop.time() < deadline and not repo.stopping:  # noqa: ASYNC110
         await asyncio.sleep(_POLL_S)
-    if model.admission.in_flight:
+    if model.admission.in_flight and not repo.stopping:
         log.warning(
             "model %s version %s: %d images still in flight after %.1f s of drain; stopping",
             model.name, model.version, model.admission.in_flight, drain_s,

@@ -349,3 +349,39 @@ def test_grpc_model_metadata_lists_served_versions(two_versions: Path, tmp_path:
     finally:
         triton.close()
         srv.stop()
+
+
+def test_a_version_draining_at_shutdown_stops_with_the_server(
+    model_dir: Path, resnet18_seed1: Path, tmp_path: Path
+) -> None:
+    """A request still uploading holds v1 (admitted before its body is read), so v1 drains
+    when v2 is published; a SIGTERM then stops it with the rest, cleanly."""
+    import socket
+
+    root = versioned_dir(tmp_path, {1: model_dir / "resnet18.onnx"})
+    srv = _start(root, tmp_path, model_control="explicit", drain_timeout_s=1)
+    port = int(srv.url.rsplit(":", 1)[1])
+    slow = socket.create_connection(("127.0.0.1", port))
+    try:
+        slow.sendall(b"POST /predict/resnet18 HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + IMAGE[:10])  # fmt: skip
+        c = srv.client()
+        deadline = time.monotonic() + 10
+        while 'resnet_images_in_flight{model="resnet18"} 1.0' not in c.get("/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (root / "resnet18" / "2").mkdir()
+        (root / "resnet18" / "2" / "model.onnx").symlink_to(resnet18_seed1)
+        assert c.post("/v2/repository/models/resnet18/load").status_code == 200
+        assert _top(c, "/predict/resnet18")[0] == "2"
+        assert c.post("/v2/repository/index").json()[0] == {
+            "name": "resnet18", "version": "1", "state": "UNLOADING",
+            "reason": "draining: replaced or unloaded",
+        }  # fmt: skip
+        assert srv.stop() == 0
+        assert "INFO server.app: stopped" in srv.log
+        assert "Task was destroyed but it is pending" not in srv.log
+        # (uvicorn logs the upload it cancels after drain_timeout_s: that is the slow client's)
+    finally:
+        slow.close()
+        srv.stop()
