@@ -210,6 +210,7 @@ class InferenceServicer:
         check_api_key(state.settings.api_key, *_key_metadata(context))
         model = describe.model_at(state, request.model_name, request.model_version, ready=True)
         with state.pipeline.admit(model) as ticket:  # before the payload is looked at
+            ticket.body_complete()  # the message arrived whole: its deadline counts from now
             callers = _shorten(ticket, context)
             if not request.raw_input_contents and request.ByteSize() > _OFFLOAD_BYTES:
                 prepared = await asyncio.to_thread(_prepare, model, request)
