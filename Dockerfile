@@ -75,8 +75,9 @@ COPY docker/requirements.py docker/requirements.py
 # by the +cpu wheel.
 RUN python docker/requirements.py --ort "onnxruntime==${ORT_VERSION}" --extra "export openvino" > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt
-# The export verifies with the server's own preprocessing, engines and verification photos,
-# so it needs server/ whole: a server change re-exports the models.
+# The export verifies with the contract's preprocessing and verification photos (contract/) on
+# the server's own engines (server/models/engines), so it needs both: a change re-exports the models.
+COPY contract/ contract/
 COPY export/ export/
 COPY server/ server/
 RUN pip install --no-cache-dir --no-deps .
@@ -96,11 +97,13 @@ ENV WEIGHTS=${WEIGHTS} \
 RUN python docker/export_models.py
 
 # ---------------------------------------------------------------------------------------------
-# app: the project itself (server/, export/ and its dist-info for the version), apart from its
-# dependencies, so that a code change does not rebuild or re-ship the dependency layer.
+# app: the project itself (contract/, server/, export/ and its dist-info for the version),
+# apart from its dependencies, so that a code change does not rebuild or re-ship the dependency
+# layer.
 # ---------------------------------------------------------------------------------------------
 FROM venv AS app
 COPY pyproject.toml ./
+COPY contract/ contract/
 COPY export/ export/
 COPY server/ server/
 RUN pip install --no-cache-dir --no-deps --target /opt/app .

@@ -5,7 +5,7 @@ does not use (``chelsea``, ``coffee``, ``rocket``, ``camera``, ``motorcycle``), 
 views (whole, four corner crops of 3/4 size, the centre half, the mirror image), encoded as
 PNG and prepared by the server's own preprocessing; every variant runs the same crops, and
 its logits are compared with those of the fp32 file on ONNX Runtime's CPU provider by the
-server's own measure (``server.agreement.compare``). Beside them: what the export step
+server's own measure (``contract.agreement.compare``). Beside them: what the export step
 recorded in the file (metadata ``agreement``) and what the server measured at load on its
 verification photos (``GET /models``).
 """
@@ -21,9 +21,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from server.agreement import Agreement, compare
-from server.modelmeta import ModelMetadata, Preprocessing
-from server.preprocess import preprocess
+from contract.agreement import Agreement, compare
+from contract.images.preprocess import preprocess
+from contract.modelmeta import ModelMetadata, Preprocessing
 
 from .images import source
 

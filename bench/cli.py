@@ -19,8 +19,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from server.cpuinfo import read_cpuinfo
-from server.settings import available_cpus
+from contract.cpuinfo import available_cpus, read_cpuinfo
 
 from . import report
 from .config import PRESETS

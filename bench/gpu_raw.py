@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.agreement import compare
-from server.engines import EngineOptions
-from server.engines.ort_engine import OrtEngine, provider_list, session_options
-from server.modelmeta import parse_metadata
-from server.photos import photo_batch, verification_photos
+from contract.agreement import compare
+from contract.modelmeta import parse_metadata
+from contract.photos import photo_batch, verification_photos
+from server.models.engines import EngineOptions
+from server.models.engines.ort_engine import OrtEngine, provider_list, session_options
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

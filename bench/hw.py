@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.settings import available_cpus
+from contract.cpuinfo import available_cpus
 
 
 @dataclass(frozen=True)

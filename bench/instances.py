@@ -13,7 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from server.settings import available_cpus
+from contract.cpuinfo import available_cpus
 
 from .images import photo
 from .load import Target, closed_loop

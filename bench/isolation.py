@@ -1,7 +1,7 @@
 """What decoding in a worker process costs an ordinary image: ``python -m bench.isolation``.
 
-The same photos through ``server.preprocess.preprocess`` in this thread and through a
-``server.decodepool`` worker process (the server's default), interleaved image by image so
+The same photos through ``contract.images.preprocess.preprocess`` in this thread and through a
+``server.flow.decodepool`` worker process (the server's default), interleaved image by image so
 both see the same machine; prints the median wall time of each and their difference, and
 checks the crops are byte-identical. One thread, one worker: the per-image tax of isolation.
 
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from server.cpuinfo import read_cpuinfo
-from server.decode import DecodeLimits
-from server.decodepool import DecodeBudget, DecodePool
-from server.modelmeta import Preprocessing
-from server.photos import verification_photos
-from server.preprocess import preprocess
+from contract.cpuinfo import read_cpuinfo
+from contract.images.decode import DecodeLimits
+from contract.images.preprocess import preprocess
+from contract.modelmeta import Preprocessing
+from contract.photos import verification_photos
+from server.flow.decodepool import DecodeBudget, DecodePool
 
 from .hw import load_average
 

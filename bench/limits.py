@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.cpuinfo import read_cpuinfo
-from server.engines import EngineOptions, EngineReport, open_engine
-from server.modelmeta import ModelMetadata
-from server.preprocess import DecodeLimits, preprocess
+from contract.cpuinfo import read_cpuinfo
+from contract.images.preprocess import DecodeLimits, preprocess
+from contract.modelmeta import ModelMetadata
+from server.models.engines import EngineOptions, EngineReport, open_engine
 
 from .images import Photo
 from .timing import median, percentile, time_calls

@@ -13,8 +13,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from contract.images.transform import MAX_RESIZED_PIXELS
 from server.settings import Settings
-from server.transform import MAX_RESIZED_PIXELS
 
 from . import procs
 from .load import PhaseResult

@@ -14,7 +14,7 @@ from statistics import median
 import httpx
 import numpy as np
 
-from server.preprocess import preprocess
+from contract.images.preprocess import preprocess
 
 from .limits import Model
 

@@ -36,9 +36,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from server.modelmeta import parse_metadata
-from server.onnxfile import read_metadata_props
-from server.preprocess import preprocess
+from contract.images.preprocess import preprocess
+from contract.modelmeta import parse_metadata
+from contract.onnxfile import read_metadata_props
 
 from .images import photo
 from .load import PhaseResult, Target, closed_loop

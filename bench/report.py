@@ -340,7 +340,7 @@ def _agreement(res: Results) -> list[str]:
            "scikit-image photos held out from INT8 calibration: "
            f"{', '.join(AGREEMENT_PHOTOS)}; {res.cfg.agreement_views} view(s) each; the "
            "server's preprocessing) through this variant and through the fp32 file "
-           "on ONNX Runtime's CPU provider, compared by `server.agreement.compare`: top-1 "
+           "on ONNX Runtime's CPU provider, compared by `contract.agreement.compare`: top-1 "
            "agreement (crops agreeing / all), top-5 overlap, softmax L1 distance (worst crop, "
            "mean in brackets; 0..2), max relative logit error (`max |z - z_ref| / max "
            "|z_ref|`, worst crop). Beside them, as top-1 / top-5 / L1 / rel: what the export "
@@ -673,7 +673,7 @@ def _splits(res: Results) -> list[str]:
     if not res.splits:
         return []
     out = ["## 7. Thread split (fast variant, interleaved)", "",
-           "The server sizes its threads from a core budget (`server/cpubudget.py`): an engine "
+           "The server sizes its threads from a core budget (`server/flow/cpubudget.py`): an engine "
            "run holds `intra_op_threads` cores, a decode one. Each layout is a server started "
            "with the flags listed; the layouts alternate within each round, at concurrency 1 "
            "and at the saturation concurrency of the default layout's sweep.", ""]  # fmt: skip

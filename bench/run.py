@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from server.engines import openvino_installed
+from server.models.engines import openvino_installed
 
 from . import agreement, limits, overload, procs, splits, summary
 from .agreement import Agreement, Sourced
@@ -56,7 +56,7 @@ class Results:
     started: str
     cpu: CpuInfo
     cpu_features: dict[str, Any]
-    """``server.cpuinfo.read_cpuinfo().describe()``: vendor, bf16, int8 units, matrix flags"""
+    """``contract.cpuinfo.read_cpuinfo().describe()``: vendor, bf16, int8 units, matrix flags"""
     threads: int
     pool_threads: int
     load_before: tuple[float, float, float]

@@ -1,6 +1,6 @@
 """Thread splits: how the server's core budget is divided between engine runs and decodes.
 
-The server sizes its threads from a core budget (``server/cpubudget.py``): an engine run
+The server sizes its threads from a core budget (``server/flow/cpubudget.py``): an engine run
 holds ``intra_op_threads`` cores, a decode one. The layouts below are measured on the fast
 variant of each model, interleaved, at concurrency 1 and at saturation.
 """

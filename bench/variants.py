@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.cpuinfo import CpuInfo
-from server.engines import PROVIDERS, openvino_installed
+from contract.cpuinfo import CpuInfo
+from server.models.engines import PROVIDERS, openvino_installed
 
 BF16_SUFFIX = "-bf16"
 #: File-name suffixes of reduced-precision files (``python -m export ARCH --precision P``).

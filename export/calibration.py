@@ -1,7 +1,7 @@
 """Calibration photos: real photographs for INT8 calibration and for ``--weights random``.
 
 The default set is read from the photos scikit-image ships (``skimage/data``), chosen to be
-disjoint from the verification photos of ``server/photos.py``; a user can give a folder
+disjoint from the verification photos of ``contract/photos.py``; a user can give a folder
 instead (``--calibration-dir``). Any photo whose bytes are a verification photo's is refused:
 calibrating on the photos that judge the result would hide its errors.
 
@@ -22,11 +22,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from server.decode import decode
-from server.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
-from server.modelmeta import Preprocessing
-from server.photos import Photo, verification_photos
-from server.transform import transform
+from contract.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from contract.images.decode import decode
+from contract.images.transform import transform
+from contract.modelmeta import Preprocessing
+from contract.photos import Photo, verification_photos
 
 #: scikit-image data files of the default calibration set (none is a verification photo).
 SKIMAGE_PHOTOS: Final = (

@@ -23,6 +23,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from contract.agreement import AgreementRecord, default_floors
+from contract.cpuinfo import read_cpuinfo
+from contract.modelmeta import CalibrationRecord, ReferenceLogits
 from export.calibration import (
     CalibrationError,
     CalibrationSet,
@@ -43,10 +46,7 @@ from export.quantize import DEFAULT_RECIPE, quantize
 from export.resnet import ARCHITECTURES, build
 from export.verify import Report, Target, VerificationData, verification_data, verify
 from export.weights import ResolvedWeights, WeightsDownloadError, WeightsError, load_into, resolve
-from server.agreement import AgreementRecord, default_floors
-from server.cpuinfo import read_cpuinfo
-from server.engines import PROVIDERS, auto_provider, openvino_installed
-from server.modelmeta import CalibrationRecord, ReferenceLogits
+from server.models.engines import PROVIDERS, auto_provider, openvino_installed
 
 EXIT_VERIFY, EXIT_USAGE, EXIT_DOWNLOAD = 1, 2, 3
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -162,7 +162,7 @@ def serving_providers(requested: str) -> list[str]:
 def _reference(data: VerificationData) -> ReferenceLogits:
     photos = tuple((p.name, p.sha256) for p in data.photos)
     logits = data.reference[data.photo_rows].astype(np.float32)
-    how = f"torch {torch.__version__}, float64, unfused model, photos by server.preprocess"
+    how = f"torch {torch.__version__}, float64, unfused model, photos by contract.images.preprocess"
     return ReferenceLogits(photos, logits, how)
 
 

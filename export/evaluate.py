@@ -25,13 +25,19 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from contract.cpuinfo import read_cpuinfo
+from contract.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from contract.images.preprocess import preprocess
+from contract.modelmeta import Preprocessing
 from export.calibration import IMAGE_SUFFIXES
 from export.labels import imagenet_synsets
-from server.cpuinfo import read_cpuinfo
-from server.engines import Engine, EngineOptions, EngineUnavailable, auto_provider, open_engine
-from server.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
-from server.modelmeta import Preprocessing
-from server.preprocess import preprocess
+from server.models.engines import (
+    Engine,
+    EngineOptions,
+    EngineUnavailable,
+    auto_provider,
+    open_engine,
+)
 
 BATCH = 32
 

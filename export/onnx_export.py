@@ -17,9 +17,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from contract.modelmeta import ReferenceLogits
 from export.labels import imagenet_classes
 from export.weights import ResolvedWeights
-from server.modelmeta import ReferenceLogits
 
 DEFAULT_OPSET = 17
 INPUT_NAME = "images"

@@ -25,18 +25,18 @@ import onnx
 import torch
 from numpy.typing import NDArray
 
+from contract.agreement import compare
+from contract.cpuinfo import read_cpuinfo
+from contract.images.decode import decode
+from contract.modelmeta import Preprocessing
+from contract.photos import verification_photos
 from export.calibration import samples, skimage_photos
 from export.fold import fuse_conv_bn
 from export.onnx_export import NHWCUint8Classifier, export_onnx
 from export.quantize import Recipe, quantize
 from export.resnet import build
 from export.weights import load_into, random_weights
-from server.agreement import compare
-from server.cpuinfo import read_cpuinfo
-from server.decode import decode
-from server.engines import Engine, EngineOptions, open_engine
-from server.modelmeta import Preprocessing
-from server.photos import verification_photos
+from server.models.engines import Engine, EngineOptions, open_engine
 
 ENGINES = ("cpu", "openvino")
 RECIPES: dict[str, Recipe] = {
@@ -65,7 +65,7 @@ RECIPES: dict[str, Recipe] = {
 
 def ten_crops(spec: Preprocessing) -> NDArray[np.uint8]:
     """torchvision's TenCrop(crop) after Resize(resize) of every verification photo."""
-    from server.transform import resized_size
+    from contract.images.transform import resized_size
 
     out = []
     for photo in verification_photos():

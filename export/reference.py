@@ -15,7 +15,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from server.modelmeta import Preprocessing
+from contract.modelmeta import Preprocessing
 
 
 def to_tensor_normalize(

@@ -3,14 +3,14 @@
 Every export runs this; the CLI publishes a file only when every gating check passes.
 
 The reference is the *unfused* PyTorch model in float64, normalising on its own
-(``export/reference.py``), on the verification photos (``server/photos.py``) and a little
+(``export/reference.py``), on the verification photos (``contract/photos.py``) and a little
 seeded noise. An fp32 file must be about as accurate as PyTorch itself in float32::
 
     max |file - float64| <= FP32_ERROR_MULTIPLE * max |torch float32 - float64|
                             + FP32_ERROR_FLOOR * max |float64 logit|
 
 A reduced-precision file (fp16, INT8) is judged on the photos by the agreement measures of
-``server/agreement.py`` against floors. docs/EXPORT.md gives the measurements behind both.
+``contract/agreement.py`` against floors. docs/EXPORT.md gives the measurements behind both.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from contract.agreement import Agreement, Floors, Measurement, compare, violations
+from contract.cpuinfo import CpuInfo
+from contract.modelmeta import Preprocessing
+from contract.photos import Photo, photo_batch, verification_photos
 from export import reference
 from export.onnx_export import count_ops
-from server.agreement import Agreement, Floors, Measurement, compare, violations
-from server.cpuinfo import CpuInfo
-from server.engines import Engine, EngineOptions, EngineUnavailable, open_engine
-from server.modelmeta import Preprocessing
-from server.photos import Photo, photo_batch, verification_photos
+from server.models.engines import Engine, EngineOptions, EngineUnavailable, open_engine
 
 #: fp32 files may be this many times less accurate than PyTorch float32 (measured: 0.5-1.7x
 #: on ONNX Runtime CPU and OpenVINO here; other CPUs' kernels sum in other orders).

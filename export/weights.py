@@ -29,8 +29,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from contract.modelmeta import Preprocessing
 from export.resnet import build
-from server.modelmeta import Preprocessing
 
 BASE_URL_ENV = "RESNET_WEIGHTS_BASE_URL"
 CACHE_DIR_ENV = "RESNET_WEIGHTS_CACHE"

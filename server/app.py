@@ -12,24 +12,24 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.types import Scope
 
-from . import __version__
-from .cpubudget import CpuBudget
-from .cpuinfo import CpuInfo, read_cpuinfo
-from .errors import ServerError, install_handlers
-from .grpc.serve import serving as serving_grpc
-from .hosts import AllowedHosts
-from .limits import LimitsMiddleware, is_inference
-from .metrics import SAMPLE_INTERVAL_S, Metrics
-from .observe import record_unrouted
-from .openapi import openapi_with_errors
-from .pipeline import Pipeline
-from .repository import ModelRepository
-from .routes import docs, health, metrics, predict, ui
-from .runner import EngineRun
-from .scrape import SCRAPE_MAX_AGE_S, Scrapes
-from .settings import Settings
-from .state import AppState
-from .v2 import routes as v2
+from contract.cpuinfo import CpuInfo, read_cpuinfo
+from contract.errors import ServerError
+from server import __version__
+from server.flow.cpubudget import CpuBudget
+from server.flow.pipeline import Pipeline
+from server.flow.runner import EngineRun
+from server.grpc.serve import serving as serving_grpc
+from server.http.errors import install_handlers
+from server.http.hosts import AllowedHosts
+from server.http.limits import LimitsMiddleware, is_inference
+from server.http.openapi import openapi_with_errors
+from server.http.routes import docs, health, metrics, predict, ui, v2
+from server.metrics import SAMPLE_INTERVAL_S, Metrics
+from server.models.repository import ModelRepository
+from server.observe import record_unrouted
+from server.scrape import SCRAPE_MAX_AGE_S, Scrapes
+from server.settings import Settings
+from server.state import AppState
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from pydantic import SecretStr
 
-from .errors import Unauthorized
-from .state import AppState, get_state
+from contract.errors import Unauthorized
+from server.state import AppState, get_state
 
 
 async def require_api_key(request: Request, state: Annotated[AppState, Depends(get_state)]) -> None:

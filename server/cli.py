@@ -10,10 +10,10 @@ import sys
 
 from pydantic import ValidationError
 
-from .repository import discover
-from .serving import serve
-from .settings import MIN_API_KEY_CHARS, Settings
-from .workers import Supervisor
+from server.models.repository import discover
+from server.serving import serve
+from server.settings import MIN_API_KEY_CHARS, Settings
+from server.workers import Supervisor
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs
 
 from starlette.types import Scope
 
-from .errors import ServerError
-from .metrics import UNKNOWN_MODEL, Metrics
+from contract.errors import ServerError
+from server.metrics import UNKNOWN_MODEL, Metrics
 
 
 @asynccontextmanager

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
-from .metrics import Metrics
-from .threadname import name_os_thread
+from server.metrics import Metrics
+from server.threadname import name_os_thread
 
 #: Seconds a collection is reused with several workers.
 SCRAPE_MAX_AGE_S = 1.0

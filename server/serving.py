@@ -11,9 +11,9 @@ from types import FrameType
 
 import uvicorn
 
-from .app import create_app
-from .settings import Settings
-from .state import AppState
+from server.app import create_app
+from server.settings import Settings
+from server.state import AppState
 
 log = logging.getLogger("server")
 
@@ -49,7 +49,7 @@ def _http_protocol(settings: Settings, state: AppState) -> type[asyncio.Protocol
     """The head-bounded httptools protocol; uvicorn's h11 (its byte bound only) without it."""
     if importlib.util.find_spec("httptools") is None:
         return "h11"
-    from .httpguard import guarded_protocol
+    from server.http.httpguard import guarded_protocol
 
     return guarded_protocol(
         max_headers=settings.max_headers, max_head_bytes=settings.max_head_bytes,

@@ -8,48 +8,17 @@ values fail at start with a message naming the setting.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .agreement import Floors, default_floors
+from contract.agreement import Floors, default_floors
+from contract.cpuinfo import available_cpus
 
 #: Shortest API key accepted: long enough that guessing it over the network is hopeless.
 MIN_API_KEY_CHARS = 16
-
-
-def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: affinity mask, capped by a cgroup v2/v1 CPU quota if set.
-
-    ``os.cpu_count()`` reports the host's cores, which oversubscribes a container limited
-    to 2 CPUs on a 64-core node.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota(cgroup_root)
-    if quota is not None:
-        cpus = min(cpus, max(1, int(quota + 0.5)))
-    return max(1, cpus)
-
-
-def _cgroup_cpu_quota(root: Path) -> float | None:
-    """CPU limit in cores from cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``; None if unlimited."""
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        p = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return None if q <= 0 else q / p
-    except (OSError, ValueError):
-        return None
 
 
 def bad_host(host: str) -> bool:

@@ -7,12 +7,12 @@ from typing import cast
 
 from fastapi import Request
 
-from .cpubudget import CpuBudget
-from .metrics import Metrics
-from .pipeline import Pipeline
-from .repository import ModelRepository
-from .scrape import Scrapes
-from .settings import Settings
+from server.flow.cpubudget import CpuBudget
+from server.flow.pipeline import Pipeline
+from server.metrics import Metrics
+from server.models.repository import ModelRepository
+from server.scrape import Scrapes
+from server.settings import Settings
 
 
 @dataclass

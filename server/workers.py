@@ -61,11 +61,11 @@ from types import FrameType
 import uvicorn
 from prometheus_client import multiprocess
 
-from .app import ON_READY
-from .restarts import Slot, no_worker_can_serve
-from .serving import serve
-from .settings import Settings
-from .threadname import name_os_thread
+from server.app import ON_READY
+from server.restarts import Slot, no_worker_can_serve
+from server.serving import serve
+from server.settings import Settings
+from server.threadname import name_os_thread
 
 log = logging.getLogger("server.workers")
 

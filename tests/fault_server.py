@@ -24,7 +24,7 @@ import numpy as np
 
 from server import cli, serving
 from server.app import create_app
-from server.runner import EngineRun
+from server.flow.runner import EngineRun
 
 
 def faulty(run: EngineRun) -> EngineRun:

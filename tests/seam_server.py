@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from contract.cpuinfo import CpuInfo, read_cpuinfo
 from server import app, cli
-from server.cpuinfo import CpuInfo, read_cpuinfo
-from server.engines import EngineUnavailable, openvino_engine
+from server.models.engines import EngineUnavailable, openvino_engine
 
 
 def _claimed_cpu(path: Path = Path("/proc/cpuinfo")) -> CpuInfo:

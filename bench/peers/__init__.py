@@ -1,5 +1,5 @@
 """Peer servers the benchmark compares against, each serving the same ONNX model with the same
-preprocessing (``server.preprocess``) and the same ONNX Runtime session options:
+preprocessing (``contract.images.preprocess``) and the same ONNX Runtime session options:
 
 * ``naive``: FastAPI + ONNX Runtime, one global session created at start-up, ``session.run``
   inline in each request's handler, no batching (what most people write first);

@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from server.cpuinfo import read_cpuinfo
-from server.engines import Engine, EngineOptions, open_engine
-from server.modelmeta import ModelMetadata
-from server.scores import score
-from server.settings import available_cpus
+from contract.cpuinfo import available_cpus, read_cpuinfo
+from contract.modelmeta import ModelMetadata
+from contract.scores import score
+from server.models.engines import Engine, EngineOptions, open_engine
 
 
 def parse_args(description: str) -> argparse.Namespace:

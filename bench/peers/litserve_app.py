@@ -18,7 +18,7 @@ import litserve as ls
 import numpy as np
 from fastapi import Request
 
-from server.preprocess import preprocess
+from contract.images.preprocess import preprocess
 
 from .common import load, parse_args, response
 

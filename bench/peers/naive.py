@@ -18,8 +18,8 @@ import numpy as np
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 
-from server.engines import Engine
-from server.preprocess import preprocess
+from contract.images.preprocess import preprocess
+from server.models.engines import Engine
 
 from ..threads import name_threads
 from .common import load, parse_args, response

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from grpc_health.v1 import health, health_pb2
 
-from ..state import AppState
+from server.state import AppState
 
 SERVICES: Final = ("", "inference.GRPCInferenceService")
 #: How often readiness is read for ``Watch`` streams (seconds).

@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from ..state import AppState
-from .health import Health
-from .proto import grpc_service_pb2_grpc
-from .servicer import InferenceServicer
+from server.grpc.health import Health
+from server.grpc.proto import grpc_service_pb2_grpc
+from server.grpc.servicer import InferenceServicer
+from server.state import AppState
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """``inference.GRPCInferenceService``: the v2 RPCs on the app's own models, pipeline and
-metrics. Each RPC does what its REST twin in :mod:`server.v2.routes` does, through the same
+metrics. Each RPC does what its REST twin in :mod:`server.http.routes.v2` does, through the same
 functions; errors become gRPC statuses by :mod:`server.grpc.status`.
 
 ``ModelInfer``: at most ``max_concurrent_requests`` calls at once (REST's limit, counted
@@ -21,9 +21,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from ..admission import Ticket
-from ..auth import check_api_key
-from ..errors import (
+from contract.errors import (
     BadRequest,
     ClientDisconnected,
     DeadlineExceeded,
@@ -31,14 +29,16 @@ from ..errors import (
     QueueTimeout,
     ServerError,
 )
-from ..metrics import UNKNOWN_MODEL
-from ..observe import observe_request
-from ..repository import ServedModel
-from ..state import AppState
-from ..v2 import describe, inference
-from ..v2.stats import Samples, model_stats
-from . import status, translate
-from .proto import grpc_service_pb2 as pb
+from server.auth import check_api_key
+from server.flow.admission import Ticket
+from server.grpc import status, translate
+from server.grpc.proto import grpc_service_pb2 as pb
+from server.metrics import UNKNOWN_MODEL
+from server.models.repository import ServedModel
+from server.observe import observe_request
+from server.state import AppState
+from server.v2 import describe, inference
+from server.v2.stats import Samples, model_stats
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""A :class:`~server.errors.ServerError` as a gRPC status: the code its class names
-(``grpc_status``, chosen in :mod:`server.errors`), its message as the details, and for the
+"""A :class:`~contract.errors.ServerError` as a gRPC status: the code its class names
+(``grpc_status``, chosen in :mod:`contract.errors`), its message as the details, and for the
 retryable refusals (queue full, timed out, not ready, overloaded, shutting down) a
 ``retry-after`` trailing metadata entry in seconds, as REST's ``Retry-After`` header, and
 gRPC's ``grpc-retry-pushback-ms``."""
@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import grpc
 
-from ..errors import ServerError
+from contract.errors import ServerError
 
 INTERNAL_ERROR = "internal error"
 

@@ -18,15 +18,15 @@ from typing import Any, Final
 
 from google.protobuf import json_format
 
-from ..errors import BadRequest
-from ..repository import ServedModel
-from ..scores import Scores
-from ..v2 import codec
-from ..v2.codec import ParsedRequest
-from ..v2.inference import Prepared, output_tensors
-from ..v2.schemas import ModelConfig, ModelMetadata, ModelStats, ServerMetadata
-from .proto import grpc_service_pb2 as pb
-from .proto import model_config_pb2 as mc
+from contract.errors import BadRequest
+from contract.scores import Scores
+from server.grpc.proto import grpc_service_pb2 as pb
+from server.grpc.proto import model_config_pb2 as mc
+from server.models.repository import ServedModel
+from server.v2 import codec
+from server.v2.codec import ParsedRequest
+from server.v2.inference import Prepared, output_tensors
+from server.v2.schemas import ModelConfig, ModelMetadata, ModelStats, ServerMetadata
 
 _LENGTH: Final = struct.Struct("<I")
 

@@ -24,8 +24,8 @@ from typing import Any, Final
 import numpy as np
 from pydantic import ValidationError
 
-from ..errors import BadRequest, BodyTooLarge
-from .schemas import InferRequest, RequestInput
+from contract.errors import BadRequest, BodyTooLarge
+from server.v2.schemas import InferRequest, RequestInput
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from .. import __version__
-from ..errors import UnknownModel
-from ..repository import ServedModel
-from ..state import AppState
-from .inference import IMAGE_BYTES, image_shape
-from .schemas import (
+from contract.errors import UnknownModel
+from server import __version__
+from server.models.repository import ServedModel
+from server.state import AppState
+from server.v2.inference import IMAGE_BYTES, image_shape
+from server.v2.schemas import (
     ConfigInput,
     ConfigOutput,
     DynamicBatching,

@@ -30,14 +30,14 @@ from typing import Final
 
 import numpy as np
 
-from ..admission import Ticket
-from ..errors import BadRequest
-from ..repository import ServedModel
-from ..scores import Scores
-from ..state import AppState
-from . import codec
-from .codec import OutputTensor, ParsedRequest
-from .schemas import RequestInput
+from contract.errors import BadRequest
+from contract.scores import Scores
+from server.flow.admission import Ticket
+from server.models.repository import ServedModel
+from server.state import AppState
+from server.v2 import codec
+from server.v2.codec import OutputTensor, ParsedRequest
+from server.v2.schemas import RequestInput
 
 IMAGE_BYTES: Final = "image_bytes"
 # Parsing and decoding a JSON tensor of this size takes long enough to leave the event loop.

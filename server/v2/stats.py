@@ -24,8 +24,8 @@ from collections.abc import Iterable
 
 from prometheus_client.metrics_core import Metric
 
-from ..repository import ServedModel
-from .schemas import BatchStats, Count, InferenceStats, ModelStats
+from server.models.repository import ServedModel
+from server.v2.schemas import BatchStats, Count, InferenceStats, ModelStats
 
 _Labels = frozenset[tuple[str, str]]
 

@@ -11,8 +11,8 @@ import pytest
 
 from bench import threads
 from bench.variants import Variant, plan
-from server.cpuinfo import CpuInfo
-from server.engines import openvino_installed
+from contract.cpuinfo import CpuInfo
+from server.models.engines import openvino_installed
 
 AVX2 = CpuInfo("AuthenticAMD", "AMD EPYC", frozenset({"avx2", "fma"}))
 AMX = CpuInfo("GenuineIntel", "Xeon", frozenset({"avx512f", "amx_bf16", "amx_int8", "amx_tile"}))
@@ -94,7 +94,7 @@ def test_sample_sees_this_process_threads() -> None:
 
 def test_agreement_inputs_are_the_servers_crops() -> None:
     from bench.agreement import PHOTOS, inputs
-    from server.modelmeta import Preprocessing
+    from contract.modelmeta import Preprocessing
 
     spec = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     crops = inputs(spec, per_photo=2)

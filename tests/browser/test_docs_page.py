@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from server.routes.docs import SWAGGER_UI
+from server.http.routes.docs import SWAGGER_UI
 from tests.browser.chromium import Browser
 from tests.conftest import ServerProcess, free_port, start_server
 

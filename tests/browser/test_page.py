@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select
 
-from server.routes.ui import CSP
+from server.http.routes.ui import CSP
 from tests.browser.chromium import DESKTOP, Browser
 from tests.browser.helpers import (
     CHELSEA,

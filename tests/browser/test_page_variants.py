@@ -11,8 +11,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from server.cpuinfo import read_cpuinfo
-from server.engines import openvino_installed
+from contract.cpuinfo import read_cpuinfo
+from server.models.engines import openvino_installed
 from tests.browser.chromium import Browser
 from tests.browser.helpers import CHELSEA, assert_card_shows, predict
 from tests.conftest import ServerProcess, start_server

@@ -200,7 +200,9 @@ def test_dockerignore_is_an_allow_list() -> None:
     ]
     assert lines[0] == "*"
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert allowed <= {"pyproject.toml", "README.md", "server", "export", "docker"}, allowed
+    assert allowed <= {"pyproject.toml", "README.md", "contract", "server", "export", "docker"}, (
+        allowed
+    )
     # everything the Dockerfile COPYs from the context is allowed
     for src in re.findall(
         r"^COPY (?!--from)(?:--\S+ )*(\S+) ", DOCKERFILE.read_text(), re.MULTILINE

@@ -195,6 +195,6 @@ def test_threshold_below_the_admission_capacity(overlay: str) -> None:
     headroom = int(data["RESNET_INSTANCES"]) * int(data["RESNET_MAX_BATCH_SIZE"])
     capacity = int(data["RESNET_MAX_QUEUE_SIZE"]) + headroom
     # Under what the engines take at once: admission refuses no request below that many
-    # (server/admission.py, `headroom`; the deadline still can, on a starved node, which is
+    # (server/flow/admission.py, `headroom`; the deadline still can, on a starved node, which is
     # why the measured CPU threshold sits far below it).
     assert 0 < threshold < headroom < capacity

@@ -20,7 +20,7 @@ import pytest
 import skimage.data
 from docker_helpers import Image, localbuild, metric, start, wait_until
 
-from server.cpuinfo import read_cpuinfo
+from contract.cpuinfo import read_cpuinfo
 from tests.conftest import start_server
 
 pytestmark = pytest.mark.slow

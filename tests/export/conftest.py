@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
+from contract.modelmeta import Preprocessing
 from export import cli
 from export.verify import VerificationData
-from server.modelmeta import Preprocessing
 from tests.export.helpers import CliExport, RealisticExport, run_cli
 from tests.export.realistic import realistic_state_dict
 

@@ -1,4 +1,4 @@
-"""server.agreement, server.photos and the optional metadata keys of server.modelmeta."""
+"""contract.agreement, contract.photos and the optional metadata keys of contract.modelmeta."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from server import photos as photos_module
-from server.agreement import (
+from contract import photos as photos_module
+from contract.agreement import (
     DEFAULT_FLOORS,
     Agreement,
     AgreementRecord,
@@ -19,9 +19,9 @@ from server.agreement import (
     default_floors,
     violations,
 )
-from server.modelmeta import MetadataError, Preprocessing, ReferenceLogits, parse_metadata
-from server.photos import PhotoSetError, photo_batch, verification_photos
-from server.preprocess import DecodeLimits
+from contract.images.preprocess import DecodeLimits
+from contract.modelmeta import MetadataError, Preprocessing, ReferenceLogits, parse_metadata
+from contract.photos import PhotoSetError, photo_batch, verification_photos
 
 
 def _logits() -> np.ndarray:

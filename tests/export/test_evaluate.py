@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.cpuinfo import read_cpuinfo
+from contract.photos import photo_batch, verification_photos
 from export import evaluate
 from export.labels import imagenet_synsets
-from server.cpuinfo import read_cpuinfo
-from server.engines import EngineOptions, open_engine
-from server.photos import photo_batch, verification_photos
+from server.models.engines import EngineOptions, open_engine
 from tests.export.helpers import CliExport
 
 

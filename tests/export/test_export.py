@@ -19,6 +19,10 @@ import pytest
 import torch
 
 import export.cli
+from contract.agreement import DEFAULT_FLOORS, compare
+from contract.cpuinfo import read_cpuinfo
+from contract.modelmeta import parse_metadata
+from contract.photos import photo_batch, verification_photos
 from export.fold import fuse_conv_bn
 from export.onnx_export import count_ops
 from export.resnet import build
@@ -33,10 +37,6 @@ from export.weights import (
     random_weights,
     sha256_file,
 )
-from server.agreement import DEFAULT_FLOORS, compare
-from server.cpuinfo import read_cpuinfo
-from server.modelmeta import parse_metadata
-from server.photos import photo_batch, verification_photos
 from tests.export.helpers import CliExport, RealisticExport, report_lines, run_cli
 
 ORT = f"onnxruntime {ort.__version__}"

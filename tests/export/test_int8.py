@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import pytest
 
+from contract.agreement import DEFAULT_FLOORS, compare
+from contract.cpuinfo import read_cpuinfo
+from contract.modelmeta import parse_metadata
+from contract.photos import photo_batch, verification_photos
 from export import cli
 from export.calibration import SKIMAGE_PHOTOS, samples, skimage_photos
 from export.weights import BASE_URL_ENV, imagenet_transform
-from server.agreement import DEFAULT_FLOORS, compare
-from server.cpuinfo import read_cpuinfo
-from server.engines import EngineOptions, open_engine
-from server.modelmeta import parse_metadata
-from server.photos import photo_batch, verification_photos
+from server.models.engines import EngineOptions, open_engine
 from tests.export.helpers import CliExport
 
 
@@ -139,7 +139,7 @@ def test_verification_photos_are_never_calibration_photos(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = _calibration_dir(tmp_path)
-    shutil.copy(Path("server/data/photos/chelsea.png"), folder / "my_cat.png")
+    shutil.copy(Path("contract/data/photos/chelsea.png"), folder / "my_cat.png")
     code = cli.main(
         ["resnet18", "--weights", "random", "--precision", "int8", "--out-dir", str(tmp_path),
          "--calibration-dir", str(folder)]

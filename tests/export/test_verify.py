@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from contract.agreement import DEFAULT_FLOORS
+from contract.cpuinfo import read_cpuinfo
 from export import reference
 from export.fold import fuse_conv_bn
 from export.onnx_export import NHWCUint8Classifier, build_metadata, export_onnx
 from export.resnet import build
 from export.verify import Target, VerificationData, random_images, verify
 from export.weights import file_weights, imagenet_transform
-from server.agreement import DEFAULT_FLOORS
-from server.cpuinfo import read_cpuinfo
 from tests.export.helpers import RealisticExport
 
 SPEC = imagenet_transform()

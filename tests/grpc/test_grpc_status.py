@@ -1,4 +1,4 @@
-"""The gRPC side of the one error mapping (server/errors.py): each domain error's status code,
+"""The gRPC side of the one error mapping (contract/errors.py): each domain error's status code,
 and the retry-after trailing metadata of the retryable refusals."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from server import errors as e
+from contract import errors as e
 from server.grpc.status import code_of, trailing_metadata
 
 EXPECTED = {

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.agreement import DEFAULT_FLOORS
-from server.cpuinfo import read_cpuinfo
-from server.engines import openvino_installed
+from contract.agreement import DEFAULT_FLOORS
+from contract.cpuinfo import read_cpuinfo
+from server.models.engines import openvino_installed
 from tests.conftest import ServerProcess, start_server
 from tests.imagegen import jpeg
 from tests.integration.test_predict import metric
@@ -123,7 +123,7 @@ def test_an_automatic_variant_that_cannot_serve_is_skipped_not_fatal(
         reason = variant["reason"]
         assert metric(srv, "resnet_variant_skipped", model="resnet18-bf16", reason=reason) == 1.0
         assert (
-            "WARNING server.repository: model resnet18-bf16 (an automatic bf16 variant, "
+            "WARNING server.models.repository: model resnet18-bf16 (an automatic bf16 variant, "
             "bf16_variants=auto) is not served: " in srv.log
         ), srv.log
         r = srv.client().post("/predict/resnet18-bf16", content=jpeg(64, 64),
@@ -172,7 +172,10 @@ def test_provider_auto_falls_back_for_a_model_the_user_named(
             "model (injected by tests.seam_server)); serving it on ONNX Runtime's CPU provider "
             "instead"
         ]
-        assert "WARNING server.repository: model resnet18: provider=auto chose openvino" in srv.log
+        assert (
+            "WARNING server.models.repository: model resnet18: provider=auto chose openvino"
+            in srv.log
+        )
         # The automatic bf16 variant needs OpenVINO: skipped, not moved to another engine.
         assert [(v["name"], v["reason"]) for v in skipped] == (
             [("resnet18-bf16", "engine")] if CPU.bf16 else []

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.cpuinfo import read_cpuinfo
-from server.engines import EngineOptions, EngineUnavailable, open_engine, served_precision
-from server.fidelity import AgreementError, check_agreement, run_in_batches_of
-from server.preprocess import preprocess
-from server.repository import discover
+from contract.cpuinfo import read_cpuinfo
+from contract.images.preprocess import preprocess
+from server.models.engines import EngineOptions, EngineUnavailable, open_engine, served_precision
+from server.models.fidelity import AgreementError, check_agreement, run_in_batches_of
+from server.models.repository import discover
 from server.settings import Settings
 from tests.conftest import start_server
 from tests.imagegen import jpeg
@@ -27,7 +27,7 @@ CPU = read_cpuinfo()
 
 def _crops(n: int = 4) -> np.ndarray:
     """Crops of photo-like JPEGs, as the server preprocesses them: uint8 [n, 224, 224, 3]."""
-    from server.modelmeta import Preprocessing
+    from contract.modelmeta import Preprocessing
 
     spec = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     return np.stack([preprocess(jpeg(480, 360, seed=s), spec) for s in range(n)])

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.modelmeta import parse_metadata
-from server.preprocess import preprocess
-from server.scores import softmax
+from contract.images.preprocess import preprocess
+from contract.modelmeta import parse_metadata
+from contract.scores import softmax
 from tests.conftest import ServerProcess
 from tests.imagegen import encode, jpeg, photo_like
 

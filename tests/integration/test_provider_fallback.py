@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from server.cpuinfo import read_cpuinfo
-from server.engines import EngineOptions, open_engine
-from server.engines.ort_engine import OrtEngine
+from contract.cpuinfo import read_cpuinfo
+from server.models.engines import EngineOptions, open_engine
+from server.models.engines.ort_engine import OrtEngine
 from tests.conftest import ServerProcess, start_server
 from tests.imagegen import jpeg
 from tests.integration.test_predict import metric

@@ -12,11 +12,11 @@ from fastapi import FastAPI
 
 from server.app import create_app
 from server.cli import load_settings
-from server.routes.ui import HEADERS
+from server.http.routes.ui import HEADERS
 from server.settings import Settings
 from tests.conftest import ROOT, ServerProcess
 
-UI = ROOT / "server" / "ui"
+UI = ROOT / "server" / "http" / "ui"
 FILES = [
     ("/", "index.html", "text/html; charset=utf-8"),
     ("/ui/app.js", "app.js", "text/javascript; charset=utf-8"),
@@ -39,7 +39,7 @@ def test_page_files_with_their_headers(
 
 
 def test_every_file_in_server_ui_is_served() -> None:
-    """A file added to server/ui/ without a route (or the other way round) fails here."""
+    """A file added to server/http/ui/ without a route (or the other way round) fails here."""
     assert sorted(p.name for p in UI.iterdir()) == sorted(name for _, name, _ in FILES)
 
 

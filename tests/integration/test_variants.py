@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
-from server.cpuinfo import read_cpuinfo
-from server.engines import EngineOptions, open_engine
-from server.photos import photo_batch, verification_photos
+from contract.cpuinfo import read_cpuinfo
+from contract.photos import photo_batch, verification_photos
+from server.models.engines import EngineOptions, open_engine
 from tests.conftest import start_server
 from tests.imagegen import jpeg
 from tests.integration.test_predict import metric

@@ -150,8 +150,8 @@ def test_nothing_keeps_running_after_the_answer(model_dir: Path, tmp_path: Path)
 def test_only_files_cheap_by_construction_decode_in_the_thread() -> None:
     """``decode_isolation=auto``: small JPEG/PNG/WebP/GIF files of few pixels skip the worker
     (their worst case is inside their budget); anything larger, or another format, does not."""
-    from server.decode import DecodeLimits
-    from server.decodepool import decodes_inline
+    from contract.images.decode import DecodeLimits
+    from server.flow.decodepool import decodes_inline
     from tests.reliability.corpus import jpeg_many_scans, tiff_long_strip_table
 
     limits = DecodeLimits()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server.routes.docs import SWAGGER_UI, content_security_policy
+from server.http.routes.docs import SWAGGER_UI, content_security_policy
 from server.settings import Settings
 from tests.conftest import ROOT, ServerProcess, start_server
 from tests.imagegen import jpeg

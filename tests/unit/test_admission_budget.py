@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from server.admission import CAPACITY_MEMORY_S, Admission, Stage, Ticket
-from server.errors import QueueFull
+from contract.errors import QueueFull
+from server.flow.admission import CAPACITY_MEMORY_S, Admission, Stage, Ticket
 
 
 @pytest.mark.asyncio

@@ -1,4 +1,4 @@
-"""Unit tests for server.batcher with fake async run functions (no model).
+"""Unit tests for server.flow.batcher with fake async run functions (no model).
 
 Timing-sensitive assertions use generous margins; every test is bounded by ``asyncio.timeout``.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from server.batcher import BatchConfig, Batcher, Completed
-from server.errors import InferenceFailed, QueueFull, QueueTimeout, ShuttingDown
+from contract.errors import InferenceFailed, QueueFull, QueueTimeout, ShuttingDown
+from server.flow.batcher import BatchConfig, Batcher, Completed
 
 HUGE = 1000.0
 
@@ -200,7 +200,7 @@ async def test_failing_batch_fails_its_callers_only(caplog: pytest.LogCaptureFix
         await until(lambda: b.in_flight == 1)
         doomed = [submit(b, 13), submit(b, 1)]
         await until(lambda: b.queue_depth == 2)
-        with caplog.at_level(logging.ERROR, logger="server.batcher"):
+        with caplog.at_level(logging.ERROR, logger="server.flow.batcher"):
             rec.gate.set()
             outcomes = await asyncio.gather(*doomed, return_exceptions=True)
         assert (await blocker).value == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cpubudget import CpuBudget
+from server.flow.cpubudget import CpuBudget
 from server.settings import Settings
 
 

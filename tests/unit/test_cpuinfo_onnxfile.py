@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from server.cpuinfo import parse_cpuinfo, read_cpuinfo
-from server.onnxfile import OnnxFileError, read_metadata_props
+from contract.cpuinfo import parse_cpuinfo, read_cpuinfo
+from contract.onnxfile import OnnxFileError, read_metadata_props
 
 
 def _cpuinfo(vendor: str, model: str, flags: str) -> str:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from server.disconnect import all_or_none
-from server.errors import QueueFull
+from contract.errors import QueueFull
+from server.http.disconnect import all_or_none
 
 pytestmark = pytest.mark.asyncio
 

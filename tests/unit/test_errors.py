@@ -8,14 +8,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from server import errors as e
+from contract import errors as e
+from server.http.errors import install_handlers
 
 pytestmark = pytest.mark.asyncio
 
 
 def _app(exc: Exception) -> FastAPI:
     app = FastAPI()
-    e.install_handlers(app)
+    install_handlers(app)
 
     @app.get("/boom")
     async def boom() -> None:

@@ -1,4 +1,4 @@
-"""server.decode / transform / preprocess: torchvision-exact resize/crop, decoding of every mode, hostile input.
+"""contract.images.decode / transform / preprocess: torchvision-exact resize/crop, decoding of every mode, hostile input.
 
 Real photos come from scikit-image's bundled sample data (a test-only dependency).
 The numeric reference is PIL's antialiased bilinear filter re-implemented in float64 numpy.
@@ -19,11 +19,11 @@ import numpy.typing as npt
 import pytest
 from PIL import Image, ImageFile, features
 
-from server.decode import SUPPORTED_FORMATS, DecodeLimits, decode
-from server.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
-from server.modelmeta import Preprocessing
-from server.preprocess import preprocess
-from server.transform import center_crop_box, resized_size, transform
+from contract.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from contract.images.decode import SUPPORTED_FORMATS, DecodeLimits, decode
+from contract.images.preprocess import preprocess
+from contract.images.transform import center_crop_box, resized_size, transform
+from contract.modelmeta import Preprocessing
 
 skdata = pytest.importorskip("skimage.data")
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.cpubudget import CpuBudget
+from contract.scores import Scores
+from server.flow.cpubudget import CpuBudget
+from server.flow.runner import Job, NonFiniteLogits, Runner
 from server.metrics import Metrics
-from server.runner import Job, NonFiniteLogits, Runner
-from server.scores import Scores
 
 SHAPE = (4, 4, 3)
 

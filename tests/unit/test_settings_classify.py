@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from server.scores import score, softmax, top_k_indices
-from server.settings import Settings, available_cpus
+from contract.cpuinfo import available_cpus
+from contract.scores import score, softmax, top_k_indices
+from server.settings import Settings
 
 
 def test_settings_from_env_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -125,7 +126,7 @@ def test_available_cpus_honours_the_container_cpu_quota(
 def test_agreement_floors_override_some_floors_of_one_precision(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from server.agreement import DEFAULT_FLOORS
+    from contract.agreement import DEFAULT_FLOORS
     from server.cli import load_settings
 
     monkeypatch.setenv("RESNET_AGREEMENT_FLOORS", '{"bf16": {"max_rel_logit_error": 0.2}}')

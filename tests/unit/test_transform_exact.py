@@ -1,11 +1,11 @@
-"""server.preprocess is byte for byte the straightforward decode -> resize -> crop it replaced.
+"""contract.images.preprocess is byte for byte the straightforward decode -> resize -> crop it replaced.
 
 ``reference_preprocess`` below is the transform as it was before the crop-only resampling
-(``server/transform.py``, 2026-12-04): open, load, EXIF transpose of the RGB image, a full
+(``contract/images/transform.py``, 2026-12-04): open, load, EXIF transpose of the RGB image, a full
 ``Image.resize`` and an ``Image.crop``. Every test feeds both the same bytes and compares the
 output bytes exactly; the float64 references in ``test_preprocess.py`` check the numbers.
 
-Inputs: the 7 verification photos in ``server/data/photos``, scikit-image's data photos,
+Inputs: the 7 verification photos in ``contract/data/photos``, scikit-image's data photos,
 and generated images (real photo content and noise) over many sizes, aspect ratios, modes,
 filters, crop specs and EXIF orientations 1-8, including images smaller than the crop.
 """
@@ -21,15 +21,15 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from server.decode import DecodeLimits
-from server.modelmeta import Preprocessing
-from server.preprocess import preprocess
-from server.transform import _pass_order, _vertical_first, transform
+from contract.images.decode import DecodeLimits
+from contract.images.preprocess import preprocess
+from contract.images.transform import _pass_order, _vertical_first, transform
+from contract.modelmeta import Preprocessing
 
 skdata = pytest.importorskip("skimage.data")
 
 U8 = npt.NDArray[np.uint8]
-PHOTOS: Final = Path(__file__).resolve().parents[2] / "server" / "data" / "photos"
+PHOTOS: Final = Path(__file__).resolve().parents[2] / "contract" / "data" / "photos"
 SKIMAGE_PHOTOS: Final = ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "retina")
 
 

@@ -11,8 +11,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from contract.scores import softmax
 from server import __version__
-from server.scores import softmax
 from tests.conftest import ServerProcess
 from tests.imagegen import jpeg
 from tests.v2.helpers import (

@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
-from server.modelmeta import parse_metadata
-from server.preprocess import preprocess
+from contract.images.preprocess import preprocess
+from contract.modelmeta import parse_metadata
 from tests.conftest import ServerProcess
 from tests.imagegen import jpeg
 from tests.v2.helpers import bytes_input, client, direct_logits, images_input, random_images

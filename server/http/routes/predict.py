@@ -1,0 +1,207 @@
+"""``POST /predict``: encoded images in, top-k ImageNet classes out."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from contract.errors import BadRequest, InvalidParameter, UnsupportedImageFormat
+from contract.scores import Scores
+from server.auth import require_api_key
+from server.flow.batcher import Completed
+from server.flow.pipeline import Decoded
+from server.http.disconnect import all_or_none, cancel_on_disconnect
+from server.models.repository import ServedModel
+from server.observe import observe_request
+from server.state import AppState, get_state
+
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+State = Annotated[AppState, Depends(get_state)]
+
+_IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One image as the raw body (image/* or application/octet-stream), or "
+        "one or more images as multipart/form-data file parts (any field name, in order).",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="ImageNet-1k class index, 0..999")
+    label: str
+    probability: float = Field(description="softmax probability over all classes")
+
+
+class Timing(BaseModel):
+    queue_ms: float
+    preprocess_ms: float
+    inference_ms: float = Field(description="duration of the batch this image ran in")
+    batch_size: int = Field(description="images in that batch execution")
+
+
+class ImageResult(BaseModel):
+    predictions: list[Prediction]
+    timing: Timing
+
+
+class PredictResponse(BaseModel):
+    model: str
+    model_version: str
+    weights: str
+    random_weights: bool
+    results: list[ImageResult] = Field(description="one entry per image, in request order")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc}
+    for code, desc in [
+        (400, "not an image / malformed request"),
+        (401, "missing or invalid API key"),
+        (404, "unknown model"),
+        (408, "body sent too slowly"),
+        (413, "body or image too large"),
+        (415, "unsupported content or image type"),
+        (422, "invalid parameter"),
+        (500, "inference failed"),
+        (503, "overloaded, queue timeout, or shutting down (Retry-After)"),
+    ]
+}
+
+
+async def read_images(request: Request, max_images: int) -> list[bytes]:
+    """The encoded images of a request: multipart file parts in order, or the raw body.
+
+    Raises:
+        BadRequest: empty body, multipart without a file, or too many files.
+        UnsupportedImageFormat: a content type that cannot hold an image.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _read_multipart(request, max_images)
+    if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+        raise UnsupportedImageFormat(
+            f"unsupported content type {ctype[:64]!r}: send image/*, application/octet-stream "
+            "or multipart/form-data"
+        )
+    body = await request.body()
+    if not body:
+        raise BadRequest("empty body: send an image as the body or as a multipart file")
+    return [body]
+
+
+class _InMemoryParser(MultiPartParser):
+    """Starlette's parser, keeping every part in memory: parts over 1 MiB would spool to
+    ``/tmp`` (a small emptyDir in the pod) beside the body bytes the in-flight budget already
+    counts; in memory they are those bytes, bounded by ``max_body_bytes_in_flight``."""
+
+    spool_max_size = sys.maxsize
+
+
+async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
+    parser = _InMemoryParser(request.headers, request.stream(), max_files=max_images,
+                             max_fields=max_images)  # fmt: skip
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise BadRequest(f"malformed multipart body: {e.message}") from None
+    try:
+        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not files:
+            raise BadRequest("multipart body has no file part; send the image as a file field")
+        return [await f.read() for f in files]
+    finally:
+        await form.close()
+
+
+_OFFLOAD_ENTRIES = 2000  # predictions above which encoding the body leaves the event loop
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def encode(
+    model: ServedModel, decoded: Decoded, parts: list[tuple[slice, Completed[Scores]]]
+) -> bytes:
+    """The ``PredictResponse`` JSON, built from arrays (no per-prediction objects)."""
+    meta, labels = model.meta, model.meta.labels
+    results: list[dict[str, Any]] = []
+    for rows, done in parts:
+        scores = done.value
+        queue_ms, inference_ms = done.queue_seconds * 1000, done.run_seconds * 1000
+        columns = zip(scores.indices.tolist(), scores.probabilities.tolist(),
+                      (decoded.seconds[rows] * 1000).tolist(), strict=True)  # fmt: skip
+        for idx, probs, preprocess_ms in columns:
+            results.append({
+                "predictions": [{"index": i, "label": labels[i], "probability": p}
+                                for i, p in zip(idx, probs, strict=True)],
+                "timing": {"queue_ms": queue_ms, "preprocess_ms": preprocess_ms,
+                           "inference_ms": inference_ms, "batch_size": done.batch_rows},
+            })  # fmt: skip
+    return orjson.dumps({
+        "model": model.name, "model_version": model.version, "weights": meta.weights,
+        "random_weights": meta.random_weights, "results": results,
+    })  # fmt: skip
+
+
+async def _predict(state: AppState, request: Request, name: str | None, k: int) -> Response:
+    name = name or state.settings.default_model
+    async with observe_request(state.metrics, "predict", name, state.repository.configured):
+        if not 1 <= k <= state.settings.max_top_k:  # max_top_k <= 1000 (settings)
+            raise InvalidParameter(f"top_k must be in 1..{state.settings.max_top_k}")
+        model = state.repository.get_ready(name)
+        pipeline = state.pipeline
+        with pipeline.admit(model) as ticket:  # before a byte of the body is read
+            images = await read_images(request, state.settings.max_images_per_request)
+            ticket.body_complete()
+            pipeline.grow(model, ticket, len(images) - 1)
+            decoded = await pipeline.decode(model, ticket, images)
+            # Chunks of at most one batch, accepted or refused together (all_or_none).
+            chunks = _chunks(len(images), model.config.max_batch_size)
+            work = all_or_none(pipeline.submit(model, ticket, decoded.pixels[c], k) for c in chunks)
+            parts = list(zip(chunks, await cancel_on_disconnect(request, work), strict=True))
+        if len(images) * k > _OFFLOAD_ENTRIES:
+            body = await asyncio.to_thread(encode, model, decoded, parts)
+        else:
+            body = encode(model, decoded, parts)
+        return Response(body, media_type="application/json")
+
+
+TopK = Annotated[int, Query(description="number of classes to return, 1..1000")]
+
+
+@router.post("/predict", response_model=PredictResponse, responses=_ERRORS,
+             openapi_extra=_IMAGE_BODY)  # fmt: skip
+async def predict(
+    request: Request, state: State, top_k: TopK = 5,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+) -> Response:  # fmt: skip
+    """Classify one or more images with ``model`` (default from settings)."""
+    return await _predict(state, request, model, top_k)
+
+
+@router.post("/predict/{model}", response_model=PredictResponse, responses=_ERRORS,
+             openapi_extra=_IMAGE_BODY)  # fmt: skip
+async def predict_model(request: Request, state: State, model: str, top_k: TopK = 5) -> Response:
+    """Classify one or more images with the model named in the path."""
+    return await _predict(state, request, model, top_k)
