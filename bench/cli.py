@@ -25,7 +25,8 @@ from . import report
 from .config import PRESETS
 from .hw import cpu_info, load_average
 from .procs import ROOT
-from .run import Results, run_all
+from .results import Results
+from .run import run_all
 from .variants import Variant, plan
 
 

@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from . import summary
-from .run import Results
+from .results import Results
 from .targets import SERVER
 from .variants import Variant
 

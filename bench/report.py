@@ -1,6 +1,6 @@
 """``BENCHMARKS.md``: every table of one run, per variant (provider x precision).
 
-Every number printed comes from the :class:`bench.run.Results` of one run; ``BATCHING.md`` is
+Every number printed comes from the :class:`bench.results.Results` of one run; ``BATCHING.md`` is
 written by :mod:`bench.report_batching`.
 """
 
@@ -18,7 +18,8 @@ from .fmt import mib, ms, num, pct, table, x, yes
 from .limits import MACS_PER_IMAGE
 from .overload import FAST_REFUSAL_S, Overload
 from .report_batching import batching_md
-from .run import LOAD_PHOTO, Results
+from .results import Results
+from .run import LOAD_PHOTO
 from .targets import LITSERVE, NAIVE, SERVER
 from .variants import Variant
 

@@ -7,7 +7,7 @@ import math
 
 from . import summary
 from .fmt import ms, num, table
-from .run import Results
+from .results import Results
 from .targets import DELAY, SERVER
 from .variants import Variant
 

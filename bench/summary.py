@@ -1,4 +1,4 @@
-"""Aggregation of a :class:`bench.run.Results`: medians over the interleaved repeats, peaks,
+"""Aggregation of a :class:`bench.results.Results`: medians over the interleaved repeats, peaks,
 saturation points, the headline ratios and the thread accounting. Times are seconds, rates
 per second; a *variant* is a key such as ``resnet18-int8@openvino``."""
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from . import threads
 from .limits import MACS_PER_IMAGE
 from .load import PhaseResult
-from .run import Results
+from .results import Results
 from .targets import SERVER
 from .variants import Variant
 

@@ -10,6 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
+from contract.errors import validation_problems
 from server.models.repository import discover
 from server.serving import serve
 from server.settings import MIN_API_KEY_CHARS, Settings
@@ -37,10 +38,8 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        lines = [
-            f"  {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors()
-        ]
-        sys.exit("invalid settings:\n" + "\n".join(lines))
+        lines = validation_problems(e.errors(), "settings", limit=None)
+        sys.exit("invalid settings:\n" + "\n".join(f"  {line}" for line in lines))
 
 
 def main(argv: list[str] | None = None) -> None:

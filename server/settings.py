@@ -8,6 +8,7 @@ values fail at start with a message naming the setting.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -122,7 +123,6 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="threads of one engine run; 0 = cores / instances"
     )
-    inter_op_threads: int = Field(1, ge=1)
     instances: int = Field(1, ge=1, le=16, description="ONNX Runtime sessions per model")
     cuda_device_id: int = Field(0, ge=0)
 
@@ -286,9 +286,10 @@ class Settings(BaseSettings):
             raise ValueError(f"warmup_batch_sizes {bad} outside 1..max_batch_size")
         return self
 
-    @property
+    @cached_property
     def budget_cores(self) -> int:
-        """Cores of one worker process: its share of ``cores`` (at least one)."""
+        """Cores of one worker process: its share of ``cores`` (at least one). Computed once:
+        ``available_cpus`` reads the cgroup files."""
         return max(1, (self.cores or available_cpus()) // self.workers)
 
     @property

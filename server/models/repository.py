@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,13 @@ from typing import Any
 from contract.agreement import Agreement, Floors
 from contract.cpuinfo import CpuInfo
 from contract.errors import NotReady, UnknownModel
-from contract.modelmeta import ModelMetadata
+from contract.modelmeta import BF16_SUFFIX, ModelMetadata
 from contract.onnxfile import read_metadata_props
 from contract.scores import Scores
 from server.flow.admission import Admission
 from server.flow.batcher import BatchConfig, Batcher
 from server.flow.cpubudget import CpuBudget
-from server.flow.runner import EngineRun, Job, Runner
+from server.flow.runner import Job, Runner
 from server.metrics import Metrics
 from server.models.engines import (
     Engine,
@@ -33,8 +32,6 @@ from server.models.fidelity import AgreementError, LoadAgreement, check_agreemen
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
-
-BF16_SUFFIX = "-bf16"
 
 
 @dataclass(frozen=True)
@@ -97,10 +94,15 @@ class ServedModel:
     agreement: LoadAgreement | None = None
     """the load-time agreement check; None when off or the file carries no reference"""
     load_seconds: float = 0.0
-    ready: bool = False
     not_ready_reason: str = "loading"
+    """why it may not take traffic; empty when it may"""
     warnings: list[str] = field(default_factory=list)
     """automatic choices that did not go as planned (a provider fallback), for ``/models``"""
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed up and running as asked: it may take traffic."""
+        return not self.not_ready_reason
 
     @property
     def version(self) -> str:
@@ -176,11 +178,9 @@ class ModelRepository:
         metrics: Metrics,
         cpu: CpuInfo,
         budget: CpuBudget,
-        run_wrapper: Callable[[EngineRun], EngineRun] | None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._wrap = run_wrapper
         self.cpu = cpu
         self.provider = ""
         self._budget = budget
@@ -304,12 +304,11 @@ class ModelRepository:
         s, start, name = self._settings, time.monotonic(), spec.name
         # Before anything else: a model that disagrees is not served.
         engine, agreement, warnings = await self._open(spec)
-        run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
         # A CUDA run keeps one host thread busy (launches and copies): the cores stay with the
         # decodes, which must overlap the GPU's work, not take turns with it.
         held = 1 if engine.report.provider == "cuda" else s.threads
         runners = [
-            Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
+            Runner(name, engine.run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
                    metrics=self._metrics, budget=self._budget, threads=held,
                    pad_to=s.pad_sizes_for(engine.report.provider))
             for i in range(engine.instances)
@@ -337,7 +336,7 @@ class ModelRepository:
         if report.fallback and not s.allow_cpu_fallback:
             model.not_ready_reason = f"{report.fallback_reason} (allow_cpu_fallback is off)"
         else:
-            model.ready, model.not_ready_reason = True, ""
+            model.not_ready_reason = ""
         log.info(
             "model %s loaded: %s %s weights=%s provider=%s (%s) in %.2fs (warm-up sizes %s)",
             name, engine.meta.architecture, report.precision, engine.meta.weights,
@@ -373,7 +372,7 @@ class ModelRepository:
     async def stop(self, drain_timeout: float) -> None:
         """Drain every batcher concurrently (bounded), then release the inference threads."""
         for m in self.models.values():
-            m.ready, m.not_ready_reason = False, "shutting down"
+            m.not_ready_reason = "shutting down"
         await asyncio.gather(*(m.batcher.stop(drain_timeout) for m in self.models.values()))
         for m in self.models.values():
             for runner in m.runners:

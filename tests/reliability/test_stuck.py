@@ -70,5 +70,7 @@ def test_readiness_503_while_the_runner_is_held_then_200_again(srv: ServerProces
     assert c.get("/readyz").json() == {"status": "ready"}
     assert c.get("/v2/health/ready").status_code == 200
     log = srv.log
-    assert re.search(r"ERROR server\.http\.routes\.health: readiness 503: stuck: 2 of 2 cores held", log)
+    assert re.search(
+        r"ERROR server\.http\.routes\.health: readiness 503: stuck: 2 of 2 cores held", log
+    )
     assert "WARNING server.http.routes.health: readiness 200 again: work is finishing" in log
