@@ -46,7 +46,8 @@ from export.quantize import DEFAULT_RECIPE, quantize
 from export.resnet import ARCHITECTURES, build
 from export.verify import Report, Target, VerificationData, verification_data, verify
 from export.weights import ResolvedWeights, WeightsDownloadError, WeightsError, load_into, resolve
-from server.models.engines import PROVIDERS, auto_provider, openvino_installed
+from server.models.engines import FALLBACK, PROVIDERS, auto_provider, openvino_installed
+from server.models.engines import provider as provider_traits
 
 EXIT_VERIFY, EXIT_USAGE, EXIT_DOWNLOAD = 1, 2, 3
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -146,17 +147,18 @@ def serving_providers(requested: str) -> list[str]:
     Raises ``ProviderUnavailable`` naming the fix when the provider cannot run here.
     """
     provider = auto_provider() if requested == "auto" else requested
-    if provider == "openvino" and not openvino_installed():
+    traits = provider_traits(provider)
+    if traits.runtime == "openvino" and not openvino_installed():
         raise ProviderUnavailable(
             "--provider openvino needs the OpenVINO runtime: pip install "
             "'resnet-server[openvino]'; or use --provider cpu"
         )
-    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+    if traits.gpu and traits.execution_provider not in ort.get_available_providers():
         raise ProviderUnavailable(
             "--provider cuda needs onnxruntime-gpu with a CUDA device; this onnxruntime offers "
             f"{ort.get_available_providers()}: use --provider cpu or openvino"
         )
-    return [provider] if provider == "cpu" else [provider, "cpu"]
+    return [provider] if provider == FALLBACK else [provider, FALLBACK]
 
 
 def _reference(data: VerificationData) -> ReferenceLogits:

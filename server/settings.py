@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.agreement import Floors, default_floors
 from contract.cpuinfo import available_cpus
+from server.models.engines.providers import provider as traits
 
 #: Shortest API key accepted: long enough that guessing it over the network is hopeless.
 MIN_API_KEY_CHARS = 16
@@ -304,7 +305,9 @@ class Settings(BaseSettings):
 
     def pads(self, provider: str) -> bool:
         """Whether batches on ``provider`` (the engine's actual one) run padded."""
-        return self.pad_batches == "on" or (self.pad_batches == "auto" and provider == "cuda")
+        return self.pad_batches == "on" or (
+            self.pad_batches == "auto" and traits(provider).one_shape_per_session
+        )
 
     def pad_sizes_for(self, provider: str) -> tuple[int, ...]:
         """The sizes batches on ``provider`` are padded to; empty when they are not."""
@@ -313,7 +316,7 @@ class Settings(BaseSettings):
     def session_sizes(self, provider: str) -> tuple[int, ...]:
         """Batch sizes that get an ONNX Runtime session of their own: the pad sizes, on CUDA
         only (a CPU session has no per-shape plan to lose, and each one costs the weights)."""
-        return self.pad_sizes_for(provider) if provider == "cuda" else ()
+        return self.pad_sizes_for(provider) if traits(provider).one_shape_per_session else ()
 
     def warmup_sizes_for(self, provider: str) -> list[int]:
         """What to run before readiness: the warm-up sizes, and every pad size when padding,

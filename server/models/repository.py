@@ -22,12 +22,14 @@ from server.flow.cpubudget import CpuBudget
 from server.flow.runner import Job, Runner
 from server.metrics import Metrics
 from server.models.engines import (
+    FALLBACK,
     Engine,
     EngineOptions,
     EngineUnavailable,
     auto_provider,
     open_engine,
 )
+from server.models.engines import provider as traits
 from server.models.fidelity import AgreementError, LoadAgreement, check_agreement
 from server.settings import Settings
 
@@ -116,7 +118,9 @@ class ServedModel:
 def batch_config(settings: Settings, provider: str) -> BatchConfig:
     """``auto`` batching is eager on CPU (waiting buys no throughput there, see
     docs/BATCHING.md) and delay-based on GPU, where fuller batches are much cheaper per image."""
-    eager = settings.batching == "eager" or (settings.batching == "auto" and provider != "cuda")
+    eager = settings.batching == "eager" or (
+        settings.batching == "auto" and traits(provider).eager_batching
+    )
     return BatchConfig(
         max_batch_size=settings.max_batch_size,
         max_queue_delay=settings.max_queue_delay_ms / 1000,
@@ -133,7 +137,7 @@ def resolve_provider(settings: Settings) -> str:
 def wants_bf16(settings: Settings, provider: str, cpu: CpuInfo) -> bool:
     """Whether every fp32 model also gets a ``-bf16`` variant (see ``bf16_variants``)."""
     if settings.bf16_variants == "auto":
-        return provider == "openvino" and cpu.bf16
+        return traits(provider).bf16_variants(cpu)
     return settings.bf16_variants == "on"
 
 
@@ -290,14 +294,14 @@ class ModelRepository:
             engine, agreement = await asyncio.to_thread(self._open_checked, spec, self.provider)
             return engine, agreement, []
         except (EngineUnavailable, AgreementError) as e:
-            if self._settings.provider != "auto" or self.provider == "cpu" or spec.precision:
+            if self._settings.provider != "auto" or self.provider == FALLBACK or spec.precision:
                 raise
             warning = (
                 f"provider=auto chose {self.provider}, which cannot serve it ({e}); serving it "
                 "on ONNX Runtime's CPU provider instead"
             )
         log.warning("model %s: %s", spec.name, warning)
-        engine, agreement = await asyncio.to_thread(self._open_checked, spec, "cpu")
+        engine, agreement = await asyncio.to_thread(self._open_checked, spec, FALLBACK)
         return engine, agreement, [warning]
 
     async def _load(self, spec: ModelSpec) -> ServedModel:
@@ -306,7 +310,7 @@ class ModelRepository:
         engine, agreement, warnings = await self._open(spec)
         # A CUDA run keeps one host thread busy (launches and copies): the cores stay with the
         # decodes, which must overlap the GPU's work, not take turns with it.
-        held = 1 if engine.report.provider == "cuda" else s.threads
+        held = traits(engine.report.provider).cores_held(s.threads)
         runners = [
             Runner(name, engine.run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
                    metrics=self._metrics, budget=self._budget, threads=held,
