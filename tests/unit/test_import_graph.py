@@ -115,3 +115,20 @@ def test_contract_imports_nothing_of_the_server() -> None:
         if _under(dep, ("server", "export", "bench"))
     }
     assert wrong == set()
+
+
+def test_front_doors_enter_the_pipeline_once() -> None:
+    """``/predict``, v2 REST and gRPC reach the pipeline through ``Pipeline.infer`` only (and
+    ``parse``, its parse thread); admission, growth, decoding and submitting are its own."""
+    calls: dict[str, set[str]] = {}
+    for pkg in ("server/http", "server/grpc", "server/v2"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Attribute)
+                    and node.value.attr == "pipeline"
+                ):
+                    calls.setdefault(node.attr, set()).add(path.relative_to(ROOT).as_posix())
+    assert set(calls) == {"infer", "parse"}, calls
+    assert len(calls["infer"]) == 3, calls  # predict, v2 REST, gRPC

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 
 from contract.errors import NotReady
 from server.auth import require_api_key
+from server.flow.admission import Ticket
+from server.flow.pipeline import Images
 from server.http.disconnect import cancel_on_disconnect
 from server.http.routes.health import readyz
 from server.http.routes.metrics import metrics_key
@@ -172,11 +174,17 @@ async def infer(
     """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
     async with observe_request(state.metrics, "v2_infer", model, state.repository.configured):
         m = describe.model_at(state, model, version, ready=True)
-        with state.pipeline.admit(m) as ticket:  # before a byte of the body is read
+
+        async def read(ticket: Ticket) -> tuple[inference.Prepared, Images]:
             body = await request.body()
             ticket.body_complete()
-            work = inference.handle(state, m, ticket, body, header)
-            out, json_len = await cancel_on_disconnect(request, work)
+            prepared = await inference.parse(state, m, body, header)
+            return prepared, inference.images(prepared)
+
+        prepared, inferred = await state.pipeline.infer(
+            m, read, guard=lambda work: cancel_on_disconnect(request, work)
+        )
+        out, json_len = await inference.encode(m, prepared, inferred.scores)
     if json_len is None:
         return Response(out, media_type="application/json")
     return Response(out, media_type="application/octet-stream",
