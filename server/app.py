@@ -62,7 +62,8 @@ def create_app(settings: Settings, *, load_first: bool = False) -> FastAPI:
     app = FastAPI(
         title="resnet-server",
         version=__version__,
-        description="ImageNet classification (ResNet18/50) on ONNX Runtime with dynamic batching.",
+        description="ImageNet classification (ResNet18/50) on ONNX Runtime or OpenVINO with dynamic "
+        "batching.",
         lifespan=_lifespan(state, load_first, ON_READY.get()),
         docs_url=None,  # routes.docs, with the setting
         redoc_url=None,

@@ -67,23 +67,23 @@ class Metrics:
             "resnet_preprocess_seconds", "Decode and preprocess time per image.",
             ["model"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.inference = Histogram(
-            "resnet_inference_seconds", "ONNX Runtime execution time per batch.",
+        self.run_seconds = Histogram(
+            "resnet_inference_seconds", "Engine run time per batch (ONNX Runtime or OpenVINO).",
             ["model"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.batch_size = Histogram(
-            "resnet_batch_size", "Images per batch execution.",
+            "resnet_batch_size", "Images per batch run.",
             ["model"], buckets=_batch_buckets(max_batch_size), registry=r,
         )  # fmt: skip
-        self.inference_count = Counter(
-            "resnet_inference_count", "Images inferred.", ["model"], registry=r
+        self.images_run = Counter(
+            "resnet_inference_count", "Images run (in batches).", ["model"], registry=r
         )
-        self.exec_count = Counter(
-            "resnet_inference_exec_count", "Batch executions (count / exec = mean batch size).",
+        self.runs = Counter(
+            "resnet_inference_exec_count", "Batch runs (images run / runs = mean batch size).",
             ["model"], registry=r,
         )  # fmt: skip
-        self.last_inference = Gauge(
-            "resnet_last_inference_timestamp_seconds", "Unix time of the last batch execution.",
+        self.last_run = Gauge(
+            "resnet_last_inference_timestamp_seconds", "Unix time of the last batch run.",
             ["model"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
         self.queue_depth = Gauge(
@@ -135,7 +135,7 @@ class Metrics:
             ["model", "reason"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.model_info = Gauge(
-            "resnet_model_info", "Served model; provider is what the session actually uses.",
+            "resnet_model_info", "Served model; provider is what the engine actually runs on.",
             ["model", "architecture", "weights", "random_weights", "precision", "provider",
              "requested_provider", "fallback"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
@@ -163,7 +163,7 @@ class Metrics:
 
     def observe_batch(self, model: str, rows: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(rows)
-        self.inference.labels(model).observe(seconds)
-        self.inference_count.labels(model).inc(rows)
-        self.exec_count.labels(model).inc()
-        self.last_inference.labels(model).set_to_current_time()
+        self.run_seconds.labels(model).observe(seconds)
+        self.images_run.labels(model).inc(rows)
+        self.runs.labels(model).inc()
+        self.last_run.labels(model).set_to_current_time()

@@ -124,7 +124,12 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="threads of one engine run; 0 = cores / instances"
     )
-    instances: int = Field(1, ge=1, le=16, description="ONNX Runtime sessions per model")
+    instances: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="engine instances (sessions) per model, each with its own runner",
+    )
     cuda_device_id: int = Field(0, ge=0)
 
     # Batching

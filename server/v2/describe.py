@@ -16,7 +16,7 @@ from server.v2.schemas import (
     DynamicBatching,
     InstanceGroup,
     ModelConfig,
-    ModelMetadata,
+    ModelMetadataResponse,
     QueuePolicy,
     ServerMetadata,
     StringValue,
@@ -52,9 +52,9 @@ def model_at(
     return model
 
 
-def model_metadata(model: ServedModel) -> ModelMetadata:
+def model_metadata(model: ServedModel) -> ModelMetadataResponse:
     meta = model.meta
-    return ModelMetadata(
+    return ModelMetadataResponse(
         name=model.name,
         versions=[model.version],
         platform=PLATFORM,

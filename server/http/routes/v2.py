@@ -28,7 +28,7 @@ from server.v2.schemas import (
     InferRequest,
     InferResponse,
     ModelConfig,
-    ModelMetadata,
+    ModelMetadataResponse,
     ServerMetadata,
     StatsResponse,
     inline_schema,
@@ -128,8 +128,10 @@ def _model_route(method: str, suffix: str, **kw: Any) -> Callable[[_F], _F]:
     return register
 
 
-@_model_route("GET", "", response_model=ModelMetadata, responses=_errors(404))
-async def model_metadata(state: State, model: str, version: str | None = None) -> ModelMetadata:
+@_model_route("GET", "", response_model=ModelMetadataResponse, responses=_errors(404))
+async def model_metadata(
+    state: State, model: str, version: str | None = None
+) -> ModelMetadataResponse:
     """Inputs, outputs (-1 is the batch axis), platform and versions of ``model``."""
     return describe.model_metadata(describe.model_at(state, model, version))
 
