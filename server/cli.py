@@ -26,9 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, field in Settings.model_fields.items():
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE",
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar="VALUE",
             help=f"{field.description or ''} (default: {field.get_default(call_default_factory=True)!r})",
-        )  # fmt: skip
+        )
     return parser
 
 
@@ -71,9 +74,11 @@ def _warn_if_open(settings: Settings) -> None:
     if not loopback:
         logging.getLogger("server").warning(
             "serving without an API key on %s: anyone who can reach port %d can use it; set "
-            "RESNET_API_KEY (%d+ characters) or bind to 127.0.0.1", settings.host,
-            settings.port, MIN_API_KEY_CHARS,
-        )  # fmt: skip
+            "RESNET_API_KEY (%d+ characters) or bind to 127.0.0.1",
+            settings.host,
+            settings.port,
+            MIN_API_KEY_CHARS,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -159,9 +159,11 @@ class Settings(BaseSettings):
         "thread: every decode in the thread, bounded by the size and structure limits only",
     )
     decode_cpu_base_ms: float = Field(
-        250.0, gt=0, description="CPU ms a decode may take before the header is read, and the "
+        250.0,
+        gt=0,
+        description="CPU ms a decode may take before the header is read, and the "
         "fixed part of its budget",
-    )  # fmt: skip
+    )
     decode_cpu_ms_per_mpixel: float = Field(
         50.0, ge=0, description="CPU ms more a decode may take per megapixel its header declares"
     )
@@ -175,10 +177,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(32, ge=1)
     max_json_body_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024,
+        8 * 1024 * 1024,
+        ge=1024,
         description="v2 bodies (or JSON headers) parsed as JSON: parsing grows them up to ~25x "
         "in memory, so they get a lower cap than binary tensors; one parse runs at a time",
-    )  # fmt: skip
+    )
     max_top_k: int = Field(1000, ge=1, le=1000)
     max_concurrent_requests: int = Field(512, ge=1, description="inference requests in flight")
     max_body_bytes_in_flight: int = Field(
@@ -192,23 +195,30 @@ class Settings(BaseSettings):
         description="seconds for the whole request body to arrive (total, not per chunk)",
     )
     max_connections: int = Field(
-        2048, ge=1, description="open connections and requests at once, all endpoints; past it "
+        2048,
+        ge=1,
+        description="open connections and requests at once, all endpoints; past it "
         "uvicorn answers 503 (health probes included, so keep it above max_concurrent_requests)",
-    )  # fmt: skip
+    )
     max_headers: int = Field(100, ge=1, le=10_000, description="headers per request")
     max_head_bytes: int = Field(
         32 * 1024, ge=1024, description="bytes of the request line and headers together"
     )
     head_timeout_s: float = Field(
-        10.0, gt=0, description="seconds for a request's head to arrive, from the connection "
+        10.0,
+        gt=0,
+        description="seconds for a request's head to arrive, from the connection "
         "(or the next request's first byte); the connection is closed past it",
-    )  # fmt: skip
-    keep_alive_s: float = Field(5.0, gt=0, description="idle seconds before a kept-alive "
-                                "connection is closed")  # fmt: skip
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="idle seconds before a kept-alive connection is closed"
+    )
     min_upload_bytes_per_s: float = Field(
-        16 * 1024, ge=0, description="least average rate a request body must arrive at, 2 s "
+        16 * 1024,
+        ge=0,
+        description="least average rate a request body must arrive at, 2 s "
         "after it starts (408 body_timeout below it); 0 = only body_timeout_s applies",
-    )  # fmt: skip
+    )
     drain_timeout_s: float = Field(20.0, ge=0)
     shutdown_delay_s: float = Field(
         0.0,
@@ -301,8 +311,9 @@ class Settings(BaseSettings):
     @property
     def threads(self) -> int:
         """Intra-op threads of one engine run (at most the budget: more could never run)."""
-        return min(self.intra_op_threads or max(1, self.budget_cores // self.instances),
-                   self.budget_cores)  # fmt: skip
+        return min(
+            self.intra_op_threads or max(1, self.budget_cores // self.instances), self.budget_cores
+        )
 
     @property
     def pool_threads(self) -> int:

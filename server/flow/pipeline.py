@@ -128,10 +128,17 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 def _decode_into(
-    data: bytes, spec: Preprocessing, limits: DecodeLimits, out: np.ndarray, metrics: Metrics,
-    model: str, budget: CpuBudget, abandoned: threading.Event, workers: DecodePool | None,
+    data: bytes,
+    spec: Preprocessing,
+    limits: DecodeLimits,
+    out: np.ndarray,
+    metrics: Metrics,
+    model: str,
+    budget: CpuBudget,
+    abandoned: threading.Event,
+    workers: DecodePool | None,
     inline: bool,
-) -> float:  # fmt: skip
+) -> float:
     """Runs in the pool, on one core of the budget; timed once it has the core, so waiting
     for a thread or a core is not counted as decoding. Skipped (0 s) if its request was
     abandoned (failed, timed out, client gone) while it waited for the core. With
@@ -164,9 +171,10 @@ class Pipeline:
         self._metrics = metrics
         self._budget = budget
         self._limits = DecodeLimits(
-            max_pixels=settings.max_image_pixels, fast_jpeg=settings.fast_jpeg_decode,
+            max_pixels=settings.max_image_pixels,
+            fast_jpeg=settings.fast_jpeg_decode,
             max_jpeg_scans=settings.max_jpeg_scans,
-        )  # fmt: skip
+        )
         self._threads = settings.pool_threads
         self._pool: ThreadPoolExecutor | None = None
         self._parser: ThreadPoolExecutor | None = None
@@ -322,11 +330,22 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         abandoned = threading.Event()
         futures = [
-            loop.run_in_executor(self._pool, _decode_into, data, spec, self._limits, pixels[i],
-                                 self._metrics, model.name, self._budget, abandoned,
-                                 self._workers, self._inline)
+            loop.run_in_executor(
+                self._pool,
+                _decode_into,
+                data,
+                spec,
+                self._limits,
+                pixels[i],
+                self._metrics,
+                model.name,
+                self._budget,
+                abandoned,
+                self._workers,
+                self._inline,
+            )
             for i, data in enumerate(items)
-        ]  # fmt: skip
+        ]
         try:
             async with asyncio.timeout_at(ticket.deadline):
                 seconds = await asyncio.gather(*futures)

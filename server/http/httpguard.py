@@ -72,9 +72,11 @@ def guarded_protocol(
                 return
             self._head_bytes += len(data)
             if self._head_bytes > max_head_bytes:
-                self._refuse(HeadersTooLarge(
-                    f"request head exceeds {max_head_bytes} bytes (request line and headers)"
-                ))  # fmt: skip
+                self._refuse(
+                    HeadersTooLarge(
+                        f"request head exceeds {max_head_bytes} bytes (request line and headers)"
+                    )
+                )
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -84,8 +84,13 @@ def check_agreement(
         for n in report.session_batch_sizes:
             got = compare(reference.logits, run_in_batches_of(engine, instance, batch, n))
             _refuse_if_missed(name, report, got, floors, f" (instance {instance}, batch {n})")
-    return LoadAgreement(agreement, floors, report.precision, report.provider,
-                         len(report.session_batch_sizes) * engine.instances)  # fmt: skip
+    return LoadAgreement(
+        agreement,
+        floors,
+        report.precision,
+        report.provider,
+        len(report.session_batch_sizes) * engine.instances,
+    )
 
 
 def run_in_batches_of(engine: Engine, instance: int, x: np.ndarray, n: int) -> np.ndarray:

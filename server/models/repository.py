@@ -247,26 +247,36 @@ class ModelRepository:
     def _skip(self, spec: ModelSpec, error: Exception) -> None:
         agreement = error if isinstance(error, AgreementError) else None
         skipped = SkippedVariant(
-            spec.name, spec.precision or "", self.provider,
-            "agreement" if agreement else "engine", str(error),
-            agreement.agreement if agreement else None, agreement.floors if agreement else None,
-        )  # fmt: skip
+            spec.name,
+            spec.precision or "",
+            self.provider,
+            "agreement" if agreement else "engine",
+            str(error),
+            agreement.agreement if agreement else None,
+            agreement.floors if agreement else None,
+        )
         self.skipped[spec.name] = skipped
         self.configured = self.configured - {spec.name}
         self._metrics.variant_skipped.labels(spec.name, skipped.reason).set(1)
         log.warning(
             "model %s (an automatic %s variant, bf16_variants=auto) is not served: %s. The "
             "models it comes from still serve. To serve it: %s",
-            spec.name, skipped.precision, error, _FORCE_HINT,
-        )  # fmt: skip
+            spec.name,
+            skipped.precision,
+            error,
+            _FORCE_HINT,
+        )
 
     def _options(self, spec: ModelSpec, provider: str) -> EngineOptions:
         s = self._settings
         return EngineOptions(
-            provider=provider, precision=spec.precision, threads=s.threads,
-            instances=s.instances, cuda_device_id=s.cuda_device_id,
+            provider=provider,
+            precision=spec.precision,
+            threads=s.threads,
+            instances=s.instances,
+            cuda_device_id=s.cuda_device_id,
             batch_sizes=s.session_sizes(provider),
-        )  # fmt: skip
+        )
 
     def _open_checked(self, spec: ModelSpec, provider: str) -> tuple[Engine, LoadAgreement | None]:
         """Open ``spec`` on ``provider`` and check its agreement (blocking).
@@ -282,8 +292,9 @@ class ModelRepository:
         if agreement is None:
             log.warning(
                 "model %s: agreement not checked at load (its file carries no reference "
-                "logits for the shipped verification photos; re-export it)", spec.name,
-            )  # fmt: skip
+                "logits for the shipped verification photos; re-export it)",
+                spec.name,
+            )
         return engine, agreement
 
     async def _open(self, spec: ModelSpec) -> tuple[Engine, LoadAgreement | None, list[str]]:
@@ -312,24 +323,35 @@ class ModelRepository:
         # decodes, which must overlap the GPU's work, not take turns with it.
         held = traits(engine.report.provider).cores_held(s.threads)
         runners = [
-            Runner(name, engine.run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
-                   metrics=self._metrics, budget=self._budget, threads=held,
-                   pad_to=s.pad_sizes_for(engine.report.provider))
+            Runner(
+                name,
+                engine.run,
+                i,
+                max_rows=s.max_batch_size,
+                input_shape=engine.input_shape,
+                metrics=self._metrics,
+                budget=self._budget,
+                threads=held,
+                pad_to=s.pad_sizes_for(engine.report.provider),
+            )
             for i in range(engine.instances)
-        ]  # fmt: skip
+        ]
         config = batch_config(s, engine.report.provider)
         # Images waiting (decoding or queued) plus one full batch per instance running. The
         # batch queue holds up to all of them (an eager batch may run with one image), so
         # it never refuses what admission took.
         capacity = config.max_queue_size + engine.instances * config.max_batch_size
         admission = Admission(
-            name, capacity, config.queue_timeout,
+            name,
+            capacity,
+            config.queue_timeout,
             headroom=engine.instances * config.max_batch_size,
-        )  # fmt: skip
+        )
         queue_config = dataclasses.replace(config, max_queue_size=capacity)
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
-        model = ServedModel(name, engine, batcher, config, admission, runners, agreement,
-                            warnings=warnings)  # fmt: skip
+        model = ServedModel(
+            name, engine, batcher, config, admission, runners, agreement, warnings=warnings
+        )
         await asyncio.to_thread(engine.warmup, s.warmup_sizes_for(engine.report.provider))
         await batcher.start()
         model.load_seconds = time.monotonic() - start
@@ -343,16 +365,23 @@ class ModelRepository:
             model.not_ready_reason = ""
         log.info(
             "model %s loaded: %s %s weights=%s provider=%s (%s) in %.2fs (warm-up sizes %s)",
-            name, engine.meta.architecture, report.precision, engine.meta.weights,
-            report.provider, report.runtime, model.load_seconds,
+            name,
+            engine.meta.architecture,
+            report.precision,
+            engine.meta.weights,
+            report.provider,
+            report.runtime,
+            model.load_seconds,
             s.warmup_sizes_for(report.provider),
-        )  # fmt: skip
+        )
         if engine.meta.random_weights:
             log.warning(
                 "model %s has RANDOM weights (%s): its predictions are meaningless; export "
                 "ImageNet weights with `python -m export %s --weights imagenet`",
-                name, engine.meta.weights_detail, engine.meta.architecture,
-            )  # fmt: skip
+                name,
+                engine.meta.weights_detail,
+                engine.meta.architecture,
+            )
         return model
 
     def _publish(self, model: ServedModel) -> None:

@@ -132,3 +132,19 @@ def test_front_doors_enter_the_pipeline_once() -> None:
                     calls.setdefault(node.attr, set()).add(path.relative_to(ROOT).as_posix())
     assert set(calls) == {"infer", "parse"}, calls
     assert len(calls["infer"]) == 3, calls  # predict, v2 REST, gRPC
+
+
+def test_fmt_skip_only_on_module_level_tables() -> None:
+    """``ruff format`` lays out the code; a ``# fmt: skip`` sits only on the closing bracket of
+    a module-level table (pyproject.toml, [tool.ruff])."""
+    misplaced = [
+        f"{path.relative_to(ROOT)}:{i}"
+        for pkg in (*PACKAGES, "tests")
+        for path in (ROOT / pkg).rglob("*.py")
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if line.rstrip().endswith("# fmt: skip") and line.rstrip() not in _TABLE_ENDS
+    ]
+    assert misplaced == []
+
+
+_TABLE_ENDS = {f"{b}  # fmt: skip" for b in ("}", ")", "]", "})", "])", ")]", "}]")}

@@ -117,8 +117,9 @@ class _InMemoryParser(MultiPartParser):
 
 
 async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
-    parser = _InMemoryParser(request.headers, request.stream(), max_files=max_images,
-                             max_fields=max_images)  # fmt: skip
+    parser = _InMemoryParser(
+        request.headers, request.stream(), max_files=max_images, max_fields=max_images
+    )
     try:
         form = await parser.parse()
     except MultiPartException as e:
@@ -142,19 +143,36 @@ def encode(model: ServedModel, inferred: Inferred) -> bytes:
     for rows, done in inferred.parts:
         scores = done.value
         queue_ms, inference_ms = done.queue_seconds * 1000, done.run_seconds * 1000
-        columns = zip(scores.indices.tolist(), scores.probabilities.tolist(),
-                      (inferred.seconds[rows] * 1000).tolist(), strict=True)  # fmt: skip
+        columns = zip(
+            scores.indices.tolist(),
+            scores.probabilities.tolist(),
+            (inferred.seconds[rows] * 1000).tolist(),
+            strict=True,
+        )
         for idx, probs, preprocess_ms in columns:
-            results.append({
-                "predictions": [{"index": i, "label": labels[i], "probability": p}
-                                for i, p in zip(idx, probs, strict=True)],
-                "timing": {"queue_ms": queue_ms, "preprocess_ms": preprocess_ms,
-                           "inference_ms": inference_ms, "batch_size": done.batch_rows},
-            })  # fmt: skip
-    return orjson.dumps({
-        "model": model.name, "model_version": model.version, "weights": meta.weights,
-        "random_weights": meta.random_weights, "results": results,
-    })  # fmt: skip
+            results.append(
+                {
+                    "predictions": [
+                        {"index": i, "label": labels[i], "probability": p}
+                        for i, p in zip(idx, probs, strict=True)
+                    ],
+                    "timing": {
+                        "queue_ms": queue_ms,
+                        "preprocess_ms": preprocess_ms,
+                        "inference_ms": inference_ms,
+                        "batch_size": done.batch_rows,
+                    },
+                }
+            )
+    return orjson.dumps(
+        {
+            "model": model.name,
+            "model_version": model.version,
+            "weights": meta.weights,
+            "random_weights": meta.random_weights,
+            "results": results,
+        }
+    )
 
 
 async def _predict(state: AppState, request: Request, name: str | None, k: int) -> Response:
@@ -182,18 +200,22 @@ async def _predict(state: AppState, request: Request, name: str | None, k: int) 
 TopK = Annotated[int, Query(description="number of classes to return, 1..1000")]
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_ERRORS,
-             openapi_extra=_IMAGE_BODY)  # fmt: skip
+@router.post(
+    "/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY
+)
 async def predict(
-    request: Request, state: State, top_k: TopK = 5,
+    request: Request,
+    state: State,
+    top_k: TopK = 5,
     model: Annotated[str | None, Query(max_length=128)] = None,
-) -> Response:  # fmt: skip
+) -> Response:
     """Classify one or more images with ``model`` (default from settings)."""
     return await _predict(state, request, model, top_k)
 
 
-@router.post("/predict/{model}", response_model=PredictResponse, responses=_ERRORS,
-             openapi_extra=_IMAGE_BODY)  # fmt: skip
+@router.post(
+    "/predict/{model}", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY
+)
 async def predict_model(request: Request, state: State, model: str, top_k: TopK = 5) -> Response:
     """Classify one or more images with the model named in the path."""
     return await _predict(state, request, model, top_k)

@@ -136,8 +136,7 @@ async def model_metadata(
     return describe.model_metadata(describe.model_at(state, model, version))
 
 
-@_model_route("GET", "/ready", response_class=Response,
-              responses={**_READY, **_errors(404, 503)})  # fmt: skip
+@_model_route("GET", "/ready", response_class=Response, responses={**_READY, **_errors(404, 503)})
 async def model_ready(state: State, model: str, version: str | None = None) -> Response:
     """200 when ``model`` is loaded and warmed up; 503 otherwise; 404 if unknown."""
     m = describe.model_at(state, model, version)
@@ -167,12 +166,21 @@ async def model_statistics(state: State, model: str, version: str | None = None)
     return StatsResponse(model_stats=[model_stats(samples, m)])
 
 
-@_model_route("POST", "/infer", response_class=Response, responses=_INFER_RESPONSES,
-              openapi_extra=_INFER_BODY, dependencies=[Depends(require_api_key)])  # fmt: skip
+@_model_route(
+    "POST",
+    "/infer",
+    response_class=Response,
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_BODY,
+    dependencies=[Depends(require_api_key)],
+)
 async def infer(
-    request: Request, state: State, model: str, version: str | None = None,
+    request: Request,
+    state: State,
+    model: str,
+    version: str | None = None,
     header: HeaderLength = None,
-) -> Response:  # fmt: skip
+) -> Response:
     """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
     async with observe_request(state.metrics, "v2_infer", model, state.repository.configured):
         m = describe.model_at(state, model, version, ready=True)
@@ -189,5 +197,6 @@ async def infer(
         out, json_len = await inference.encode(m, prepared, inferred.scores)
     if json_len is None:
         return Response(out, media_type="application/json")
-    return Response(out, media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(json_len)})  # fmt: skip
+    return Response(
+        out, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_len)}
+    )

@@ -90,10 +90,12 @@ class OrtEngine(Engine):
         # the CPU gains nothing from them.
         sizes = tuple(sorted(set(options.batch_sizes))) if got[0] == requested_ep else ()
         self._by_size = [
-            {n: ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-             for n in sizes}
+            {
+                n: ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+                for n in sizes
+            }
             for _ in range(options.instances)
-        ]  # fmt: skip
+        ]
         nodes = _nodes_by_provider(sessions[0])
         report = EngineReport(
             requested_provider=options.provider,
