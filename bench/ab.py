@@ -30,10 +30,14 @@ from .procs import ROOT, ServerProc, free_port, isolate, start
 def serve(name: str, root: Path, model_dir: Path, model: str, log_dir: Path) -> ServerProc:
     port = free_port()
     env = {
-        "RESNET_MODEL_DIR": str(model_dir), "RESNET_PORT": str(port), "RESNET_HOST": "127.0.0.1",
-        "RESNET_MODELS": model, "RESNET_PROVIDER": "cpu", "RESNET_LOG_LEVEL": "warning",
+        "RESNET_MODEL_DIR": str(model_dir),
+        "RESNET_PORT": str(port),
+        "RESNET_HOST": "127.0.0.1",
+        "RESNET_MODELS": model,
+        "RESNET_PROVIDER": "cpu",
+        "RESNET_LOG_LEVEL": "warning",
         "PYTHONPATH": str(root),
-    }  # fmt: skip
+    }
     proc = start(name, ["-m", "server"], env, port, log_dir, cwd=root)
     proc.wait_ready("/readyz")
     return proc
@@ -80,19 +84,24 @@ def main(argv: list[str] | None = None) -> int:
                     res = phase(procs[side], args.model, body, c, args.seconds)
                     runs.setdefault((side, c), []).append(res)
                     flag = "  MARKED" if res.marked else ""
-                    print(f"round {r} c={c:<3} {side:<6} {res.throughput:7.1f} req/s "
-                          f"p50 {res.pct(50) * 1e3:6.1f} ms  errors {res.errors + res.rejected}"
-                          f"  others {res.others_cores:.2f} cores{flag}", flush=True)  # fmt: skip
+                    print(
+                        f"round {r} c={c:<3} {side:<6} {res.throughput:7.1f} req/s "
+                        f"p50 {res.pct(50) * 1e3:6.1f} ms  errors {res.errors + res.rejected}"
+                        f"  others {res.others_cores:.2f} cores{flag}",
+                        flush=True,
+                    )
     finally:
         for p in procs.values():
             p.stop()
     for c in levels:
         tput = {s: median(x.throughput for x in runs[(s, c)]) for s in procs}
         p50 = {s: median(x.pct(50) for x in runs[(s, c)]) for s in procs}
-        print(f"c={c}: before {tput['before']:.1f} req/s p50 {p50['before'] * 1e3:.1f} ms; "
-              f"after {tput['after']:.1f} req/s p50 {p50['after'] * 1e3:.1f} ms; "
-              f"throughput ratio {tput['after'] / tput['before']:.3f}, "
-              f"p50 ratio {p50['after'] / p50['before']:.3f} (medians of {args.rounds})")  # fmt: skip
+        print(
+            f"c={c}: before {tput['before']:.1f} req/s p50 {p50['before'] * 1e3:.1f} ms; "
+            f"after {tput['after']:.1f} req/s p50 {p50['after'] * 1e3:.1f} ms; "
+            f"throughput ratio {tput['after'] / tput['before']:.3f}, "
+            f"p50 ratio {p50['after'] / p50['before']:.3f} (medians of {args.rounds})"
+        )
     return 0
 
 

@@ -228,9 +228,13 @@ def start(
     full_env.setdefault("RESNET_GRPC_PORT", "0")
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, *args], cwd=cwd, env=full_env, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, *args],
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = ServerProc(name, proc, port, log)
     _LIVE[proc.pid] = server
     return server

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,27 +13,27 @@ from typing import Any
 from contract.agreement import Agreement, Floors
 from contract.cpuinfo import CpuInfo
 from contract.errors import NotReady, UnknownModel
-from contract.modelmeta import ModelMetadata
+from contract.modelmeta import BF16_SUFFIX, ModelMetadata
 from contract.onnxfile import read_metadata_props
 from contract.scores import Scores
 from server.flow.admission import Admission
 from server.flow.batcher import BatchConfig, Batcher
 from server.flow.cpubudget import CpuBudget
-from server.flow.runner import EngineRun, Job, Runner
+from server.flow.runner import Job, Runner
 from server.metrics import Metrics
 from server.models.engines import (
+    FALLBACK,
     Engine,
     EngineOptions,
     EngineUnavailable,
     auto_provider,
     open_engine,
 )
+from server.models.engines import provider as traits
 from server.models.fidelity import AgreementError, LoadAgreement, check_agreement
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
-
-BF16_SUFFIX = "-bf16"
 
 
 @dataclass(frozen=True)
@@ -97,10 +96,15 @@ class ServedModel:
     agreement: LoadAgreement | None = None
     """the load-time agreement check; None when off or the file carries no reference"""
     load_seconds: float = 0.0
-    ready: bool = False
     not_ready_reason: str = "loading"
+    """why it may not take traffic; empty when it may"""
     warnings: list[str] = field(default_factory=list)
     """automatic choices that did not go as planned (a provider fallback), for ``/models``"""
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed up and running as asked: it may take traffic."""
+        return not self.not_ready_reason
 
     @property
     def version(self) -> str:
@@ -114,7 +118,9 @@ class ServedModel:
 def batch_config(settings: Settings, provider: str) -> BatchConfig:
     """``auto`` batching is eager on CPU (waiting buys no throughput there, see
     docs/BATCHING.md) and delay-based on GPU, where fuller batches are much cheaper per image."""
-    eager = settings.batching == "eager" or (settings.batching == "auto" and provider != "cuda")
+    eager = settings.batching == "eager" or (
+        settings.batching == "auto" and traits(provider).eager_batching
+    )
     return BatchConfig(
         max_batch_size=settings.max_batch_size,
         max_queue_delay=settings.max_queue_delay_ms / 1000,
@@ -131,7 +137,7 @@ def resolve_provider(settings: Settings) -> str:
 def wants_bf16(settings: Settings, provider: str, cpu: CpuInfo) -> bool:
     """Whether every fp32 model also gets a ``-bf16`` variant (see ``bf16_variants``)."""
     if settings.bf16_variants == "auto":
-        return provider == "openvino" and cpu.bf16
+        return traits(provider).bf16_variants(cpu)
     return settings.bf16_variants == "on"
 
 
@@ -176,11 +182,9 @@ class ModelRepository:
         metrics: Metrics,
         cpu: CpuInfo,
         budget: CpuBudget,
-        run_wrapper: Callable[[EngineRun], EngineRun] | None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._wrap = run_wrapper
         self.cpu = cpu
         self.provider = ""
         self._budget = budget
@@ -243,26 +247,36 @@ class ModelRepository:
     def _skip(self, spec: ModelSpec, error: Exception) -> None:
         agreement = error if isinstance(error, AgreementError) else None
         skipped = SkippedVariant(
-            spec.name, spec.precision or "", self.provider,
-            "agreement" if agreement else "engine", str(error),
-            agreement.agreement if agreement else None, agreement.floors if agreement else None,
-        )  # fmt: skip
+            spec.name,
+            spec.precision or "",
+            self.provider,
+            "agreement" if agreement else "engine",
+            str(error),
+            agreement.agreement if agreement else None,
+            agreement.floors if agreement else None,
+        )
         self.skipped[spec.name] = skipped
         self.configured = self.configured - {spec.name}
         self._metrics.variant_skipped.labels(spec.name, skipped.reason).set(1)
         log.warning(
             "model %s (an automatic %s variant, bf16_variants=auto) is not served: %s. The "
             "models it comes from still serve. To serve it: %s",
-            spec.name, skipped.precision, error, _FORCE_HINT,
-        )  # fmt: skip
+            spec.name,
+            skipped.precision,
+            error,
+            _FORCE_HINT,
+        )
 
     def _options(self, spec: ModelSpec, provider: str) -> EngineOptions:
         s = self._settings
         return EngineOptions(
-            provider=provider, precision=spec.precision, threads=s.threads,
-            instances=s.instances, cuda_device_id=s.cuda_device_id,
+            provider=provider,
+            precision=spec.precision,
+            threads=s.threads,
+            instances=s.instances,
+            cuda_device_id=s.cuda_device_id,
             batch_sizes=s.session_sizes(provider),
-        )  # fmt: skip
+        )
 
     def _open_checked(self, spec: ModelSpec, provider: str) -> tuple[Engine, LoadAgreement | None]:
         """Open ``spec`` on ``provider`` and check its agreement (blocking).
@@ -278,8 +292,9 @@ class ModelRepository:
         if agreement is None:
             log.warning(
                 "model %s: agreement not checked at load (its file carries no reference "
-                "logits for the shipped verification photos; re-export it)", spec.name,
-            )  # fmt: skip
+                "logits for the shipped verification photos; re-export it)",
+                spec.name,
+            )
         return engine, agreement
 
     async def _open(self, spec: ModelSpec) -> tuple[Engine, LoadAgreement | None, list[str]]:
@@ -290,43 +305,53 @@ class ModelRepository:
             engine, agreement = await asyncio.to_thread(self._open_checked, spec, self.provider)
             return engine, agreement, []
         except (EngineUnavailable, AgreementError) as e:
-            if self._settings.provider != "auto" or self.provider == "cpu" or spec.precision:
+            if self._settings.provider != "auto" or self.provider == FALLBACK or spec.precision:
                 raise
             warning = (
                 f"provider=auto chose {self.provider}, which cannot serve it ({e}); serving it "
                 "on ONNX Runtime's CPU provider instead"
             )
         log.warning("model %s: %s", spec.name, warning)
-        engine, agreement = await asyncio.to_thread(self._open_checked, spec, "cpu")
+        engine, agreement = await asyncio.to_thread(self._open_checked, spec, FALLBACK)
         return engine, agreement, [warning]
 
     async def _load(self, spec: ModelSpec) -> ServedModel:
         s, start, name = self._settings, time.monotonic(), spec.name
         # Before anything else: a model that disagrees is not served.
         engine, agreement, warnings = await self._open(spec)
-        run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
         # A CUDA run keeps one host thread busy (launches and copies): the cores stay with the
         # decodes, which must overlap the GPU's work, not take turns with it.
-        held = 1 if engine.report.provider == "cuda" else s.threads
+        held = traits(engine.report.provider).cores_held(s.threads)
         runners = [
-            Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
-                   metrics=self._metrics, budget=self._budget, threads=held,
-                   pad_to=s.pad_sizes_for(engine.report.provider))
+            Runner(
+                name,
+                engine.run,
+                i,
+                max_rows=s.max_batch_size,
+                input_shape=engine.input_shape,
+                metrics=self._metrics,
+                budget=self._budget,
+                threads=held,
+                pad_to=s.pad_sizes_for(engine.report.provider),
+            )
             for i in range(engine.instances)
-        ]  # fmt: skip
+        ]
         config = batch_config(s, engine.report.provider)
         # Images waiting (decoding or queued) plus one full batch per instance running. The
         # batch queue holds up to all of them (an eager batch may run with one image), so
         # it never refuses what admission took.
         capacity = config.max_queue_size + engine.instances * config.max_batch_size
         admission = Admission(
-            name, capacity, config.queue_timeout,
+            name,
+            capacity,
+            config.queue_timeout,
             headroom=engine.instances * config.max_batch_size,
-        )  # fmt: skip
+        )
         queue_config = dataclasses.replace(config, max_queue_size=capacity)
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
-        model = ServedModel(name, engine, batcher, config, admission, runners, agreement,
-                            warnings=warnings)  # fmt: skip
+        model = ServedModel(
+            name, engine, batcher, config, admission, runners, agreement, warnings=warnings
+        )
         await asyncio.to_thread(engine.warmup, s.warmup_sizes_for(engine.report.provider))
         await batcher.start()
         model.load_seconds = time.monotonic() - start
@@ -337,19 +362,26 @@ class ModelRepository:
         if report.fallback and not s.allow_cpu_fallback:
             model.not_ready_reason = f"{report.fallback_reason} (allow_cpu_fallback is off)"
         else:
-            model.ready, model.not_ready_reason = True, ""
+            model.not_ready_reason = ""
         log.info(
             "model %s loaded: %s %s weights=%s provider=%s (%s) in %.2fs (warm-up sizes %s)",
-            name, engine.meta.architecture, report.precision, engine.meta.weights,
-            report.provider, report.runtime, model.load_seconds,
+            name,
+            engine.meta.architecture,
+            report.precision,
+            engine.meta.weights,
+            report.provider,
+            report.runtime,
+            model.load_seconds,
             s.warmup_sizes_for(report.provider),
-        )  # fmt: skip
+        )
         if engine.meta.random_weights:
             log.warning(
                 "model %s has RANDOM weights (%s): its predictions are meaningless; export "
                 "ImageNet weights with `python -m export %s --weights imagenet`",
-                name, engine.meta.weights_detail, engine.meta.architecture,
-            )  # fmt: skip
+                name,
+                engine.meta.weights_detail,
+                engine.meta.architecture,
+            )
         return model
 
     def _publish(self, model: ServedModel) -> None:
@@ -373,7 +405,7 @@ class ModelRepository:
     async def stop(self, drain_timeout: float) -> None:
         """Drain every batcher concurrently (bounded), then release the inference threads."""
         for m in self.models.values():
-            m.ready, m.not_ready_reason = False, "shutting down"
+            m.not_ready_reason = "shutting down"
         await asyncio.gather(*(m.batcher.stop(drain_timeout) for m in self.models.values()))
         for m in self.models.values():
             for runner in m.runners:

@@ -6,6 +6,7 @@ from typing import Final
 
 from contract.errors import UnknownModel
 from server import __version__
+from server.models.engines import provider
 from server.models.repository import ServedModel
 from server.state import AppState
 from server.v2.inference import IMAGE_BYTES, image_shape
@@ -15,7 +16,7 @@ from server.v2.schemas import (
     DynamicBatching,
     InstanceGroup,
     ModelConfig,
-    ModelMetadata,
+    ModelMetadataResponse,
     QueuePolicy,
     ServerMetadata,
     StringValue,
@@ -51,9 +52,9 @@ def model_at(
     return model
 
 
-def model_metadata(model: ServedModel) -> ModelMetadata:
+def model_metadata(model: ServedModel) -> ModelMetadataResponse:
     meta = model.meta
-    return ModelMetadata(
+    return ModelMetadataResponse(
         name=model.name,
         versions=[model.version],
         platform=PLATFORM,
@@ -70,11 +71,12 @@ def model_metadata(model: ServedModel) -> ModelMetadata:
 def model_config(state: AppState, model: ServedModel) -> ModelConfig:
     """Triton's model configuration. Eager batching shows as a zero queue delay."""
     meta, cfg, report = model.meta, model.config, model.engine.report
-    gpu = report.provider == "cuda"
+    traits = provider(report.provider)
+    gpu = traits.gpu
     return ModelConfig(
         name=model.name,
         platform=PLATFORM,
-        backend="openvino" if report.provider == "openvino" else "onnxruntime",
+        backend=traits.runtime,
         version_policy={"latest": {"num_versions": 1}},
         max_batch_size=cfg.max_batch_size,
         input=[

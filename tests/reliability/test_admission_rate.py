@@ -31,10 +31,15 @@ IMAGES = [jpeg(64, 64, seed=i) for i in range(32)]
 @pytest.fixture(scope="module")
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     s = start_server(
-        model_dir, tmp_path_factory.mktemp("admission-rate"), models="resnet18",
-        max_batch_size=BATCH, max_queue_size=QUEUE, queue_timeout_ms=2000,
-        warmup_batch_sizes="1,8", min_upload_bytes_per_s=0,
-    )  # fmt: skip
+        model_dir,
+        tmp_path_factory.mktemp("admission-rate"),
+        models="resnet18",
+        max_batch_size=BATCH,
+        max_queue_size=QUEUE,
+        queue_timeout_ms=2000,
+        warmup_batch_sizes="1,8",
+        min_upload_bytes_per_s=0,
+    )
     yield s
     s.stop()
 
