@@ -46,8 +46,14 @@ def views(img: Image.Image) -> list[Image.Image]:
     """Seven views of ``img``: whole, four 3/4 corner crops, the centre half, the mirror."""
     w, h = img.size
     cw, ch = 3 * w // 4, 3 * h // 4
-    boxes = [(0, 0, w, h), (0, 0, cw, ch), (w - cw, 0, w, ch), (0, h - ch, cw, h),
-             (w - cw, h - ch, w, h), (w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2)]  # fmt: skip
+    boxes = [
+        (0, 0, w, h),
+        (0, 0, cw, ch),
+        (w - cw, 0, w, ch),
+        (0, h - ch, cw, h),
+        (w - cw, h - ch, w, h),
+        (w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2),
+    ]
     return [img.crop(b) for b in boxes] + [img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
 
 
@@ -76,8 +82,11 @@ def recorded(meta: ModelMetadata, provider: str) -> Sourced | None:
         return None
     found = [m for m in record.measurements if m.provider == provider] or [record.measurements[0]]
     m = found[0]
-    return Sourced(m.agreement, f"at export on {m.provider} ({m.runtime}), against the float64 "
-                                "reference on the verification photos")  # fmt: skip
+    return Sourced(
+        m.agreement,
+        f"at export on {m.provider} ({m.runtime}), against the float64 "
+        "reference on the verification photos",
+    )
 
 
 def at_load(info: dict[str, Any]) -> Sourced | None:

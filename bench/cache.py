@@ -102,18 +102,23 @@ def main(argv: list[str] | None = None) -> None:
         for label, size in (("off", 0), ("on", CACHE_BYTES)):
             port = free_port()
             env = {
-                "RESNET_MODEL_DIR": str(args.model_dir.resolve()), "RESNET_MODELS": args.model,
-                "RESNET_DEFAULT_MODEL": args.model, "RESNET_PORT": str(port),
-                "RESNET_PROVIDER": "cpu", "RESNET_UI": "false",
+                "RESNET_MODEL_DIR": str(args.model_dir.resolve()),
+                "RESNET_MODELS": args.model,
+                "RESNET_DEFAULT_MODEL": args.model,
+                "RESNET_PORT": str(port),
+                "RESNET_PROVIDER": "cpu",
+                "RESNET_UI": "false",
                 "RESNET_RESPONSE_CACHE_BYTES": str(size),
                 "RESNET_RESPONSE_CACHE_MODELS": args.model if size else "",
-            }  # fmt: skip
+            }
             servers[label] = start(f"cache-{label}", ["-m", "server"], env, port, log_dir)
         for srv in servers.values():
             srv.wait_ready("/readyz")
         repeated = repeated_images()
-        print(f"repeated: {len(repeated)} images, mean "
-              f"{statistics.fmean(map(len, repeated)) / 1e3:.1f} KB")  # fmt: skip
+        print(
+            f"repeated: {len(repeated)} images, mean "
+            f"{statistics.fmean(map(len, repeated)) / 1e3:.1f} KB"
+        )
         rows: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {}
         for rnd in range(args.rounds):
             for work in ("repeated", "unique"):
@@ -132,8 +137,10 @@ def main(argv: list[str] | None = None) -> None:
                             other.pause()
                     try:
                         path = f"/predict/{args.model}"
-                        targets = [Target(f"cache {label}", args.model, srv.port, path, b,
-                                          "image/jpeg") for b in images]  # fmt: skip
+                        targets = [
+                            Target(f"cache {label}", args.model, srv.port, path, b, "image/jpeg")
+                            for b in images
+                        ]
                         hits = _hits(srv, args.model)
                         phase = asyncio.run(
                             rotating_loop(targets, args.concurrency, args.seconds, WARMUP_S)
@@ -146,10 +153,13 @@ def main(argv: list[str] | None = None) -> None:
                     answered = phase.ok + phase.errors + phase.rejected
                     row = (phase.throughput, phase.pct(50), phase.pct(99), hits)
                     rows.setdefault((work, label), []).append(row)
-                    print(f"round {rnd + 1} {work:8s} cache {label:3s} {phase.throughput:7.1f}/s "
-                          f"p50 {phase.pct(50) * 1e3:6.1f} ms p99 {phase.pct(99) * 1e3:6.1f} ms "
-                          f"errors {phase.errors + phase.rejected} of {answered}, hits {hits} "
-                          "(warm-up included)", flush=True)  # fmt: skip
+                    print(
+                        f"round {rnd + 1} {work:8s} cache {label:3s} {phase.throughput:7.1f}/s "
+                        f"p50 {phase.pct(50) * 1e3:6.1f} ms p99 {phase.pct(99) * 1e3:6.1f} ms "
+                        f"errors {phase.errors + phase.rejected} of {answered}, hits {hits} "
+                        "(warm-up included)",
+                        flush=True,
+                    )
     finally:
         for srv in servers.values():
             srv.stop()
@@ -157,8 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| workload | cache | images/s (rounds) | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for (work, label), rs in rows.items():
         rates = " / ".join(f"{r[0]:.1f}" for r in rs)
-        print(f"| {work} | {label} | {med(r[0] for r in rs):.1f} ({rates}) | "
-              f"{med(r[1] for r in rs) * 1e3:.1f} | {med(r[2] for r in rs) * 1e3:.1f} |")  # fmt: skip
+        print(
+            f"| {work} | {label} | {med(r[0] for r in rs):.1f} ({rates}) | "
+            f"{med(r[1] for r in rs) * 1e3:.1f} | {med(r[2] for r in rs) * 1e3:.1f} |"
+        )
 
 
 if __name__ == "__main__":

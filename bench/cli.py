@@ -25,26 +25,35 @@ from . import report
 from .config import PRESETS
 from .hw import cpu_info, load_average
 from .procs import ROOT
-from .run import Results, run_all
+from .results import Results
+from .run import run_all
 from .variants import Variant, plan
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="a few minutes: resnet18, one fp32 and one fast variant")  # fmt: skip
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few minutes: resnet18, one fp32 and one fast variant",
+    )
     mode.add_argument("--smoke", action="store_true", help="tiny sizes for the self-check test")
-    p.add_argument("--out", type=Path, default=ROOT / "docs", help="where BENCHMARKS.md, "
-                   "BATCHING.md and bench/*.png go (default docs/)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs",
+        help="where BENCHMARKS.md, BATCHING.md and bench/*.png go (default docs/)",
+    )
     p.add_argument(
         "--json",
         type=Path,
         default=None,
         help="raw results file (default bench/out/results-MODE.json)",
     )
-    p.add_argument("--models", default=None,
-                   help="comma-separated architectures (default per mode)")  # fmt: skip
+    p.add_argument(
+        "--models", default=None, help="comma-separated architectures (default per mode)"
+    )
     p.add_argument(
         "--variants",
         default=None,
@@ -84,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     mode = "quick" if args.quick else "smoke" if args.smoke else "full"
-    cfg = replace(PRESETS[mode], gpu=args.gpu, intra_op_threads=args.threads,
-                  agreement_check=not args.no_agreement_check)  # fmt: skip
+    cfg = replace(
+        PRESETS[mode],
+        gpu=args.gpu,
+        intra_op_threads=args.threads,
+        agreement_check=not args.no_agreement_check,
+    )
     if args.models:
         cfg = replace(cfg, models=tuple(m.strip() for m in args.models.split(",") if m.strip()))
     if args.no_peers:
@@ -100,20 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    todo = plan(list(cfg.models), args.model_dir, cpu, quick=mode != "full",
-                explicit=explicit, gpu=args.gpu)  # fmt: skip
+    todo = plan(
+        list(cfg.models), args.model_dir, cpu, quick=mode != "full", explicit=explicit, gpu=args.gpu
+    )
     if not todo.served:
-        print(f"nothing to measure in {args.model_dir}: {todo.skipped}; run `make models` first",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"nothing to measure in {args.model_dir}: {todo.skipped}; run `make models` first",
+            file=sys.stderr,
+        )
         return 2
     cfg = replace(cfg, models=tuple(todo.archs))
     res = Results(
         cfg=cfg,
         command=("python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)).strip(),
         started=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        cpu=cpu_info(), cpu_features=cpu.describe(), threads=args.threads or available_cpus(),
-        pool_threads=available_cpus(), load_before=load_average(), plan=todo,
-    )  # fmt: skip
+        cpu=cpu_info(),
+        cpu_features=cpu.describe(),
+        threads=args.threads or available_cpus(),
+        pool_threads=available_cpus(),
+        load_before=load_average(),
+        plan=todo,
+    )
     for key, why in todo.skipped.items():
         print(f"skipping {key}: {why}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:
@@ -129,10 +149,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _jsonable(res: Results) -> dict[str, object]:
     d = dataclasses.asdict(res)
-    d["breakdowns"] = {"/".join(map(str, k)): dataclasses.asdict(v)
-                       for k, v in res.breakdowns.items()}  # fmt: skip
-    phases = [*d["closed"], *d["open"], *d["batching"], *d["splits"],
-              *(o["phase"] for o in d["overload"])]  # fmt: skip
+    d["breakdowns"] = {
+        "/".join(map(str, k)): dataclasses.asdict(v) for k, v in res.breakdowns.items()
+    }
+    phases = [
+        *d["closed"],
+        *d["open"],
+        *d["batching"],
+        *d["splits"],
+        *(o["phase"] for o in d["overload"]),
+    ]
     for phase in phases:
         phase["latencies_ms_p50_p90_p99"] = [float(x) for x in _pcts(phase.pop("latencies"))]
         refusals = phase.pop("refusal_latencies")

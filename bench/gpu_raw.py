@@ -93,15 +93,22 @@ def agreement(path: Path, provider: str, reference: np.ndarray, photos: np.ndarr
         logits = sess.run([meta.output_name], {meta.input_name: photos})[0]
         a = compare(reference, logits)
         diff = np.abs(logits.astype(np.float64) - reference)
-        rows.append({
-            "file": path.name, "tf32": tf32, "providers": sess.get_providers(),
-            "max_abs_logit_diff": float(diff.max()),
-            "logit_scale": float(np.abs(reference).max()),
-            **a.to_dict(),
-        })  # fmt: skip
-        print(f"agreement {path.name} tf32={tf32}: max|d|={diff.max():.3g} "
-              f"(scale {np.abs(reference).max():.3g}) top1={a.top1:.3f} "
-              f"L1max={a.softmax_l1_max:.3g}", flush=True)  # fmt: skip
+        rows.append(
+            {
+                "file": path.name,
+                "tf32": tf32,
+                "providers": sess.get_providers(),
+                "max_abs_logit_diff": float(diff.max()),
+                "logit_scale": float(np.abs(reference).max()),
+                **a.to_dict(),
+            }
+        )
+        print(
+            f"agreement {path.name} tf32={tf32}: max|d|={diff.max():.3g} "
+            f"(scale {np.abs(reference).max():.3g}) top1={a.top1:.3f} "
+            f"L1max={a.softmax_l1_max:.3g}",
+            flush=True,
+        )
     return rows
 
 
@@ -117,10 +124,14 @@ def sweep(path: Path, provider: str, seconds: float, batches: tuple[int, ...]) -
             batch = rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
             d = rate(device_mode(sess, batch, dev), n, seconds)
             e = rate(partial(engine.run, 0, batch), n, seconds)
-            rows.append({"file": path.name, "tf32": tf32, "batch": n, "device_ips": d,
-                         "engine_ips": e})  # fmt: skip
-            print(f"{path.name:22s} tf32={tf32} b={n:3d}: device {d:8.1f} img/s  "
-                  f"engine {e:8.1f} img/s", flush=True)  # fmt: skip
+            rows.append(
+                {"file": path.name, "tf32": tf32, "batch": n, "device_ips": d, "engine_ips": e}
+            )
+            print(
+                f"{path.name:22s} tf32={tf32} b={n:3d}: device {d:8.1f} img/s  "
+                f"engine {e:8.1f} img/s",
+                flush=True,
+            )
     return rows
 
 
@@ -147,9 +158,11 @@ def io_variants(path: Path, provider: str, seconds: float, batches: tuple[int, .
         row["engine_2_threads_ips"] = _two_threads(engine, batch, seconds)
         row["cuda_graph_device_ips"] = _graph(path, provider, batch, seconds)
         rows.append(row)
-        print(f"io {path.name} b={n}: " + ", ".join(
-            f"{k} {v:.1f}" for k, v in row.items() if k.endswith("ips") and v
-        ), flush=True)  # fmt: skip
+        print(
+            f"io {path.name} b={n}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith("ips") and v),
+            flush=True,
+        )
     return rows
 
 
@@ -223,16 +236,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-shapes", action="store_true", help="only the shape-change costs")
     args = p.parse_args(argv)
     if args.only_shapes:
-        shapes = {name: shape_costs(args.model_dir / name, args.provider)
-                  for name in ("resnet50.onnx", "resnet50-fp16.onnx")}  # fmt: skip
+        shapes = {
+            name: shape_costs(args.model_dir / name, args.provider)
+            for name in ("resnet50.onnx", "resnet50-fp16.onnx")
+        }
         args.out.write_text(json.dumps(shapes, indent=1))
         return 0
     batches = tuple(int(b) for b in args.batches.split(","))
     result: dict[str, Any] = {
-        "onnxruntime": ort.__version__, "available": ort.get_available_providers(),
-        "device": ort.get_device(), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "agreement": [], "sweep": [], "io": [],
-    }  # fmt: skip
+        "onnxruntime": ort.__version__,
+        "available": ort.get_available_providers(),
+        "device": ort.get_device(),
+        "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "agreement": [],
+        "sweep": [],
+        "io": [],
+    }
     photos = photo_batch(verification_photos(), _spec(args.model_dir / "resnet18.onnx"))
     for arch in ("resnet18", "resnet50"):
         fp32 = args.model_dir / f"{arch}.onnx"
@@ -256,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.write_text(json.dumps(result, indent=1))
     for name in ("resnet50.onnx", "resnet50-fp16.onnx"):
         try:
-            result["io"] += io_variants(args.model_dir / name, args.provider, args.seconds,
-                                        (1, 32, 128))  # fmt: skip
+            result["io"] += io_variants(
+                args.model_dir / name, args.provider, args.seconds, (1, 32, 128)
+            )
         except Exception as e:
             print(f"io {name}: FAILED {type(e).__name__}: {e}", flush=True)
         args.out.write_text(json.dumps(result, indent=1))

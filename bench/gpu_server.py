@@ -47,12 +47,19 @@ def launch(model_dir: Path, log: Path, provider: str, **settings: object) -> tup
     """Start a server process; returns (process, base URL) without waiting for readiness."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_")}
-    env.update(RESNET_MODEL_DIR=str(model_dir), RESNET_PORT=str(port), RESNET_HOST="127.0.0.1",
-               RESNET_PROVIDER=provider, RESNET_ALLOW_CPU_FALLBACK="false",
-               RESNET_LOG_LEVEL="warning", RESNET_UI="false")  # fmt: skip
+    env.update(
+        RESNET_MODEL_DIR=str(model_dir),
+        RESNET_PORT=str(port),
+        RESNET_HOST="127.0.0.1",
+        RESNET_PROVIDER=provider,
+        RESNET_ALLOW_CPU_FALLBACK="false",
+        RESNET_LOG_LEVEL="warning",
+        RESNET_UI="false",
+    )
     env.update({f"RESNET_{k.upper()}": str(v) for k, v in settings.items()})
-    proc = subprocess.Popen([sys.executable, "-m", "server"], env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -88,19 +95,41 @@ def stop(proc: Any) -> None:
 def v2_body(n: int) -> tuple[bytes, int]:
     """A Triton binary request: JSON header then ``n`` uint8 crops; returns (body, header len)."""
     x = np.random.default_rng(n).integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
-    header = json.dumps({
-        "inputs": [{"name": "images", "shape": list(x.shape), "datatype": "UINT8",
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": "logits", "parameters": {"classification": 5}}],
-    }).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": list(x.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"classification": 5}}],
+        }
+    ).encode()
     return header + x.tobytes(), len(header)
 
 
-def hey_cmd(url: str, body: Path, content_type: str, c: int, seconds: float,
-            headers: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
+def hey_cmd(
+    url: str, body: Path, content_type: str, c: int, seconds: float, headers: tuple[str, ...] = ()
+) -> list[str]:
     """``hey``: ``c`` connections POSTing ``body`` to ``url`` for ``seconds``."""
-    cmd = [HEY, "-z", f"{seconds}s", "-c", str(c), "-m", "POST", "-T", content_type,
-           "-D", str(body), "-t", "30"]  # fmt: skip
+    cmd = [
+        HEY,
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(c),
+        "-m",
+        "POST",
+        "-T",
+        content_type,
+        "-D",
+        str(body),
+        "-t",
+        "30",
+    ]
     for h in headers:
         cmd += ["-H", h]
     return [*cmd, url]
@@ -115,19 +144,27 @@ def parse_hey(out: str) -> dict[str, Any]:
         return float(m.group(1)) if m else float("nan")
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50_s": pct("50"), "p99_s": pct("99"),
-            "codes": codes, "hey_tail": out[-400:] if not codes else ""}  # fmt: skip
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_s": pct("50"),
+        "p99_s": pct("99"),
+        "codes": codes,
+        "hey_tail": out[-400:] if not codes else "",
+    }
 
 
-def hey(url: str, body: Path, content_type: str, c: int, seconds: float,
-        headers: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+def hey(
+    url: str, body: Path, content_type: str, c: int, seconds: float, headers: tuple[str, ...] = ()
+) -> dict[str, Any]:
     cmd = hey_cmd(url, body, content_type, c, seconds, headers)
-    return parse_hey(subprocess.run(cmd, capture_output=True, text=True,
-                                    timeout=seconds + 60).stdout)  # fmt: skip
+    return parse_hey(
+        subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    )
 
 
-def phase(proc: Any, url: str, model: str, name: str, images_per_request: int,
-          load: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def phase(
+    proc: Any, url: str, model: str, name: str, images_per_request: int, load: dict[str, Any]
+) -> dict[str, Any]:
     """Run ``load`` (hey's arguments) against ``url`` and record what the server did."""
     m0, t0, w0 = metrics.scrape(url, model), threads.sample(proc.pid), time.monotonic()
     r = hey(**load)
@@ -135,11 +172,17 @@ def phase(proc: Any, url: str, model: str, name: str, images_per_request: int,
     use = threads.usage(proc.pid, t0, t1, w1 - w0, [model], {})
     b = metrics.breakdown(m0, m1)
     ok = r["codes"].get("200", 0)
-    row = {"phase": name, "model": model, "concurrency": load["c"],
-           "images_per_request": images_per_request, **r,
-           "images_per_s": r["rps"] * images_per_request * (ok / max(1, sum(r["codes"].values()))),
-           "server": asdict(b), "cpu_cores": {g: s / use.wall_s for g, s in use.cpu_s.items()},
-           "loop_utilisation": use.loop_utilisation}  # fmt: skip
+    row = {
+        "phase": name,
+        "model": model,
+        "concurrency": load["c"],
+        "images_per_request": images_per_request,
+        **r,
+        "images_per_s": r["rps"] * images_per_request * (ok / max(1, sum(r["codes"].values()))),
+        "server": asdict(b),
+        "cpu_cores": {g: s / use.wall_s for g, s in use.cpu_s.items()},
+        "loop_utilisation": use.loop_utilisation,
+    }
     print(
         f"{name:28s} {model:14s} c={load['c']:3d}: {row['images_per_s']:8.1f} img/s "
         f"{r['rps']:8.1f} req/s p50 {r['p50_s'] * 1e3:7.1f} ms p99 {r['p99_s'] * 1e3:7.1f} ms "
@@ -163,21 +206,34 @@ def single(args: argparse.Namespace, work: Path, instances: int, phases: list[An
     )
     rows: list[Any] = []
     try:
-        proc, url = start(args.model_dir, work / f"server-{instances}.log", args.provider,
-                          **settings)  # fmt: skip
+        proc, url = start(
+            args.model_dir, work / f"server-{instances}.log", args.provider, **settings
+        )
     except RuntimeError as e:  # measure all the same, and say why the check refused
-        print(f"server x{instances} did not start: {e}\nagain with agreement_check=false",
-              flush=True)  # fmt: skip
+        print(
+            f"server x{instances} did not start: {e}\nagain with agreement_check=false", flush=True
+        )
         rows.append({"start_failed": str(e)})
-        proc, url = start(args.model_dir, work / f"server-{instances}b.log", args.provider,
-                          **{**settings, "agreement_check": "false"})  # fmt: skip
+        proc, url = start(
+            args.model_dir,
+            work / f"server-{instances}b.log",
+            args.provider,
+            **{**settings, "agreement_check": "false"},
+        )
     try:
         rows.append({"models": httpx.get(url + "/models", timeout=10).json()})
         for name, model, n, body, ctype, headers, c in phases:
-            path = f"/predict/{model}" if name.startswith("predict") else \
-                f"/v2/models/{model}/infer"  # fmt: skip
-            load = dict(url=url + path, body=body, content_type=ctype, c=c,
-                        seconds=args.seconds, headers=headers)  # fmt: skip
+            path = (
+                f"/predict/{model}" if name.startswith("predict") else f"/v2/models/{model}/infer"
+            )
+            load = dict(
+                url=url + path,
+                body=body,
+                content_type=ctype,
+                c=c,
+                seconds=args.seconds,
+                headers=headers,
+            )
             try:
                 rows.append(phase(proc, url, model, f"{name} x{instances}", n, load))
             except Exception as e:  # reported; the rest runs
@@ -192,27 +248,42 @@ def multi(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, Any]:
     cores = max(1, (os.cpu_count() or 2) // args.procs)
     logs = [work / f"server-p{i}.log" for i in range(args.procs)]
     servers = [
-        launch(args.model_dir, log, args.provider, cores=cores, max_batch_size=64,
-               max_queue_size=1024, agreement_check=args.agreement_check,
-               pad_batches=args.pad_batches)
+        launch(
+            args.model_dir,
+            log,
+            args.provider,
+            cores=cores,
+            max_batch_size=64,
+            max_queue_size=1024,
+            agreement_check=args.agreement_check,
+            pad_batches=args.pad_batches,
+        )
         for log in logs
-    ]  # fmt: skip
+    ]
     for (proc, url), log in zip(servers, logs, strict=True):
         wait_ready(proc, url, log)
     try:
         loads = [
-            subprocess.Popen(hey_cmd(url + "/predict/resnet50", jpeg, "image/jpeg", 32,
-                                     args.seconds), stdout=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                hey_cmd(url + "/predict/resnet50", jpeg, "image/jpeg", 32, args.seconds),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             for _, url in servers
-        ]  # fmt: skip
+        ]
         answers = [parse_hey(p.communicate(timeout=args.seconds + 60)[0]) for p in loads]
         rps = [a["rps"] for a in answers]
         codes = [a["codes"] for a in answers]
     finally:
         for proc, _ in servers:
             stop(proc)
-    row = {"procs": args.procs, "cores_each": cores, "rps_each": rps, "rps_total": sum(rps),
-           "codes": codes}  # fmt: skip
+    row = {
+        "procs": args.procs,
+        "cores_each": cores,
+        "rps_each": rps,
+        "rps_total": sum(rps),
+        "codes": codes,
+    }
     print(
         f"{args.procs} processes x {cores} cores, /predict resnet50 JPEG c=32 each: "
         f"{sum(rps):.1f} img/s total {rps} codes {codes}",
@@ -225,12 +296,19 @@ def workers_ab(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, An
     """One server process against one with ``--procs`` workers (``RESNET_WORKERS``), the same
     cores, both started at once and loaded in turn, ``--rounds`` interleaved rounds of JPEG
     ``/predict`` at concurrency 1 and 32 per worker; medians and their ratio per level."""
-    common = dict(max_batch_size=64, max_queue_size=1024, max_concurrent_requests=2048,
-                  agreement_check=args.agreement_check, pad_batches=args.pad_batches)  # fmt: skip
+    common = dict(
+        max_batch_size=64,
+        max_queue_size=1024,
+        max_concurrent_requests=2048,
+        agreement_check=args.agreement_check,
+        pad_batches=args.pad_batches,
+    )
     kinds = {"1 process": 1, f"{args.procs} workers": args.procs}
     logs = {k: work / f"server-w{n}.log" for k, n in kinds.items()}
-    servers = {k: launch(args.model_dir, logs[k], args.provider, workers=n, log_level="info",
-                         **common) for k, n in kinds.items()}  # fmt: skip
+    servers = {
+        k: launch(args.model_dir, logs[k], args.provider, workers=n, log_level="info", **common)
+        for k, n in kinds.items()
+    }
     levels = (1, 32 * args.procs)
     rows: dict[tuple[str, int], list[dict[str, Any]]] = {(k, c): [] for k in kinds for c in levels}
     try:
@@ -240,17 +318,23 @@ def workers_ab(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, An
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and any(
             f"[worker {i}]: ready" not in logs[k].read_text(errors="replace")
-            for k, n in kinds.items() if n > 1 for i in range(n)
-        ):  # fmt: skip
+            for k, n in kinds.items()
+            if n > 1
+            for i in range(n)
+        ):
             time.sleep(0.5)
         for _ in range(args.rounds):
             for (k, c), got in rows.items():
-                r = hey(servers[k][1] + f"/predict/{args.model}", jpeg, "image/jpeg", c,
-                        args.seconds)  # fmt: skip
+                r = hey(
+                    servers[k][1] + f"/predict/{args.model}", jpeg, "image/jpeg", c, args.seconds
+                )
                 got.append(r)
-                print(f"{k:12s} /predict {args.model} JPEG c={c:3d}: {r['rps']:8.1f} img/s "
-                      f"p50 {r['p50_s'] * 1e3:7.1f} ms p99 {r['p99_s'] * 1e3:7.1f} ms "
-                      f"codes {r['codes']}", flush=True)  # fmt: skip
+                print(
+                    f"{k:12s} /predict {args.model} JPEG c={c:3d}: {r['rps']:8.1f} img/s "
+                    f"p50 {r['p50_s'] * 1e3:7.1f} ms p99 {r['p99_s'] * 1e3:7.1f} ms "
+                    f"codes {r['codes']}",
+                    flush=True,
+                )
     finally:
         for proc, _ in servers.values():
             stop(proc)
@@ -258,10 +342,16 @@ def workers_ab(args: argparse.Namespace, work: Path, jpeg: Path) -> dict[str, An
     for c in levels:
         med = {k: float(np.median([r["rps"] for r in rows[(k, c)]])) for k in kinds}
         one, many = med.values()
-        out["levels"][c] = {"median_rps": med, "ratio": many / max(one, 1e-9),
-                            "rounds": {k: rows[(k, c)] for k in kinds}}  # fmt: skip
-        print(f"c={c}: median images/s {med}: {args.procs} workers = "
-              f"{many / max(one, 1e-9):.2f}x one process", flush=True)  # fmt: skip
+        out["levels"][c] = {
+            "median_rps": med,
+            "ratio": many / max(one, 1e-9),
+            "rounds": {k: rows[(k, c)] for k in kinds},
+        }
+        print(
+            f"c={c}: median images/s {med}: {args.procs} workers = "
+            f"{many / max(one, 1e-9):.2f}x one process",
+            flush=True,
+        )
     return out
 
 
@@ -294,8 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in (1, 32):
         body, hlen = v2_body(n)
         (work / f"v2-{n}.bin").write_bytes(body)
-        bodies[n] = (work / f"v2-{n}.bin", "application/octet-stream",
-                     (f"Inference-Header-Content-Length: {hlen}",))  # fmt: skip
+        bodies[n] = (
+            work / f"v2-{n}.bin",
+            "application/octet-stream",
+            (f"Inference-Header-Content-Length: {hlen}",),
+        )
     if args.only_workers:
         args.out.write_text(json.dumps(workers_ab(args, work, jpeg), indent=1, default=str))
         return 0
@@ -316,9 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"cpus": os.cpu_count(), "single": single(args, work, 1, phases)}
     args.out.write_text(json.dumps(result, indent=1, default=str))
     if not args.quick and not args.no_two_instances:
-        two = [ph for ph in phases
-               if (ph[1] == "resnet50" and (ph[2], ph[6]) in ((32, 4), (32, 16)))
-               or (ph[:2] == ("predict jpeg", "resnet50") and ph[6] == 64)]  # fmt: skip
+        two = [
+            ph
+            for ph in phases
+            if (ph[1] == "resnet50" and (ph[2], ph[6]) in ((32, 4), (32, 16)))
+            or (ph[:2] == ("predict jpeg", "resnet50") and ph[6] == 64)
+        ]
         result["two_instances"] = single(args, work, 2, two)
         args.out.write_text(json.dumps(result, indent=1, default=str))
     for key, measure in (("multi_process", multi), ("workers", workers_ab)):

@@ -32,8 +32,14 @@ def layouts() -> dict[str, dict[str, str]]:
 
 def _start(model: str, extra: dict[str, str], log_dir: Path) -> ServerProc:
     port = free_port()
-    env = dict(RESNET_MODEL_DIR="models", RESNET_MODELS=model, RESNET_DEFAULT_MODEL=model,
-               RESNET_PORT=str(port), RESNET_MAX_QUEUE_SIZE="256", **extra)  # fmt: skip
+    env = dict(
+        RESNET_MODEL_DIR="models",
+        RESNET_MODELS=model,
+        RESNET_DEFAULT_MODEL=model,
+        RESNET_PORT=str(port),
+        RESNET_MAX_QUEUE_SIZE="256",
+        **extra,
+    )
     proc = start("server", ["-m", "server"], env, port, log_dir)
     proc.wait_ready("/readyz")
     return proc
@@ -57,8 +63,10 @@ def main(argv: list[str]) -> None:
         for proc in procs.values():
             proc.stop()
     for (c, name), r in rates.items():
-        print(f"{model} concurrency {c:3d}  {name:28s} {statistics.median(r):6.1f} req/s "
-              f"(rounds {', '.join(f'{x:.1f}' for x in r)})")  # fmt: skip
+        print(
+            f"{model} concurrency {c:3d}  {name:28s} {statistics.median(r):6.1f} req/s "
+            f"(rounds {', '.join(f'{x:.1f}' for x in r)})"
+        )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,15 @@ from server.flow.decodepool import DecodeBudget, DecodePool
 
 from .hw import load_average
 
-SPEC = Preprocessing.from_dict({"resize_size": 256, "crop_size": 224,
-                                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                "interpolation": "bilinear"})  # fmt: skip
+SPEC = Preprocessing.from_dict(
+    {
+        "resize_size": 256,
+        "crop_size": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+    }
+)
 
 
 def _photos() -> list[tuple[str, bytes]]:
@@ -50,8 +56,15 @@ def _photos() -> list[tuple[str, bytes]]:
     return out
 
 
-def servers(model_dir: Path, model: str, provider: str, levels: list[int], rounds: int,
-            seconds: float, modes: list[str]) -> None:  # fmt: skip
+def servers(
+    model_dir: Path,
+    model: str,
+    provider: str,
+    levels: list[int],
+    rounds: int,
+    seconds: float,
+    modes: list[str],
+) -> None:
     """Both isolation modes of one server, side by side (see the module docstring)."""
     from PIL import Image
 
@@ -66,9 +79,15 @@ def servers(model_dir: Path, model: str, provider: str, levels: list[int], round
     running = {}
     for mode in modes:
         port = free_port()
-        env = {"RESNET_MODEL_DIR": str(model_dir), "RESNET_MODELS": model, "RESNET_PORT": str(port),
-               "RESNET_PROVIDER": provider, "RESNET_DECODE_ISOLATION": mode,
-               "RESNET_BF16_VARIANTS": "off", "RESNET_AGREEMENT_CHECK": "false"}  # fmt: skip
+        env = {
+            "RESNET_MODEL_DIR": str(model_dir),
+            "RESNET_MODELS": model,
+            "RESNET_PORT": str(port),
+            "RESNET_PROVIDER": provider,
+            "RESNET_DECODE_ISOLATION": mode,
+            "RESNET_BF16_VARIANTS": "off",
+            "RESNET_AGREEMENT_CHECK": "false",
+        }
         running[mode] = (start(f"server-{mode}", ["-m", "server"], env, port, logs), port)
     try:
         for srv, _ in running.values():
@@ -84,16 +103,22 @@ def servers(model_dir: Path, model: str, provider: str, levels: list[int], round
                         busy = _machine_busy() - cpu0
                     row = (res.throughput, res.pct(50) * 1e3, res.pct(99) * 1e3)
                     results.setdefault((mode, level), []).append(row)
-                    print(f"round {r} c={level:<3d} {mode:8s} {row[0]:7.1f} req/s  p50 "
-                          f"{row[1]:6.1f} ms  p99 {row[2]:6.1f} ms  machine busy "
-                          f"{busy / (seconds + 1.0):.2f} cores")  # fmt: skip
+                    print(
+                        f"round {r} c={level:<3d} {mode:8s} {row[0]:7.1f} req/s  p50 "
+                        f"{row[1]:6.1f} ms  p99 {row[2]:6.1f} ms  machine busy "
+                        f"{busy / (seconds + 1.0):.2f} cores"
+                    )
         print("medians over rounds (ratio: against the last mode):")
         for level in levels:
             med = {m: np.median(np.array(results[(m, level)]), axis=0) for m in modes}
             base = med[modes[-1]][0]
-            print(f"c={level:<3d} " + " | ".join(
-                f"{m} {v[0]:.1f} req/s (p50 {v[1]:.1f} ms, p99 {v[2]:.1f}, ratio {v[0] / base:.3f})"
-                for m, v in med.items()))  # fmt: skip
+            print(
+                f"c={level:<3d} "
+                + " | ".join(
+                    f"{m} {v[0]:.1f} req/s (p50 {v[1]:.1f} ms, p99 {v[2]:.1f}, ratio {v[0] / base:.3f})"
+                    for m, v in med.items()
+                )
+            )
     finally:
         for srv, _ in running.values():
             srv.stop()
@@ -119,15 +144,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.server is not None:
         levels = [int(c) for c in args.concurrency.split(",")]
-        servers(args.server, args.model, args.provider, levels, args.rounds, args.seconds,
-                args.modes.split(","))  # fmt: skip
+        servers(
+            args.server,
+            args.model,
+            args.provider,
+            levels,
+            args.rounds,
+            args.seconds,
+            args.modes.split(","),
+        )
         return
     pool = DecodePool(DecodeBudget())
     worker, never, limits = pool.worker(), threading.Event(), DecodeLimits()
     out = np.empty((224, 224, 3), np.uint8)
     cpu = read_cpuinfo().describe()
-    print(f"CPU: {cpu['model']} ({', '.join(cpu['matrix_flags'])}); load average "
-          f"{load_average()[0]:.2f}")  # fmt: skip
+    print(
+        f"CPU: {cpu['model']} ({', '.join(cpu['matrix_flags'])}); load average "
+        f"{load_average()[0]:.2f}"
+    )
     print(f"{'photo':18s} {'bytes':>9s} {'thread ms':>10s} {'process ms':>11s} {'tax ms':>8s}")
     try:
         for name, data in _photos():

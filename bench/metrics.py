@@ -44,8 +44,11 @@ def delta(before: Snapshot, after: Snapshot) -> Snapshot:
 def labelled(d: Snapshot, name: str) -> dict[str, float]:
     """The ``name{label=value}`` series of ``d`` as value -> number (non-zero only)."""
     prefix = name + "{"
-    return {k[len(prefix) :].split("=", 1)[1].rstrip("}"): v
-            for k, v in d.items() if k.startswith(prefix) and v}  # fmt: skip
+    return {
+        k[len(prefix) :].split("=", 1)[1].rstrip("}"): v
+        for k, v in d.items()
+        if k.startswith(prefix) and v
+    }
 
 
 @dataclass(frozen=True)

@@ -44,18 +44,28 @@ class Limits:
         """From our server's command-line flags (``--name value``), defaults otherwise."""
         s = Settings.model_validate({k.replace("-", "_"): v for k, v in flags.items()})
         capacity = s.max_queue_size + s.instances * s.max_batch_size
-        return cls(s.queue_timeout_ms, s.max_queue_size, s.max_batch_size, s.instances,
-                   capacity, s.max_concurrent_requests, s.max_body_bytes_in_flight,
-                   s.max_image_pixels, s.pool_threads, s.threads)  # fmt: skip
+        return cls(
+            s.queue_timeout_ms,
+            s.max_queue_size,
+            s.max_batch_size,
+            s.instances,
+            capacity,
+            s.max_concurrent_requests,
+            s.max_body_bytes_in_flight,
+            s.max_image_pixels,
+            s.pool_threads,
+            s.threads,
+        )
 
     def bound_terms(self, crop_bytes: int) -> dict[str, int]:
         """Bytes the server may add to its idle RSS under any load, by cause."""
         return {
             "request bodies in flight (max_body_bytes_in_flight)": self.max_body_bytes_in_flight,
-            "decodes in progress (preprocess threads x (max_image_pixels + resize bound) x 3 B)":
-                self.preprocess_threads * (self.max_image_pixels + MAX_RESIZED_PIXELS) * 3,
+            "decodes in progress (preprocess threads x (max_image_pixels + resize bound) x 3 B)": self.preprocess_threads
+            * (self.max_image_pixels + MAX_RESIZED_PIXELS)
+            * 3,
             "admitted crops (admission capacity x crop)": self.admission_capacity * crop_bytes,
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -90,8 +100,11 @@ class Overload:
 
     def server_series(self, name: str) -> dict[str, float]:
         prefix = name + "{"
-        return {k[len(prefix) :].split("=", 1)[1].rstrip("}"): v
-                for k, v in self.server.items() if k.startswith(prefix)}  # fmt: skip
+        return {
+            k[len(prefix) :].split("=", 1)[1].rstrip("}"): v
+            for k, v in self.server.items()
+            if k.startswith(prefix)
+        }
 
 
 class RssSampler:

@@ -44,8 +44,9 @@ def paired_latency(model: Model, url: str, jpeg: bytes, pairs: int) -> Paired:
 
         def http() -> float:
             start = time.perf_counter()
-            r = client.post(f"/predict/{name}", content=jpeg,
-                            headers={"content-type": "image/jpeg"})  # fmt: skip
+            r = client.post(
+                f"/predict/{name}", content=jpeg, headers={"content-type": "image/jpeg"}
+            )
             r.raise_for_status()
             return time.perf_counter() - start
 

@@ -15,12 +15,18 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from . import summary
-from .run import Results
+from .results import Results
 from .targets import SERVER
 from .variants import Variant
 
-COLORS = {"fp32@cpu": "tab:blue", "fp32@openvino": "tab:cyan", "int8@cpu": "tab:brown",
-          "int8@openvino": "tab:red", "bf16@openvino": "tab:purple", "fp32@cuda": "tab:blue"}  # fmt: skip
+COLORS = {
+    "fp32@cpu": "tab:blue",
+    "fp32@openvino": "tab:cyan",
+    "int8@cpu": "tab:brown",
+    "int8@openvino": "tab:red",
+    "bf16@openvino": "tab:purple",
+    "fp32@cuda": "tab:blue",
+}
 PEER_STYLE = {"naive": ":", "litserve": "-."}
 PARTS = ("client + socket + accept", "HTTP + framework", "queue wait", "preprocess", "inference")
 PART_COLORS = ("tab:gray", "tab:olive", "tab:red", "tab:orange", "tab:blue")
@@ -59,15 +65,22 @@ def throughput(res: Results, path: Path) -> None:
             for t in summary.targets(res, v.key):
                 rs = summary.rows(res.closed, v.key, t)
                 name = v.label.removeprefix(arch + " ")
-                ax.plot([r.level for r in rs], [r.throughput for r in rs],
-                        "o" + PEER_STYLE.get(t, "-"), color=_color(v.key),
-                        label=name if t == SERVER else f"{t} ({name})")  # fmt: skip
+                ax.plot(
+                    [r.level for r in rs],
+                    [r.throughput for r in rs],
+                    "o" + PEER_STYLE.get(t, "-"),
+                    color=_color(v.key),
+                    label=name if t == SERVER else f"{t} ({name})",
+                )
             if (pipe := res.pipe.get(v.key)) is not None and summary.targets(res, v.key):
                 ax.axhline(pipe.ceiling_images_per_s, ls="--", color=_color(v.key), lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [f"{c:g}" for c in levels])
-        ax.set(title=f"{arch} (dashed: in-process ceiling)",
-               xlabel="concurrent clients (closed loop)", ylabel="requests/s")  # fmt: skip
+        ax.set(
+            title=f"{arch} (dashed: in-process ceiling)",
+            xlabel="concurrent clients (closed loop)",
+            ylabel="requests/s",
+        )
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -86,8 +99,11 @@ def latency(res: Results, path: Path) -> None:
         if (top := summary.peak(res, key, SERVER)) is not None:
             ax.axvline(top.throughput, ls="--", color="k", label="closed-loop peak")
         ax.set_yscale("log")
-        ax.set(title=f"{Variant.parse(key).label}: open loop (Poisson)",
-               xlabel="offered load, requests/s", ylabel="latency, ms")  # fmt: skip
+        ax.set(
+            title=f"{Variant.parse(key).label}: open loop (Poisson)",
+            xlabel="offered load, requests/s",
+            ylabel="latency, ms",
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -96,8 +112,17 @@ def latency(res: Results, path: Path) -> None:
 def breakdown_parts(res: Results, key: str, level: float) -> list[float] | None:
     """Mean ms per request in each of :data:`PARTS` at closed-loop ``level`` (first repeat)."""
     bd = res.breakdowns.get((key, SERVER, "closed", level, 0))
-    phase = next((p for p in res.closed if p.variant == key and p.target == SERVER
-                  and p.level == level and p.extra.get("repeat") == 0), None)  # fmt: skip
+    phase = next(
+        (
+            p
+            for p in res.closed
+            if p.variant == key
+            and p.target == SERVER
+            and p.level == level
+            and p.extra.get("repeat") == 0
+        ),
+        None,
+    )
     if bd is None or phase is None or not phase.latencies:
         return None
     client = max(0.0, statistics.fmean(phase.latencies) - bd.request_s)
@@ -118,8 +143,11 @@ def time_breakdown(res: Results, path: Path) -> None:
             vals = [p[i] for p in parts]
             ax.bar(xs, vals, bottom=bottom, label=name, color=color)
             bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-        ax.set(title=f"{Variant.parse(key).label}: mean time per request",
-               xlabel="concurrent clients", ylabel="ms")  # fmt: skip
+        ax.set(
+            title=f"{Variant.parse(key).label}: mean time per request",
+            xlabel="concurrent clients",
+            ylabel="ms",
+        )
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     _save(fig, path)
@@ -134,12 +162,18 @@ def batch_cost(res: Results, path: Path) -> None:
             if Variant.parse(key).arch != arch:
                 continue
             pts = [p for p in res.raw if p.variant == key]
-            ax.plot([p.batch for p in pts], [1000 / p.images_per_s for p in pts], "o-",
-                    label=Variant.parse(key).label, color=_color(key))  # fmt: skip
+            ax.plot(
+                [p.batch for p in pts],
+                [1000 / p.images_per_s for p in pts],
+                "o-",
+                label=Variant.parse(key).label,
+                color=_color(key),
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(res.cfg.batch_sizes), [str(b) for b in res.cfg.batch_sizes])
-        ax.set(title=f"{arch}: raw engine cost per image", xlabel="batch size",
-               ylabel="ms per image")  # fmt: skip
+        ax.set(
+            title=f"{arch}: raw engine cost per image", xlabel="batch size", ylabel="ms per image"
+        )
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -150,8 +184,12 @@ def write_all(res: Results, out_dir: Path) -> list[Path]:
     """Write every plot into ``out_dir``; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fn in (("throughput_vs_concurrency", throughput), ("latency_vs_load", latency),
-                     ("time_breakdown", time_breakdown), ("batch_cost", batch_cost)):  # fmt: skip
+    for name, fn in (
+        ("throughput_vs_concurrency", throughput),
+        ("latency_vs_load", latency),
+        ("time_breakdown", time_breakdown),
+        ("batch_cost", batch_cost),
+    ):
         path = out_dir / f"{name}.png"
         fn(res, path)
         paths.append(path)

@@ -215,8 +215,11 @@ def isolate(under_test: ServerProc | None) -> Iterator[list[ServerProc]]:
             p.resume()
 
 
-def start(name: str, args: list[str], env: dict[str, str], port: int, log_dir: Path) -> ServerProc:
-    """Start ``python args...`` in its own process group (so stop() ends its whole tree)."""
+def start(
+    name: str, args: list[str], env: dict[str, str], port: int, log_dir: Path, cwd: Path = ROOT
+) -> ServerProc:
+    """Start ``python args...`` in its own process group (so stop() ends its whole tree), in
+    ``cwd`` (another checkout's root runs that checkout's code: ``bench.ab``)."""
     log = log_dir / f"{name.replace(' ', '_').replace('/', '_')}-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_")}
     full_env.update(env)
@@ -225,9 +228,13 @@ def start(name: str, args: list[str], env: dict[str, str], port: int, log_dir: P
     full_env.setdefault("RESNET_GRPC_PORT", "0")
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=full_env, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, *args],
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = ServerProc(name, proc, port, log)
     _LIVE[proc.pid] = server
     return server

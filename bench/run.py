@@ -11,7 +11,6 @@ import platform
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,11 @@ from tqdm import tqdm
 from server.models.engines import openvino_installed
 
 from . import agreement, limits, overload, procs, splits, summary
-from .agreement import Agreement, Sourced
-from .config import BenchConfig
-from .hw import CpuInfo, load_average
+from .hw import load_average
 from .images import photos
-from .load import PhaseResult
-from .paired import Paired, paired_latency
-from .sweep import Breakdowns, measure
+from .paired import paired_latency
+from .results import Results
+from .sweep import measure
 from .targets import (
     DELAY,
     LITSERVE,
@@ -38,62 +35,12 @@ from .targets import (
     served_model,
     start,
 )
-from .variants import Plan, Variant
+from .variants import Variant
 
 log = logging.getLogger("bench")
 
 LOAD_PHOTO = (500, 375)
 """Photo size uploaded in every load test, pixels (w, h)"""
-
-
-@dataclass
-class Results:
-    """Everything one run measured (seconds, images/s, requests/s unless named otherwise).
-    Variants are keyed ``<served name>@<provider>``."""
-
-    cfg: BenchConfig
-    command: str
-    started: str
-    cpu: CpuInfo
-    cpu_features: dict[str, Any]
-    """``contract.cpuinfo.read_cpuinfo().describe()``: vendor, bf16, int8 units, matrix flags"""
-    threads: int
-    pool_threads: int
-    load_before: tuple[float, float, float]
-    plan: Plan
-    runtimes: dict[str, str] = field(default_factory=dict)
-    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    duration_s: float = 0.0
-    engines: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """variant -> what the in-process engine reported (precision executed, runtime, devices)"""
-    files: dict[str, dict[str, str]] = field(default_factory=dict)
-    """model file name -> its metadata (precision, weights, random_weights)"""
-    served: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """variant -> the server's ``GET /models`` entry"""
-    raw: list[limits.EnginePoint] = field(default_factory=list)
-    prep: list[limits.PreprocessPoint] = field(default_factory=list)
-    pipe: dict[str, limits.PipelinePoint] = field(default_factory=dict)
-    ceiling: dict[str, limits.Ceiling] = field(default_factory=dict)
-    """variant -> what decode + its engine alone would serve on all cores"""
-    agreement: dict[str, Agreement] = field(default_factory=dict)
-    recorded: dict[str, Sourced] = field(default_factory=dict)
-    agreement_notes: dict[str, str] = field(default_factory=dict)
-    fast: dict[str, str] = field(default_factory=dict)
-    """architecture -> its fast variant (best in-process ceiling among the served ones)"""
-    paired: dict[str, Paired] = field(default_factory=dict)
-    closed: list[PhaseResult] = field(default_factory=list)
-    open: list[PhaseResult] = field(default_factory=list)
-    batching: list[PhaseResult] = field(default_factory=list)
-    overload: list[overload.Overload] = field(default_factory=list)
-    splits: list[PhaseResult] = field(default_factory=list)
-    split_flags: dict[str, dict[str, str]] = field(default_factory=dict)
-    """split label -> the flags that made it"""
-    breakdowns: Breakdowns = field(default_factory=dict)
-    policy: dict[str, dict[str, object]] = field(default_factory=dict)
-    peer_notes: dict[str, str] = field(default_factory=dict)
-    load_jpeg_kb: float = 0.0
-    steps: dict[str, float] = field(default_factory=dict)
-    """wall seconds per step of the run (server start-ups included)"""
 
 
 @contextlib.contextmanager
@@ -132,12 +79,19 @@ def run_limits(res: Results, model_dir: Path) -> dict[str, limits.Model]:
             continue
         models[v.key] = m
         r = m.report
-        res.engines[v.key] = {"precision": r.precision, "runtime": r.runtime,
-                              "devices": list(r.devices), "layers": dict(r.layers)}  # fmt: skip
+        res.engines[v.key] = {
+            "precision": r.precision,
+            "runtime": r.runtime,
+            "devices": list(r.devices),
+            "layers": dict(r.layers),
+        }
         meta = m.meta
-        res.files[m.path.name] = {"precision": meta.precision, "weights": meta.weights,
-                                  "random_weights": str(meta.random_weights).lower(),
-                                  "sha256": meta.weights_sha256}  # fmt: skip
+        res.files[m.path.name] = {
+            "precision": meta.precision,
+            "weights": meta.weights,
+            "random_weights": str(meta.random_weights).lower(),
+            "sha256": meta.weights_sha256,
+        }
     if not models:
         raise RuntimeError(f"no variant could run here: {res.plan.skipped}")
     load_photos = photos(LOAD_PHOTO)
@@ -146,14 +100,16 @@ def run_limits(res: Results, model_dir: Path) -> dict[str, limits.Model]:
     base = limits.crops(first, load_photos)
     steps = 2 * len(models) * len(cfg.batch_sizes) + len(cfg.photo_sizes) + len(models)
     with tqdm(total=steps, desc="limits", unit="step") as bar:
-        res.raw = limits.raw_engine(list(models.values()), base, cfg.batch_sizes,
-                                    cfg.engine_seconds, progress=bar.update)  # fmt: skip
+        res.raw = limits.raw_engine(
+            list(models.values()), base, cfg.batch_sizes, cfg.engine_seconds, progress=bar.update
+        )
         for size in cfg.photo_sizes:
             res.prep.append(limits.preprocessing(first, photos(size), cfg.preprocess_seconds))
             bar.update()
         for key, m in models.items():
-            res.pipe[key] = limits.pipeline(m, [load_photos[1]], cfg.pipeline_seconds,
-                                            res.pool_threads, cfg.max_batch_size)  # fmt: skip
+            res.pipe[key] = limits.pipeline(
+                m, [load_photos[1]], cfg.pipeline_seconds, res.pool_threads, cfg.max_batch_size
+            )
             bar.update()
     decode_s = limits.decode_cpu_s(first, load_photos[1], cfg.preprocess_seconds)
     for key in models:
@@ -197,9 +153,14 @@ def measure_agreement(res: Results, models: dict[str, limits.Model], model_dir: 
 
 
 def _launch(
-    res: Results, kind: str, v: Variant, model_dir: Path, jpeg: bytes, log_dir: Path,
+    res: Results,
+    kind: str,
+    v: Variant,
+    model_dir: Path,
+    jpeg: bytes,
+    log_dir: Path,
     **flags: str,
-) -> Running | Exception:  # fmt: skip
+) -> Running | Exception:
     """Start ``kind`` for ``v``; the exception instead if it did not start (thread-safe:
     touches nothing shared)."""
     try:
@@ -219,9 +180,14 @@ def _failed(res: Results, kind: str, v: Variant, e: Exception) -> None:
 
 
 def _start(
-    res: Results, kind: str, v: Variant, model_dir: Path, jpeg: bytes, log_dir: Path,
+    res: Results,
+    kind: str,
+    v: Variant,
+    model_dir: Path,
+    jpeg: bytes,
+    log_dir: Path,
     **flags: str,
-) -> Running | None:  # fmt: skip
+) -> Running | None:
     """Start one server; None (and why, recorded) if it did not start."""
     r = _launch(res, kind, v, model_dir, jpeg, log_dir, **flags)
     if isinstance(r, Exception):
@@ -242,8 +208,10 @@ def _start_all(
     if not todo:
         return {}
     with ThreadPoolExecutor(len(todo), thread_name_prefix="bench-start") as pool:
-        futures = [(kind, v, pool.submit(_launch, res, kind, v, model_dir, jpeg, log_dir, **flags))
-                   for kind, v, flags in todo]  # fmt: skip
+        futures = [
+            (kind, v, pool.submit(_launch, res, kind, v, model_dir, jpeg, log_dir, **flags))
+            for kind, v, flags in todo
+        ]
     out = {}
     for kind, v, future in futures:
         if isinstance(r := future.result(), Exception):
@@ -286,8 +254,9 @@ def run_arch(
                 res.served[v.key] = served_model(running[(SERVER, v.key)].proc.url, v.model)
                 res.policy[v.key] = dict(res.served[v.key].get("batching", {}))
             if res.fast.get(arch) not in {v.key for v in served}:  # its server did not start
-                res.fast[arch] = max((v.key for v in served),
-                                     key=lambda k: res.pipe[k].ceiling_images_per_s)  # fmt: skip
+                res.fast[arch] = max(
+                    (v.key for v in served), key=lambda k: res.pipe[k].ceiling_images_per_s
+                )
             fast = Variant.parse(res.fast[arch])
             if fast.key != planned:  # the peers follow the fast variant that is served
                 for key in [k for k in running if k[0] != SERVER]:
@@ -296,9 +265,9 @@ def run_arch(
                 running.update(_start_all(res, todo, model_dir, jpeg, log_dir))
             for v in served:
                 with procs.isolate(running[(SERVER, v.key)].proc):
-                    res.paired[v.key] = paired_latency(models[v.key],
-                                                       running[(SERVER, v.key)].proc.url, jpeg,
-                                                       cfg.paired_requests)  # fmt: skip
+                    res.paired[v.key] = paired_latency(
+                        models[v.key], running[(SERVER, v.key)].proc.url, jpeg, cfg.paired_requests
+                    )
             swept = {k: r for k, r in running.items() if k[0] != DELAY}
             _closed_rounds(res, swept, fast, models, [load_photos[1]])
             for key in [k for k in running if k not in ((SERVER, fast.key), (DELAY, fast.key))]:
@@ -308,8 +277,16 @@ def run_arch(
             top = summary.peak(res, fast.key)
             rates = [max(1.0, f * top.throughput) for f in cfg.open_loop_fractions] if top else []
             for i, rate in enumerate(tqdm(rates, desc=f"{fast.key} open loop", unit="phase")):
-                res.open.append(measure(running[(SERVER, fast.key)], cfg, "open", rate, seed=i,
-                                        breakdowns=res.breakdowns))  # fmt: skip
+                res.open.append(
+                    measure(
+                        running[(SERVER, fast.key)],
+                        cfg,
+                        "open",
+                        rate,
+                        seed=i,
+                        breakdowns=res.breakdowns,
+                    )
+                )
             _batching(res, running, fast)
             if (delay := running.pop((DELAY, fast.key), None)) is not None:
                 delay.proc.stop()
@@ -319,12 +296,15 @@ def run_arch(
             layouts = splits.layouts(res.pool_threads)[: cfg.splits]
             res.split_flags.update(layouts)
             todo = [(f"{SPLIT} {label}", fast, flags) for label, flags in layouts[1:]]
-            running.update(_start_all(res, todo + _overloads(res, fast), model_dir, jpeg,
-                                      log_dir))  # fmt: skip
+            running.update(_start_all(res, todo + _overloads(res, fast), model_dir, jpeg, log_dir))
             split_runs = {layouts[0][0]: running[(SERVER, fast.key)]}
-            split_runs.update({label: running[(f"{SPLIT} {label}", fast.key)]
-                               for label, _ in layouts[1:]
-                               if (f"{SPLIT} {label}", fast.key) in running})  # fmt: skip
+            split_runs.update(
+                {
+                    label: running[(f"{SPLIT} {label}", fast.key)]
+                    for label, _ in layouts[1:]
+                    if (f"{SPLIT} {label}", fast.key) in running
+                }
+            )
             _splits(res, split_runs, fast)
             for key in [k for k in running if not k[0].startswith(OVERLOAD)]:
                 running.pop(key).proc.stop()
@@ -347,8 +327,10 @@ def run_arch(
 
 def _overloads(res: Results, v: Variant) -> list[Launch]:
     """The overload servers of ``v``: one per queue timeout of the configuration."""
-    return [(f"{OVERLOAD} {t:g} ms", v, {"queue-timeout-ms": f"{t:g}"})
-            for t in res.cfg.overload_queue_timeouts_ms]  # fmt: skip
+    return [
+        (f"{OVERLOAD} {t:g} ms", v, {"queue-timeout-ms": f"{t:g}"})
+        for t in res.cfg.overload_queue_timeouts_ms
+    ]
 
 
 def _closed_rounds(
@@ -373,15 +355,20 @@ def _closed_rounds(
             # The in-process ceilings again, between the load rounds (every server paused).
             for variant in ours:
                 with procs.isolate(None):
-                    rate, _, _ = limits.best_pooled(models[variant], pooled_photos,
-                                                    cfg.pipeline_seconds * 0.75,
-                                                    res.pool_threads, cfg.max_batch_size)  # fmt: skip
+                    rate, _, _ = limits.best_pooled(
+                        models[variant],
+                        pooled_photos,
+                        cfg.pipeline_seconds * 0.75,
+                        res.pool_threads,
+                        cfg.max_batch_size,
+                    )
                 res.pipe[variant].pooled_rounds.append(rate)
             for c in all_levels:
                 for key, run in running.items():
                     if c in levels(key):
-                        res.closed.append(measure(run, cfg, "closed", c, repeat=rep,
-                                                  breakdowns=res.breakdowns))  # fmt: skip
+                        res.closed.append(
+                            measure(run, cfg, "closed", c, repeat=rep, breakdowns=res.breakdowns)
+                        )
                         bar.update()
 
 
@@ -398,8 +385,16 @@ def _batching(res: Results, running: dict[tuple[str, str], Running], fast: Varia
         for rep in range(cfg.batching_repeats):
             for c in cfg.batching_concurrency:
                 for kind in (SERVER, DELAY):
-                    res.batching.append(measure(running[(kind, fast.key)], cfg, "closed", c,
-                                                repeat=rep, breakdowns=res.breakdowns))  # fmt: skip
+                    res.batching.append(
+                        measure(
+                            running[(kind, fast.key)],
+                            cfg,
+                            "closed",
+                            c,
+                            repeat=rep,
+                            breakdowns=res.breakdowns,
+                        )
+                    )
                     bar.update()
 
 
@@ -413,17 +408,36 @@ def _overload(res: Results, run: Running, crop: int) -> None:
     pid = run.proc.proc.pid
     rss0, hwm0 = procs.vm_bytes(pid, "VmRSS"), procs.vm_bytes(pid, "VmHWM")
     with overload.RssSampler(pid) as rss:
-        phase = measure(run, cfg, "open", cfg.overload_factor * top.throughput,
-                        seconds=cfg.overload_seconds, warmup=cfg.overload_warmup_seconds,
-                        seed=7)  # fmt: skip
+        phase = measure(
+            run,
+            cfg,
+            "open",
+            cfg.overload_factor * top.throughput,
+            seconds=cfg.overload_seconds,
+            warmup=cfg.overload_warmup_seconds,
+            seed=7,
+        )
     limits_ = overload.Limits.of(run.flags)
-    res.overload.append(overload.Overload(
-        v.key, top.throughput, cfg.overload_factor, limits_, crop, phase, rss0,
-        procs.vm_bytes(pid, "VmRSS"), rss.peak, hwm0, procs.vm_bytes(pid, "VmHWM"),
-        {k.removeprefix("srv:"): x for k, x in phase.extra.items() if k.startswith("srv:")},
-    ))  # fmt: skip
-    tqdm.write(f"overload {v.key} (queue timeout {limits_.queue_timeout_ms:g} ms): {phase.ok} "
-               f"accepted, {phase.rejected} refused {phase.refusal_codes}, {phase.errors} errors")  # fmt: skip
+    res.overload.append(
+        overload.Overload(
+            v.key,
+            top.throughput,
+            cfg.overload_factor,
+            limits_,
+            crop,
+            phase,
+            rss0,
+            procs.vm_bytes(pid, "VmRSS"),
+            rss.peak,
+            hwm0,
+            procs.vm_bytes(pid, "VmHWM"),
+            {k.removeprefix("srv:"): x for k, x in phase.extra.items() if k.startswith("srv:")},
+        )
+    )
+    tqdm.write(
+        f"overload {v.key} (queue timeout {limits_.queue_timeout_ms:g} ms): {phase.ok} "
+        f"accepted, {phase.rejected} refused {phase.refusal_codes}, {phase.errors} errors"
+    )
 
 
 def _splits(res: Results, running: dict[str, Running], fast: Variant) -> None:

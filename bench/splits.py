@@ -15,7 +15,9 @@ def layouts(cores: int) -> list[tuple[str, dict[str, str]]]:
     return [
         (f"intra {cores} / pre {cores} (default)", {}),
         ("intra 1 / pre 1", {"intra-op-threads": "1", "preprocess-threads": "1"}),
-        (f"intra 1 / pre 1 / instances {cores}",
-         {"intra-op-threads": "1", "preprocess-threads": "1", "instances": str(cores)}),
+        (
+            f"intra 1 / pre 1 / instances {cores}",
+            {"intra-op-threads": "1", "preprocess-threads": "1", "instances": str(cores)},
+        ),
         (f"intra {cores} / pre 1", {"intra-op-threads": str(cores), "preprocess-threads": "1"}),
-    ]  # fmt: skip
+    ]

@@ -1,4 +1,4 @@
-"""Aggregation of a :class:`bench.run.Results`: medians over the interleaved repeats, peaks,
+"""Aggregation of a :class:`bench.results.Results`: medians over the interleaved repeats, peaks,
 saturation points, the headline ratios and the thread accounting. Times are seconds, rates
 per second; a *variant* is a key such as ``resnet18-int8@openvino``."""
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from . import threads
 from .limits import MACS_PER_IMAGE
 from .load import PhaseResult
-from .run import Results
+from .results import Results
 from .targets import SERVER
 from .variants import Variant
 
@@ -59,19 +59,27 @@ def rows(phases: list[PhaseResult], variant: str, target: str) -> list[Row]:
         def m(fn: Callable[[PhaseResult], float], ps: list[PhaseResult] = ps) -> float:
             return _med([fn(p) for p in ps])
 
-        out.append(Row(
-            target, level, m(lambda p: p.throughput), m(lambda p: p.pct(50)),
-            m(lambda p: p.pct(90)), m(lambda p: p.pct(99)),
-            max((max(p.latencies) for p in ps if p.latencies), default=NAN),
-            sum(p.errors for p in ps), sum(p.rejected for p in ps),
-            m(lambda p: p.extra.get("mean_batch", NAN)),
-            m(lambda p: p.extra["server_cpu"]), m(lambda p: p.client_cpu),
-            max(p.extra["rss_mib"] for p in ps),
-            m(lambda p: statistics.fmean(p.latencies) if p.latencies else NAN),
-            m(lambda p: p.extra.get("gpu_util_pct", NAN)),
-            m(lambda p: p.extra.get("gpu_mem_mib", NAN)),
-            tuple(p.throughput for p in ps),
-        ))  # fmt: skip
+        out.append(
+            Row(
+                target,
+                level,
+                m(lambda p: p.throughput),
+                m(lambda p: p.pct(50)),
+                m(lambda p: p.pct(90)),
+                m(lambda p: p.pct(99)),
+                max((max(p.latencies) for p in ps if p.latencies), default=NAN),
+                sum(p.errors for p in ps),
+                sum(p.rejected for p in ps),
+                m(lambda p: p.extra.get("mean_batch", NAN)),
+                m(lambda p: p.extra["server_cpu"]),
+                m(lambda p: p.client_cpu),
+                max(p.extra["rss_mib"] for p in ps),
+                m(lambda p: statistics.fmean(p.latencies) if p.latencies else NAN),
+                m(lambda p: p.extra.get("gpu_util_pct", NAN)),
+                m(lambda p: p.extra.get("gpu_mem_mib", NAN)),
+                tuple(p.throughput for p in ps),
+            )
+        )
     return out
 
 
@@ -157,13 +165,22 @@ def headline(res: Results, key: str) -> Headline:
     fp32 = v.precision == "fp32"
     flops = top * 2 * MACS_PER_IMAGE.get(v.arch, NAN) / (res.cpu.peak_gflops * 1e9)
     return Headline(
-        key, top, ceiling, ratio(top, ceiling), p50_c1, direct, 1.1 * direct + 0.002,
-        sat.level if sat else NAN, sat.p99 if sat else NAN, raw_best(res, key), noise(res, key),
+        key,
+        top,
+        ceiling,
+        ratio(top, ceiling),
+        p50_c1,
+        direct,
+        1.1 * direct + 0.002,
+        sat.level if sat else NAN,
+        sat.p99 if sat else NAN,
+        raw_best(res, key),
+        noise(res, key),
         NAN if same in (v, v.reference) else ratio(top, server_peak(res, same)),
         NAN if v == v.reference else ratio(top, server_peak(res, v.reference)),
         flops if fp32 else NAN,
         res.ceiling[key].images_per_s if key in res.ceiling else NAN,
-    )  # fmt: skip
+    )
 
 
 def noise(res: Results, variant: str) -> float:
@@ -208,8 +225,16 @@ def peers(res: Results, key: str) -> list[PeerVerdict]:
         if ours is None or theirs is None:
             continue
         at = mine.get(theirs.level)
-        out.append(PeerVerdict(t, ours.throughput, theirs.throughput, theirs.level,
-                               at.p99 if at else NAN, theirs.p99))  # fmt: skip
+        out.append(
+            PeerVerdict(
+                t,
+                ours.throughput,
+                theirs.throughput,
+                theirs.level,
+                at.p99 if at else NAN,
+                theirs.p99,
+            )
+        )
     return out
 
 
@@ -250,12 +275,20 @@ class Threads:
 def thread_usage(
     phases: list[PhaseResult], variant: str, target: str, level: float
 ) -> Threads | None:
-    ps = [p for p in phases if p.variant == variant and p.target == target and p.level == level
-          and p.extra.get("span_s")]  # fmt: skip
+    ps = [
+        p
+        for p in phases
+        if p.variant == variant
+        and p.target == target
+        and p.level == level
+        and p.extra.get("span_s")
+    ]
     if not ps:
         return None
-    cores = {g: _med([p.extra.get(f"cpu:{g}", 0.0) / p.extra["span_s"] for p in ps])
-             for g in threads.GROUPS}  # fmt: skip
+    cores = {
+        g: _med([p.extra.get(f"cpu:{g}", 0.0) / p.extra["span_s"] for p in ps])
+        for g in threads.GROUPS
+    }
     wait = _med([p.extra.get("loop_wait_s", NAN) / p.extra["span_s"] for p in ps])
     waiting = _med([p.extra.get("wait_s", NAN) / p.extra["span_s"] for p in ps])
     rate = _med([p.span_responses / p.extra["span_s"] for p in ps])

@@ -39,8 +39,15 @@ WARMUP_S = 1.5
 ROUNDS = 2
 
 
-def _swapper(url: str, model: str, v2_dir: Path, v2_file: Path, every: float,
-             stop: threading.Event, done: list[float]) -> None:  # fmt: skip
+def _swapper(
+    url: str,
+    model: str,
+    v2_dir: Path,
+    v2_file: Path,
+    every: float,
+    stop: threading.Event,
+    done: list[float],
+) -> None:
     """Swap until ``stop``: add or remove version 2, then load; ``done`` gets each load's
     seconds. Raises if a load fails (the benchmark is then void)."""
     with httpx.Client(base_url=url, timeout=120) as c:
@@ -66,8 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=float, default=4.0, help="seconds between swaps")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--rounds", type=int, default=ROUNDS)
-    p.add_argument("--rate", type=float, default=0.0,
-                   help="open loop at this many requests/s (Poisson) instead of the closed loop")  # fmt: skip
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open loop at this many requests/s (Poisson) instead of the closed loop",
+    )
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="bench-swaps-"))
     (root / args.model / "1").mkdir(parents=True)
@@ -77,10 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     log_dir = Path("bench/out")
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {
-        "RESNET_MODEL_DIR": str(root), "RESNET_DEFAULT_MODEL": args.model,
-        "RESNET_PORT": str(port), "RESNET_PROVIDER": "cpu", "RESNET_UI": "false",
+        "RESNET_MODEL_DIR": str(root),
+        "RESNET_DEFAULT_MODEL": args.model,
+        "RESNET_PORT": str(port),
+        "RESNET_PROVIDER": "cpu",
+        "RESNET_UI": "false",
         "RESNET_MODEL_CONTROL": "explicit",
-    }  # fmt: skip
+    }
     srv = start("swaps", ["-m", "server"], env, port, log_dir)
     jpeg = photo("chelsea", (500, 375)).jpeg
     target = Target("swaps", args.model, port, f"/predict/{args.model}", jpeg, "image/jpeg")
@@ -92,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
                 stop, loads = threading.Event(), list[float]()
                 swapper = None
                 if phase_name == "swapping":
-                    swapper = threading.Thread(target=_swapper, args=(
-                        srv.url, args.model, v2_dir, args.v2, args.every, stop, loads))  # fmt: skip
+                    swapper = threading.Thread(
+                        target=_swapper,
+                        args=(srv.url, args.model, v2_dir, args.v2, args.every, stop, loads),
+                    )
                     swapper.start()
                 if args.rate:
                     work = open_loop(target, args.rate, args.seconds, WARMUP_S, seed=rnd)
@@ -105,9 +121,12 @@ def main(argv: list[str] | None = None) -> None:
                     swapper.join()
                 rows[phase_name].append((phase, len(loads)))
                 load_s = f", load {statistics.fmean(loads):.2f} s mean" if loads else ""
-                print(f"round {rnd + 1} {phase_name:8s} {phase.throughput:6.1f}/s p50 "
-                      f"{phase.pct(50) * 1e3:6.1f} ms p99 {phase.pct(99) * 1e3:6.1f} ms errors "
-                      f"{phase.errors + phase.rejected} swaps {len(loads)}{load_s}", flush=True)  # fmt: skip
+                print(
+                    f"round {rnd + 1} {phase_name:8s} {phase.throughput:6.1f}/s p50 "
+                    f"{phase.pct(50) * 1e3:6.1f} ms p99 {phase.pct(99) * 1e3:6.1f} ms errors "
+                    f"{phase.errors + phase.rejected} swaps {len(loads)}{load_s}",
+                    flush=True,
+                )
     finally:
         srv.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -117,9 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name, rs in rows.items():
         p99s = " / ".join(f"{r.pct(99) * 1e3:.1f}" for r, _ in rs)
-        print(f"| {name} | {med(r.throughput for r, _ in rs):.1f} | "
-              f"{med(r.pct(50) for r, _ in rs) * 1e3:.1f} | {med(r.pct(99) for r, _ in rs) * 1e3:.1f} "
-              f"({p99s}) | {sum(r.errors + r.rejected for r, _ in rs)} | {sum(n for _, n in rs)} |")  # fmt: skip
+        print(
+            f"| {name} | {med(r.throughput for r, _ in rs):.1f} | "
+            f"{med(r.pct(50) for r, _ in rs) * 1e3:.1f} | {med(r.pct(99) for r, _ in rs) * 1e3:.1f} "
+            f"({p99s}) | {sum(r.errors + r.rejected for r, _ in rs)} | {sum(n for _, n in rs)} |"
+        )
 
 
 if __name__ == "__main__":

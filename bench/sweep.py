@@ -45,8 +45,9 @@ class ThreadSpan:
 
     def usage(self) -> threads.Usage:
         py = threads.python_threads(self.run.thread_log)
-        return threads.usage(self.pid, self.before, self.after, self.wall,
-                             [self.run.variant.model], py)  # fmt: skip
+        return threads.usage(
+            self.pid, self.before, self.after, self.wall, [self.run.variant.model], py
+        )
 
 
 def measure(

@@ -93,39 +93,59 @@ def start(
     )
     env = {THREAD_LOG_ENV: str(thread_log)}  # the naive peer and ours record their threads
     flags: dict[str, str] = {}
-    peer_args = ["--model-path", str(path.resolve()), "--port", str(port),
-                 "--threads", str(cfg.intra_op_threads), "--provider", variant.provider,
-                 "--max-batch-size", str(cfg.max_batch_size),
-                 "--batch-timeout-ms", str(cfg.batching_delay_ms)]  # fmt: skip
+    peer_args = [
+        "--model-path",
+        str(path.resolve()),
+        "--port",
+        str(port),
+        "--threads",
+        str(cfg.intra_op_threads),
+        "--provider",
+        variant.provider,
+        "--max-batch-size",
+        str(cfg.max_batch_size),
+        "--batch-timeout-ms",
+        str(cfg.batching_delay_ms),
+    ]
     if variant.engine_precision:
         peer_args += ["--precision", variant.engine_precision]
     if ours(kind):
         if kind == DELAY:
-            extra = {"batching": "delay", "max-queue-delay-ms": f"{cfg.batching_delay_ms:g}",
-                     **extra}  # fmt: skip
+            extra = {
+                "batching": "delay",
+                "max-queue-delay-ms": f"{cfg.batching_delay_ms:g}",
+                **extra,
+            }
         flags = server_flags(cfg, model_dir, variant, port, **extra)
         args = [x for k, v in flags.items() for x in (f"--{k}", v)]
         proc = procs.start(kind, ["-m", "bench.serve", *args], env, port, log_dir)
         ready = "/readyz"
-        target = Target(kind, variant.model, port, f"/predict/{variant.model}", jpeg,
-                        "image/jpeg", variant.key)  # fmt: skip
+        target = Target(
+            kind, variant.model, port, f"/predict/{variant.model}", jpeg, "image/jpeg", variant.key
+        )
     elif kind == NAIVE:
         proc = procs.start(kind, ["-m", "bench.peers.naive", *peer_args], env, port, log_dir)
         ready = "/healthz"
-        target = Target(kind, variant.model, port, f"/predict/{variant.arch}", jpeg,
-                        "image/jpeg", variant.key)  # fmt: skip
+        target = Target(
+            kind, variant.model, port, f"/predict/{variant.arch}", jpeg, "image/jpeg", variant.key
+        )
     elif kind == LITSERVE:
         proc = procs.start(kind, ["-m", "bench.peers.litserve_app", *peer_args], {}, port, log_dir)
         ready, thread_log = "/health", None
         body = json.dumps({"image": base64.b64encode(jpeg).decode()}).encode()
-        target = Target(kind, variant.model, port, "/predict", body, "application/json",
-                        variant.key)  # fmt: skip
+        target = Target(
+            kind, variant.model, port, "/predict", body, "application/json", variant.key
+        )
     else:
         raise ValueError(f"unknown server kind {kind!r}")
     try:
         proc.wait_ready(ready)
-        check = httpx.post(proc.url + target.path, content=target.body,
-                           headers={"content-type": target.content_type}, timeout=60)  # fmt: skip
+        check = httpx.post(
+            proc.url + target.path,
+            content=target.body,
+            headers={"content-type": target.content_type},
+            timeout=60,
+        )
         if check.status_code != 200:
             raise RuntimeError(f"{kind}: test request got {check.status_code}: {check.text[:300]}")
     except BaseException:

@@ -30,8 +30,14 @@ from .sweep import measure
 from .targets import NAIVE, SERVER, SPLIT, Running, start
 from .variants import Variant
 
-_GROUPS = (threads.LOOP, threads.POOL, threads.OTHER, threads.DECODE, threads.RUNNER,
-           threads.RUNTIME)  # fmt: skip
+_GROUPS = (
+    threads.LOOP,
+    threads.POOL,
+    threads.OTHER,
+    threads.DECODE,
+    threads.RUNNER,
+    threads.RUNTIME,
+)
 _OUTSIDE = (threads.LOOP, threads.POOL, threads.OTHER)
 
 
@@ -53,8 +59,9 @@ def switches(run: Running) -> dict[int, tuple[str, int]]:
     return out
 
 
-def wakeups(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]],
-            n: int) -> dict[str, float]:  # fmt: skip
+def wakeups(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], n: int
+) -> dict[str, float]:
     """Switches per request by group between two :func:`switches` (threads born in between
     count from zero; threads that ended in between are lost, an undercount)."""
     out: dict[str, float] = defaultdict(float)
@@ -91,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     variant = Variant.parse(args.variant)
-    cfg = replace(PRESETS["quick"], phase_seconds=args.seconds, warmup_seconds=1.0,
-                  agreement_check=False)  # fmt: skip
+    cfg = replace(
+        PRESETS["quick"], phase_seconds=args.seconds, warmup_seconds=1.0, agreement_check=False
+    )
     extra = _flags(args.flags)
     levels = [int(c) for c in args.levels.split(",")]
     jpeg = photos((500, 375))[1].jpeg  # the load photo of bench.run (chelsea)
@@ -101,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         running: dict[str, Running] = {}
         try:
             other = _flags(args.against) if args.against is not None else None
-            launches = [(SERVER, extra), (NAIVE, {}) if other is None
-                        else (f"{SPLIT} {args.against}", {**extra, **other})]  # fmt: skip
+            launches = [
+                (SERVER, extra),
+                (NAIVE, {}) if other is None else (f"{SPLIT} {args.against}", {**extra, **other}),
+            ]
             for kind, flags in launches:
-                running[kind] = start(kind, variant, cfg, args.model_dir, jpeg, Path(logs),
-                                      **flags)  # fmt: skip
+                running[kind] = start(kind, variant, cfg, args.model_dir, jpeg, Path(logs), **flags)
             for _ in range(args.rounds):
                 for c in levels:
                     for kind, run in running.items():
@@ -116,21 +125,34 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for run in running.values():
                 run.proc.stop()
-    head = ["server", "c", "req/s", "p50 ms", *(f"{g} ms/req" for g in _GROUPS),
-            "outside ms/req", "wake-ups/req", "marked"]  # fmt: skip
+    head = [
+        "server",
+        "c",
+        "req/s",
+        "p50 ms",
+        *(f"{g} ms/req" for g in _GROUPS),
+        "outside ms/req",
+        "wake-ups/req",
+        "marked",
+    ]
     print(f"{variant.key}: median over {args.rounds} rounds; CPU in core-ms per request")
     print(" | ".join(head))
     for (kind, c), got in rows.items():
         med = statistics.median
         cpu = {g: med(per_request(ph)[g] for ph, _ in got) for g in _GROUPS}
-        out = [kind, str(c), f"{med(ph.throughput for ph, _ in got):.1f}",
-               f"{1e3 * med(ph.pct(50) for ph, _ in got):.2f}",
-               *(f"{cpu[g]:.2f}" for g in _GROUPS), f"{sum(cpu[g] for g in _OUTSIDE):.2f}",
-               f"{med(sum(x.values()) for _, x in got):.1f} ("
-               + ", ".join(f"{g} {med(x.get(g, 0.0) for _, x in got):.1f}" for g in _GROUPS)
-               + ")",
-               f"{sum(ph.marked for ph, _ in got)}/{len(got)} "
-               f"({med(ph.others_cores for ph, _ in got):.2f} cores)"]  # fmt: skip
+        out = [
+            kind,
+            str(c),
+            f"{med(ph.throughput for ph, _ in got):.1f}",
+            f"{1e3 * med(ph.pct(50) for ph, _ in got):.2f}",
+            *(f"{cpu[g]:.2f}" for g in _GROUPS),
+            f"{sum(cpu[g] for g in _OUTSIDE):.2f}",
+            f"{med(sum(x.values()) for _, x in got):.1f} ("
+            + ", ".join(f"{g} {med(x.get(g, 0.0) for _, x in got):.1f}" for g in _GROUPS)
+            + ")",
+            f"{sum(ph.marked for ph, _ in got)}/{len(got)} "
+            f"({med(ph.others_cores for ph, _ in got):.2f} cores)",
+        ]
         print(" | ".join(out))
     return 0
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.cpuinfo import CpuInfo
+from contract.modelmeta import BF16_SUFFIX
 from server.models.engines import PROVIDERS, openvino_installed
 
-BF16_SUFFIX = "-bf16"
 #: File-name suffixes of reduced-precision files (``python -m export ARCH --precision P``).
 FILE_PRECISIONS = ("int8", "fp16")
 

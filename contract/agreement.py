@@ -19,6 +19,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from contract.scores import softmax, top_k_indices
+
 TOP_K: Final = 5
 
 
@@ -108,16 +110,6 @@ DEFAULT_FLOORS: Final[dict[str, Floors]] = {
 }  # fmt: skip
 
 
-def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    result: npt.NDArray[np.float64] = shifted / shifted.sum(axis=1, keepdims=True)
-    return result
-
-
-def _top_k(logits: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.intp]:
-    return np.argsort(-logits, axis=1, kind="stable")[:, :k]
-
-
 def compare(reference: npt.ArrayLike, logits: npt.ArrayLike) -> Agreement:
     """Compare ``logits`` with ``reference``: both float ``[photos, classes]``, same order.
 
@@ -139,11 +131,11 @@ def compare(reference: npt.ArrayLike, logits: npt.ArrayLike) -> Agreement:
     with np.errstate(invalid="ignore", over="ignore"):
         if not np.isfinite(got).all():
             got = np.where(np.isfinite(got), got, np.nan)
-        l1 = np.abs(_softmax(got) - _softmax(ref)).sum(axis=1)
-        prob_diff = np.abs(_softmax(got) - _softmax(ref)).max()
+        diff = np.abs(softmax(got) - softmax(ref))
+        l1, prob_diff = diff.sum(axis=1), diff.max()
         scale = np.maximum(np.abs(ref).max(axis=1), np.finfo(np.float64).tiny)
         rel = (np.abs(got - ref).max(axis=1) / scale).max()
-    top5_ref, top5_got = _top_k(ref, TOP_K), _top_k(got, TOP_K)
+    top5_ref, top5_got = top_k_indices(ref, TOP_K), top_k_indices(got, TOP_K)
     overlap = [len(set(a) & set(b)) / TOP_K for a, b in zip(top5_ref, top5_got, strict=True)]
     nan = bool(np.isnan(got).any())
     return Agreement(

@@ -9,7 +9,8 @@ machine-readable ``code``, an HTTP ``status`` and a gRPC status (``grpc_status``
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 
 class ServerError(Exception):
@@ -218,8 +219,38 @@ class InferenceFailed(ServerError):
     grpc_status = "INTERNAL"
 
 
+class NotFound(ServerError):
+    """No route at that path (the router's 404, not an unknown model's)."""
+
+    status = 404
+    code = "not_found"
+    grpc_status = "UNIMPLEMENTED"
+
+
+class MethodNotAllowed(ServerError):
+    """The path exists, not with that method."""
+
+    status = 405
+    code = "method_not_allowed"
+    grpc_status = "UNIMPLEMENTED"
+
+
 def error_body(err: ServerError) -> dict[str, str]:
+    """The one error JSON: ``{"error": <message for people>, "code": <stable code>}``."""
     return {"error": err.message, "code": err.code}
+
+
+def validation_problems(
+    errors: Iterable[Mapping[str, Any]], default: str, limit: int | None = 5
+) -> list[str]:
+    """``"where: what"`` for each of pydantic's ``ValidationError.errors()`` (the first
+    ``limit``; all with None): the location's parts joined by dots, each cut to 64
+    characters (they may come from the request), or ``default`` where there is none."""
+    problems = []
+    for err in list(errors)[:limit]:
+        where = ".".join(str(x)[:64] for x in err.get("loc", ())) or default
+        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+    return problems
 
 
 def error_headers(err: ServerError) -> dict[str, str]:

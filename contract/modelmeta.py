@@ -21,6 +21,9 @@ from contract.agreement import AgreementRecord
 T = TypeVar("T")
 
 FORMAT_KEY = "resnet_server.format"
+#: The served name of an fp32 file's bf16 variant is ``<name>-bf16``: the same file run with a
+#: bf16 hint, not a file of its own (the server's discovery and the benchmark both read it).
+BF16_SUFFIX = "-bf16"
 SUPPORTED_FORMATS = frozenset({"1"})
 
 

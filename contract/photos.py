@@ -71,6 +71,19 @@ def verification_photos() -> list[Photo]:
     return photos
 
 
+def reference_photos(names_and_hashes: tuple[tuple[str, str], ...]) -> list[Photo] | None:
+    """The shipped photos a file's reference logits were computed on (``ReferenceLogits.photos``:
+    (name, sha256) pairs, matched by hash, in that order); None if one is not shipped here
+    (a file made with other photos).
+
+    Raises:
+        PhotoSetError: the shipped photos are altered (reinstall).
+    """
+    by_hash = {p.sha256: p for p in verification_photos()}
+    found = [by_hash.get(sha256) for _, sha256 in names_and_hashes]
+    return None if any(p is None for p in found) else [p for p in found if p is not None]
+
+
 def photo_batch(photos: list[Photo], spec: Preprocessing) -> npt.NDArray[np.uint8]:
     """The photos as the server's own preprocessing feeds them to a model.
 

@@ -31,11 +31,18 @@ class Scores:
         return Scores(self.logits, self.indices[:, :k], self.probabilities[:, :k])
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``[N, C]`` logits, in float64 so tiny classes keep precision."""
+def _exp_shifted(logits: np.ndarray) -> np.ndarray:
+    """float64 ``exp(logits - row max)`` of ``[N, C]`` logits: softmax's numerators, in float64
+    so tiny classes keep precision (a new array; ``logits`` is not touched)."""
     x = logits.astype(np.float64)
     x -= x.max(axis=-1, keepdims=True)
     np.exp(x, out=x)
+    return x
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``[N, C]`` logits, float64 ``[N, C]``."""
+    x = _exp_shifted(logits)
     x /= x.sum(axis=-1, keepdims=True)
     return x
 
@@ -64,8 +71,6 @@ def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
 def score(logits: np.ndarray, k: int) -> Scores:
     """The top-``k`` classes of every row of float32 ``[N, C]`` logits (``k`` >= 1)."""
     indices = top_k_indices(logits, k)
-    x = logits.astype(np.float64)
-    x -= x.max(axis=1, keepdims=True)
-    np.exp(x, out=x)
+    x = _exp_shifted(logits)  # only the k probabilities returned are divided
     probabilities = np.take_along_axis(x, indices, axis=1) / x.sum(axis=1, keepdims=True)
     return Scores(logits, indices, probabilities)

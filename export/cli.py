@@ -46,7 +46,8 @@ from export.quantize import DEFAULT_RECIPE, quantize
 from export.resnet import ARCHITECTURES, build
 from export.verify import Report, Target, VerificationData, verification_data, verify
 from export.weights import ResolvedWeights, WeightsDownloadError, WeightsError, load_into, resolve
-from server.models.engines import PROVIDERS, auto_provider, openvino_installed
+from server.models.engines import FALLBACK, PROVIDERS, auto_provider, openvino_installed
+from server.models.engines import provider as provider_traits
 
 EXIT_VERIFY, EXIT_USAGE, EXIT_DOWNLOAD = 1, 2, 3
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -87,23 +88,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--name", help="served model name, file <out-dir>/<name>.onnx (one architecture only)"
     )
     p.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32",
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
         help="fp32 (default), fp16, or int8 (static QDQ, calibrated on real photos)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--provider", choices=["auto", *PROVIDERS], default="auto",
+        "--provider",
+        choices=["auto", *PROVIDERS],
+        default="auto",
         help="the engine that will serve the file; verification runs there and on ONNX "
         "Runtime's CPU provider (auto: cuda if available, else openvino if installed, else cpu)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--calibration-dir", type=Path,
+        "--calibration-dir",
+        type=Path,
         help="int8: folder of calibration photos (default: scikit-image's data photos)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--floor", action="append", default=[], metavar="NAME=VALUE",
+        "--floor",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="override an agreement floor of fp16/int8 (min_top1, min_top5_overlap, "
         "max_softmax_l1, max_rel_logit_error); repeatable",
-    )  # fmt: skip
+    )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument(
         "--cache-dir",
@@ -146,17 +155,18 @@ def serving_providers(requested: str) -> list[str]:
     Raises ``ProviderUnavailable`` naming the fix when the provider cannot run here.
     """
     provider = auto_provider() if requested == "auto" else requested
-    if provider == "openvino" and not openvino_installed():
+    traits = provider_traits(provider)
+    if traits.runtime == "openvino" and not openvino_installed():
         raise ProviderUnavailable(
             "--provider openvino needs the OpenVINO runtime: pip install "
             "'resnet-server[openvino]'; or use --provider cpu"
         )
-    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+    if traits.gpu and traits.execution_provider not in ort.get_available_providers():
         raise ProviderUnavailable(
             "--provider cuda needs onnxruntime-gpu with a CUDA device; this onnxruntime offers "
             f"{ort.get_available_providers()}: use --provider cpu or openvino"
         )
-    return [provider] if provider == "cpu" else [provider, "cpu"]
+    return [provider] if provider == FALLBACK else [provider, FALLBACK]
 
 
 def _reference(data: VerificationData) -> ReferenceLogits:
@@ -192,20 +202,33 @@ def _calibration(
     inputs = samples(chosen.photos, weights.preprocessing, per_photo=SAMPLES_PER_PHOTO)
     recipe = DEFAULT_RECIPE
     record = CalibrationRecord(
-        method=recipe.method, per_channel=recipe.per_channel,
-        activation_type=recipe.activation_type, weight_type=recipe.weight_type,
-        reduce_range=recipe.reduce_range, quant_format="QDQ", photos=len(chosen.photos),
-        samples=len(inputs), source=chosen.source,
-        options={"op_types": recipe.describe()["op_types"], **recipe.options,
-                 "samples_per_photo": SAMPLES_PER_PHOTO},
-    )  # fmt: skip
+        method=recipe.method,
+        per_channel=recipe.per_channel,
+        activation_type=recipe.activation_type,
+        weight_type=recipe.weight_type,
+        reduce_range=recipe.reduce_range,
+        quant_format="QDQ",
+        photos=len(chosen.photos),
+        samples=len(inputs),
+        source=chosen.source,
+        options={
+            "op_types": recipe.describe()["op_types"],
+            **recipe.options,
+            "samples_per_photo": SAMPLES_PER_PHOTO,
+        },
+    )
     return inputs, record
 
 
 def _export_int8(
-    path: Path, model: nn.Module, weights: ResolvedWeights, meta: dict[str, str],
-    opts: ExportOptions, target: Target, calibration: tuple[np.ndarray, CalibrationRecord],
-) -> Report:  # fmt: skip
+    path: Path,
+    model: nn.Module,
+    weights: ResolvedWeights,
+    meta: dict[str, str],
+    opts: ExportOptions,
+    target: Target,
+    calibration: tuple[np.ndarray, CalibrationRecord],
+) -> Report:
     """Export fp32, verify it, quantise it on calibration photos, return the INT8 report."""
     inputs, record = calibration
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,9 +259,12 @@ def export_one(architecture: str, path: Path, opts: ExportOptions) -> Report:
     # published weights, the BatchNorm statistics of random ones).
     photos = _calibration_photos(opts) if opts.precision == "int8" else None
     weights = resolve(
-        architecture, opts.weights, weights_name=opts.weights_name, seed=opts.seed,
+        architecture,
+        opts.weights,
+        weights_name=opts.weights_name,
+        seed=opts.seed,
         cache_dir=opts.cache_dir,
-    )  # fmt: skip
+    )
     model = build(architecture)
     load_into(model, weights.state_dict)
     model.eval()
@@ -289,9 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     """Export every requested architecture; returns the worst exit code."""
     args = parse_args(argv)
     opts = ExportOptions(
-        args.weights, args.weights_name, args.seed, args.out_dir, args.precision, args.opset,
-        args.cache_dir, args.provider, args.calibration_dir, args.floors,
-    )  # fmt: skip
+        args.weights,
+        args.weights_name,
+        args.seed,
+        args.out_dir,
+        args.precision,
+        args.opset,
+        args.cache_dir,
+        args.provider,
+        args.calibration_dir,
+        args.floors,
+    )
     torch.set_grad_enabled(False)
     code = 0
     for architecture in args.architectures:

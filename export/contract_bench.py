@@ -29,10 +29,15 @@ def _export_float_nchw(net: torch.nn.Module, path: Path) -> None:
     dummy = torch.zeros(1, 3, 224, 224)
     wrapped = torch.nn.Sequential(net)
     torch.onnx.export(
-        wrapped, (dummy,), str(path), dynamo=False, input_names=["images"],
-        output_names=["logits"], dynamic_axes={"images": {0: "N"}, "logits": {0: "N"}},
+        wrapped,
+        (dummy,),
+        str(path),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "N"}, "logits": {0: "N"}},
         opset_version=17,
-    )  # fmt: skip
+    )
 
 
 def _normalise(images: NDArray[np.uint8]) -> NDArray[np.float32]:
@@ -53,7 +58,10 @@ def main(repeats: int = 30) -> None:
     )
     _export_float_nchw(net, tmp / "f32.onnx")
     opts = ort.SessionOptions()
-    sessions = {k: ort.InferenceSession(str(tmp / f"{k}.onnx"), opts, providers=["CPUExecutionProvider"]) for k in ("u8", "f32")}  # fmt: skip
+    sessions = {
+        k: ort.InferenceSession(str(tmp / f"{k}.onnx"), opts, providers=["CPUExecutionProvider"])
+        for k in ("u8", "f32")
+    }
     for batch in (1, 8):
         images = random_images(batch, 224, seed=batch)
         inputs: dict[str, NDArray[np.generic]] = {"u8": images, "f32": _normalise(images)}
@@ -67,7 +75,10 @@ def main(repeats: int = 30) -> None:
                 s.run(None, {"images": inputs[k]})
                 times[k].append(time.perf_counter() - t)
         med = {k: statistics.median(v) / batch * 1e3 for k, v in times.items()}
-        diff = np.abs(sessions["u8"].run(None, {"images": images})[0] - sessions["f32"].run(None, {"images": inputs["f32"]})[0]).max()  # fmt: skip
+        diff = np.abs(
+            sessions["u8"].run(None, {"images": images})[0]
+            - sessions["f32"].run(None, {"images": inputs["f32"]})[0]
+        ).max()
         print(
             f"batch {batch}: per-image median uint8 NHWC {med['u8']:.2f} ms, float32 NCHW "
             f"{med['f32']:.2f} ms (host normalise not included), ratio u8/f32 {med['u8'] / med['f32']:.3f}; "

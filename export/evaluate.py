@@ -29,6 +29,7 @@ from contract.cpuinfo import read_cpuinfo
 from contract.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
 from contract.images.preprocess import preprocess
 from contract.modelmeta import Preprocessing
+from contract.scores import top_k_indices
 from export.calibration import IMAGE_SUFFIXES
 from export.labels import imagenet_synsets
 from server.models.engines import (
@@ -133,7 +134,7 @@ def accuracy(engine: Engine, samples: list[Sample], skipped: list[str]) -> tuple
     """(images, top-1 %, top-5 %) of ``engine`` on ``samples``; unreadable images skipped."""
     n = hit1 = hit5 = 0
     for images, labels in _batches(samples, engine.meta.preprocessing, skipped):
-        top5 = np.argsort(-engine.run(0, images), axis=1)[:, :5]
+        top5 = top_k_indices(engine.run(0, images), 5)
         hit1 += int((top5[:, 0] == labels).sum())
         hit5 += int((top5 == labels[:, None]).any(axis=1).sum())
         n += len(labels)

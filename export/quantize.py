@@ -91,12 +91,19 @@ def quantize(
         # The calibrator writes its augmented model next to this path, never into models/.
         staged = Path(tmp) / "int8.onnx"
         q.quantize_static(
-            str(fp32_path), str(staged), _Samples(samples),
-            quant_format=q.QuantFormat.QDQ, op_types_to_quantize=recipe.op_types,
-            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-            activation_type=activation, weight_type=weight, calibrate_method=method,
-            calibration_providers=["CPUExecutionProvider"], extra_options=options,
-        )  # fmt: skip
+            str(fp32_path),
+            str(staged),
+            _Samples(samples),
+            quant_format=q.QuantFormat.QDQ,
+            op_types_to_quantize=recipe.op_types,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=activation,
+            weight_type=weight,
+            calibrate_method=method,
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options=options,
+        )
         model = onnx.load(str(staged))
     del model.metadata_props[:]
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -110,10 +110,11 @@ def main() -> None:
     p.add_argument("--per-photo", type=int, default=4)
     p.add_argument("--noise-calibration", action="store_true", help="calibrate on noise instead")
     p.add_argument(
-        "--held-out-calibration", action="store_true",
+        "--held-out-calibration",
+        action="store_true",
         help="diagnostic, never a recipe: calibrate on the 70 held-out crops themselves (what "
         "better calibration photos could at best give)",
-    )  # fmt: skip
+    )
     args = p.parse_args()
     torch.set_grad_enabled(False)
     cpu = read_cpuinfo()
@@ -125,12 +126,22 @@ def main() -> None:
         model = build(arch)
         load_into(model, weights.state_dict)
         fp32 = tmp / f"{arch}.onnx"
-        meta = {"resnet_server.format": "1", "architecture": arch, "weights": "random",
-                "weights_source": "random", "weights_sha256": weights.sha256,
-                "random_weights": "true", "preprocessing": json.dumps(spec.to_dict()),
-                "accuracy": "{}", "labels": json.dumps([str(i) for i in range(1000)]),
-                "input_name": "images", "input_layout": "NHWC", "input_dtype": "uint8",
-                "output_name": "logits", "precision": "fp32"}  # fmt: skip
+        meta = {
+            "resnet_server.format": "1",
+            "architecture": arch,
+            "weights": "random",
+            "weights_source": "random",
+            "weights_sha256": weights.sha256,
+            "random_weights": "true",
+            "preprocessing": json.dumps(spec.to_dict()),
+            "accuracy": "{}",
+            "labels": json.dumps([str(i) for i in range(1000)]),
+            "input_name": "images",
+            "input_layout": "NHWC",
+            "input_dtype": "uint8",
+            "output_name": "logits",
+            "precision": "fp32",
+        }
         wrapped = NHWCUint8Classifier(fuse_conv_bn(model.eval()), spec.mean, spec.std)
         export_onnx(wrapped, fp32, crop_size=spec.crop_size, opset=17, meta=meta)
         held_out = ten_crops(spec)
@@ -160,14 +171,30 @@ def main() -> None:
                 try:
                     eng = open_engine(path, EngineOptions(provider=prov, threads=threads), cpu)
                 except Exception as e:  # report and go on with the next recipe
-                    print(json.dumps({"arch": arch, "recipe": name, "engine": prov,
-                                      "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)  # fmt: skip
+                    print(
+                        json.dumps(
+                            {
+                                "arch": arch,
+                                "recipe": name,
+                                "engine": prov,
+                                "error": f"{type(e).__name__}: {e}"[:300],
+                            }
+                        ),
+                        flush=True,
+                    )
                     continue
                 int8[prov] = eng
                 a = compare(ref[prov], eng.run(0, held_out))
-                line = {"arch": arch, "recipe": name, "engine": prov, "calib_samples": len(calib),
-                        "quantize_s": round(seconds, 1), **a.to_dict(),
-                        "executed": eng.report.precision, "layers": eng.report.layers}  # fmt: skip
+                line = {
+                    "arch": arch,
+                    "recipe": name,
+                    "engine": prov,
+                    "calib_samples": len(calib),
+                    "quantize_s": round(seconds, 1),
+                    **a.to_dict(),
+                    "executed": eng.report.precision,
+                    "layers": eng.report.layers,
+                }
                 print(json.dumps(line), flush=True)
             if args.speed:
                 timed = {
@@ -176,10 +203,20 @@ def main() -> None:
                 for batch, rounds in ((1, args.rounds), (8, max(3, args.rounds // 2))):
                     ips = speed(timed, held_out[:batch], rounds)
                     ratio = {p: round(ips[f"{p} int8"] / ips[f"{p} fp32"], 2) for p in int8}
-                    print(json.dumps({"arch": arch, "recipe": name, "batch": batch,
-                                      "rounds": rounds, "threads": threads,
-                                      "images_per_s": {k: round(v, 1) for k, v in ips.items()},
-                                      "int8_over_fp32": ratio}), flush=True)  # fmt: skip
+                    print(
+                        json.dumps(
+                            {
+                                "arch": arch,
+                                "recipe": name,
+                                "batch": batch,
+                                "rounds": rounds,
+                                "threads": threads,
+                                "images_per_s": {k: round(v, 1) for k, v in ips.items()},
+                                "int8_over_fp32": ratio,
+                            }
+                        ),
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -243,7 +243,12 @@ def verify(path: Path, target: Target, precision: str) -> Report:
             continue
         agreement = _check_reduced(report, label, data, got, floors, gating)
         report.measurements.append(
-            Measurement(engine.report.provider, engine.report.runtime, engine.report.precision,
-                        cpu.describe(), agreement)
-        )  # fmt: skip
+            Measurement(
+                engine.report.provider,
+                engine.report.runtime,
+                engine.report.precision,
+                cpu.describe(),
+                agreement,
+            )
+        )
     return report

@@ -262,9 +262,14 @@ def random_weights(architecture: str, seed: int) -> ResolvedWeights:
     _calibrate_bn(model, seed, batch)
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return ResolvedWeights(
-        state_dict, "random", "random", f"seed={seed}", _sha256_state_dict(state_dict),
-        spec, {},
-    )  # fmt: skip
+        state_dict,
+        "random",
+        "random",
+        f"seed={seed}",
+        _sha256_state_dict(state_dict),
+        spec,
+        {},
+    )
 
 
 def imagenet_weights(
@@ -289,9 +294,14 @@ def imagenet_weights(
     else:
         digest = download(url, path, entry.hash_prefix, progress)
     return ResolvedWeights(
-        load_state_dict_file(path), entry.name, "imagenet", url, digest,
-        entry.preprocessing, dict(entry.accuracy),
-    )  # fmt: skip
+        load_state_dict_file(path),
+        entry.name,
+        "imagenet",
+        url,
+        digest,
+        entry.preprocessing,
+        dict(entry.accuracy),
+    )
 
 
 def file_weights(path: Path) -> ResolvedWeights:

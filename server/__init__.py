@@ -1,4 +1,4 @@
-"""resnet-server: ImageNet classification over HTTP on ONNX Runtime."""
+"""resnet-server: ImageNet classification over HTTP and gRPC on ONNX Runtime or OpenVINO."""
 
 from importlib.metadata import PackageNotFoundError, version
 

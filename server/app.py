@@ -12,13 +12,12 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.types import Scope
 
-from contract.cpuinfo import CpuInfo, read_cpuinfo
+from contract.cpuinfo import read_cpuinfo
 from contract.errors import ServerError
 from server import __version__
 from server.flow.cpubudget import CpuBudget
 from server.flow.pipeline import Pipeline
 from server.flow.respcache import ResponseCache
-from server.flow.runner import EngineRun
 from server.grpc.serve import serving as serving_grpc
 from server.http.errors import install_handlers
 from server.http.hosts import AllowedHosts
@@ -44,38 +43,28 @@ _BATCHER_GRACE_S = 2.0
 ON_READY: ContextVar[Callable[[], None] | None] = ContextVar("on_ready", default=None)
 
 
-def create_app(
-    settings: Settings,
-    *,
-    registry: CollectorRegistry | None = None,
-    run_wrapper: Callable[[EngineRun], EngineRun] | None = None,
-    cpu: CpuInfo | None = None,
-    load_first: bool = False,
-) -> FastAPI:
+def create_app(settings: Settings, *, load_first: bool = False) -> FastAPI:
     """Build the app. Nothing is loaded here: models load and warm up in the lifespan.
 
-    ``run_wrapper`` wraps each model's blocking ``Engine.run``; tests use it to inject
-    faults into a real server. ``cpu``: the CPU's features (default: read from the machine).
     ``load_first``: load before serving (the lifespan's startup waits, and fails if a model
     does), for a worker that other workers cover meanwhile; otherwise models load in the
     background while liveness and readiness answer.
     """
     metrics_ = Metrics(
-        registry or CollectorRegistry(), settings.max_batch_size,
-        multiprocess=settings.workers > 1,
-    )  # fmt: skip
+        CollectorRegistry(), settings.max_batch_size, multiprocess=settings.workers > 1
+    )
     budget = CpuBudget(settings.budget_cores)
     cache = (
         ResponseCache(settings.response_cache_bytes, metrics_)
         if settings.response_cache_bytes
         else None
     )
-    repository = ModelRepository(settings, metrics_, cpu or read_cpuinfo(), budget, run_wrapper)
+    repository = ModelRepository(settings, metrics_, read_cpuinfo(), budget)
     state = AppState(
         settings=settings,
         metrics=metrics_,
         repository=repository,
-        pipeline=Pipeline(settings, metrics_, budget),
+        pipeline=Pipeline(settings, metrics_, budget, cache),
         scrapes=Scrapes(metrics_, SCRAPE_MAX_AGE_S if metrics_.multiprocess else 0.0),
         budget=budget,
         control=RepositoryControl(settings, repository, cache),
@@ -84,7 +73,8 @@ def create_app(
     app = FastAPI(
         title="resnet-server",
         version=__version__,
-        description="ImageNet classification (ResNet18/50) on ONNX Runtime with dynamic batching.",
+        description="ImageNet classification (ResNet18/50) on ONNX Runtime or OpenVINO with dynamic "
+        "batching.",
         lifespan=_lifespan(state, load_first, ON_READY.get()),
         docs_url=None,  # routes.docs, with the setting
         redoc_url=None,

@@ -10,6 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
+from contract.errors import validation_problems
 from server.models.repository import discover
 from server.serving import serve
 from server.settings import MIN_API_KEY_CHARS, Settings
@@ -25,9 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, field in Settings.model_fields.items():
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE",
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar="VALUE",
             help=f"{field.description or ''} (default: {field.get_default(call_default_factory=True)!r})",
-        )  # fmt: skip
+        )
     return parser
 
 
@@ -37,10 +41,8 @@ def load_settings(argv: list[str] | None = None) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        lines = [
-            f"  {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors()
-        ]
-        sys.exit("invalid settings:\n" + "\n".join(lines))
+        lines = validation_problems(e.errors(), "settings", limit=None)
+        sys.exit("invalid settings:\n" + "\n".join(f"  {line}" for line in lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,9 +74,11 @@ def _warn_if_open(settings: Settings) -> None:
     if not loopback:
         logging.getLogger("server").warning(
             "serving without an API key on %s: anyone who can reach port %d can use it; set "
-            "RESNET_API_KEY (%d+ characters) or bind to 127.0.0.1", settings.host,
-            settings.port, MIN_API_KEY_CHARS,
-        )  # fmt: skip
+            "RESNET_API_KEY (%d+ characters) or bind to 127.0.0.1",
+            settings.host,
+            settings.port,
+            MIN_API_KEY_CHARS,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,40 +52,62 @@ class Metrics:
         self._live: list[tuple[Gauge, Callable[[], float]]] = []
         r = registry
         self.requests = Counter(
-            "resnet_requests", "Requests answered, by outcome (ok or error code).",
-            ["model", "endpoint", "outcome"], registry=r,
-        )  # fmt: skip
-        self.request_duration = Histogram(
-            "resnet_request_duration_seconds", "Time from request received to response ready.",
-            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.queue_wait = Histogram(
-            "resnet_queue_wait_seconds", "Time a request waited in the batch queue.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.preprocess = Histogram(
-            "resnet_preprocess_seconds", "Decode and preprocess time per image.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.inference = Histogram(
-            "resnet_inference_seconds", "ONNX Runtime execution time per batch.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_size = Histogram(
-            "resnet_batch_size", "Images per batch execution.",
-            ["model"], buckets=_batch_buckets(max_batch_size), registry=r,
-        )  # fmt: skip
-        self.inference_count = Counter(
-            "resnet_inference_count", "Images inferred.", ["model"], registry=r
+            "resnet_requests",
+            "Requests answered, by outcome (ok or error code).",
+            ["model", "endpoint", "outcome"],
+            registry=r,
         )
-        self.exec_count = Counter(
-            "resnet_inference_exec_count", "Batch executions (count / exec = mean batch size).",
-            ["model"], registry=r,
-        )  # fmt: skip
-        self.last_inference = Gauge(
-            "resnet_last_inference_timestamp_seconds", "Unix time of the last batch execution.",
-            ["model"], registry=r, multiprocess_mode="max",
-        )  # fmt: skip
+        self.request_duration = Histogram(
+            "resnet_request_duration_seconds",
+            "Time from request received to response ready.",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "resnet_queue_wait_seconds",
+            "Time a request waited in the batch queue.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.preprocess = Histogram(
+            "resnet_preprocess_seconds",
+            "Decode and preprocess time per image.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.run_seconds = Histogram(
+            "resnet_inference_seconds",
+            "Engine run time per batch (ONNX Runtime or OpenVINO).",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "resnet_batch_size",
+            "Images per batch run.",
+            ["model"],
+            buckets=_batch_buckets(max_batch_size),
+            registry=r,
+        )
+        self.images_run = Counter(
+            "resnet_inference_count", "Images run (in batches).", ["model"], registry=r
+        )
+        self.runs = Counter(
+            "resnet_inference_exec_count",
+            "Batch runs (images run / runs = mean batch size).",
+            ["model"],
+            registry=r,
+        )
+        self.last_run = Gauge(
+            "resnet_last_inference_timestamp_seconds",
+            "Unix time of the last batch run.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.queue_depth = Gauge(
             "resnet_queue_depth",
             "Images waiting in the batch queue.",
@@ -97,75 +119,111 @@ class Metrics:
             "resnet_images_in_flight",
             "Images admitted and not finished: body read, decoding, queued or running. The "
             "load signal to scale on.",
-            ["model"], registry=r, multiprocess_mode="livesum",
-        )  # fmt: skip
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.decode_backlog = Gauge(
             "resnet_decode_backlog",
             "Images admitted whose body is being read or decoded (not yet queued).",
-            ["model"], registry=r, multiprocess_mode="livesum",
-        )  # fmt: skip
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.rejected = Counter(
             "resnet_rejected_requests",
             "Requests refused for capacity or time, by reason: queue_full (admission or batch "
             "queue), queue_timeout (deadline passed), shutting_down, overloaded (too many "
             "requests or body bytes in flight).",
-            ["model", "reason"], registry=r,
-        )  # fmt: skip
+            ["model", "reason"],
+            registry=r,
+        )
         self.model_load = Gauge(
-            "resnet_model_load_seconds", "Time to load and warm up the model (the slowest worker).",
-            ["model"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            "resnet_model_load_seconds",
+            "Time to load and warm up the model (the slowest worker).",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.connections_refused = Counter(
             "resnet_connections_refused",
             "Connections answered and closed before a request reached the app, by reason: "
             "headers_too_large (header count or bytes), header_timeout (head not sent in time).",
-            ["reason"], registry=r,
-        )  # fmt: skip
+            ["reason"],
+            registry=r,
+        )
         self.decode_kills = Counter(
             "resnet_decode_workers_killed",
             "Decode worker processes killed, by reason: cpu or memory (the image passed its "
             "decode budget: 422 image_too_costly), abandoned (its request was answered first), "
             "crashed (the worker died while decoding).",
-            ["reason"], registry=r,
-        )  # fmt: skip
+            ["reason"],
+            registry=r,
+        )
         self.variant_skipped = Gauge(
             "resnet_variant_skipped",
             "Automatic variants (bf16_variants=auto) not served, 1 each, by reason: agreement "
             "(below its floors at load) or engine (cannot run here). GET /models says why.",
-            ["model", "reason"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            ["model", "reason"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.model_info = Gauge(
-            "resnet_model_info", "Served model; provider is what the session actually uses.",
-            ["model", "architecture", "weights", "random_weights", "precision", "provider",
-             "requested_provider", "fallback"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
+            "resnet_model_info",
+            "Served model; provider is what the engine actually runs on.",
+            [
+                "model",
+                "architecture",
+                "weights",
+                "random_weights",
+                "precision",
+                "provider",
+                "requested_provider",
+                "fallback",
+            ],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
         self.version_state = Gauge(
             "resnet_model_version_state",
             "1 for the state each model version is in (loading, ready, draining, failed, "
             "unloaded), 0 for the others. GET /models and the repository index say why.",
-            ["model", "version", "state"], registry=r, multiprocess_mode="livemax",
-        )  # fmt: skip
-        self.cache_hits = Counter(
-            "resnet_cache_hits", "Requests answered from the response cache.", ["model"],
+            ["model", "version", "state"],
             registry=r,
-        )  # fmt: skip
+            multiprocess_mode="livemax",
+        )
+        self.cache_hits = Counter(
+            "resnet_cache_hits",
+            "Requests answered from the response cache.",
+            ["model"],
+            registry=r,
+        )
         self.cache_misses = Counter(
-            "resnet_cache_misses", "Requests of a cached model not found in the response cache.",
-            ["model"], registry=r,
-        )  # fmt: skip
+            "resnet_cache_misses",
+            "Requests of a cached model not found in the response cache.",
+            ["model"],
+            registry=r,
+        )
         self.cache_evictions = Counter(
-            "resnet_cache_evictions", "Answers evicted from the response cache to make room "
-            "(least recently used first).", ["model"], registry=r,
-        )  # fmt: skip
+            "resnet_cache_evictions",
+            "Answers evicted from the response cache to make room (least recently used first).",
+            ["model"],
+            registry=r,
+        )
         self.cache_lookup = Counter(
-            "resnet_cache_lookup_seconds", "Seconds spent hashing and looking up requests in "
-            "the response cache, by outcome (hit or miss).", ["model", "outcome"], registry=r,
-        )  # fmt: skip
+            "resnet_cache_lookup_seconds",
+            "Seconds spent hashing and looking up requests in "
+            "the response cache, by outcome (hit or miss).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.cache_bytes = Gauge(
-            "resnet_cache_bytes", "Bytes of answers held by the response cache (all models).",
-            registry=r, multiprocess_mode="livesum",
-        )  # fmt: skip
+            "resnet_cache_bytes",
+            "Bytes of answers held by the response cache (all models).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
 
     def live(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Report ``read()`` (cheap, thread-safe) as the value of ``gauge`` (one labelled
@@ -193,7 +251,7 @@ class Metrics:
 
     def observe_batch(self, model: str, rows: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(rows)
-        self.inference.labels(model).observe(seconds)
-        self.inference_count.labels(model).inc(rows)
-        self.exec_count.labels(model).inc()
-        self.last_inference.labels(model).set_to_current_time()
+        self.run_seconds.labels(model).observe(seconds)
+        self.images_run.labels(model).inc(rows)
+        self.runs.labels(model).inc()
+        self.last_run.labels(model).set_to_current_time()

@@ -52,9 +52,11 @@ def _http_protocol(settings: Settings, state: AppState) -> type[asyncio.Protocol
     from server.http.httpguard import guarded_protocol
 
     return guarded_protocol(
-        max_headers=settings.max_headers, max_head_bytes=settings.max_head_bytes,
-        head_timeout_s=settings.head_timeout_s, metrics=state.metrics,
-    )  # fmt: skip
+        max_headers=settings.max_headers,
+        max_head_bytes=settings.max_head_bytes,
+        head_timeout_s=settings.head_timeout_s,
+        metrics=state.metrics,
+    )
 
 
 def serve(

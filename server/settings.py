@@ -8,6 +8,7 @@ values fail at start with a message naming the setting.
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.agreement import Floors, default_floors
 from contract.cpuinfo import available_cpus
+from server.models.engines.providers import provider as traits
 
 #: Shortest API key accepted: long enough that guessing it over the network is hopeless.
 MIN_API_KEY_CHARS = 16
@@ -139,8 +141,12 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="threads of one engine run; 0 = cores / instances"
     )
-    inter_op_threads: int = Field(1, ge=1)
-    instances: int = Field(1, ge=1, le=16, description="ONNX Runtime sessions per model")
+    instances: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="engine instances (sessions) per model, each with its own runner",
+    )
     cuda_device_id: int = Field(0, ge=0)
 
     # Batching
@@ -170,9 +176,11 @@ class Settings(BaseSettings):
         "thread: every decode in the thread, bounded by the size and structure limits only",
     )
     decode_cpu_base_ms: float = Field(
-        250.0, gt=0, description="CPU ms a decode may take before the header is read, and the "
+        250.0,
+        gt=0,
+        description="CPU ms a decode may take before the header is read, and the "
         "fixed part of its budget",
-    )  # fmt: skip
+    )
     decode_cpu_ms_per_mpixel: float = Field(
         50.0, ge=0, description="CPU ms more a decode may take per megapixel its header declares"
     )
@@ -186,10 +194,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(32, ge=1)
     max_json_body_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024,
+        8 * 1024 * 1024,
+        ge=1024,
         description="v2 bodies (or JSON headers) parsed as JSON: parsing grows them up to ~25x "
         "in memory, so they get a lower cap than binary tensors; one parse runs at a time",
-    )  # fmt: skip
+    )
     max_top_k: int = Field(1000, ge=1, le=1000)
     max_concurrent_requests: int = Field(512, ge=1, description="inference requests in flight")
     max_body_bytes_in_flight: int = Field(
@@ -203,23 +212,30 @@ class Settings(BaseSettings):
         description="seconds for the whole request body to arrive (total, not per chunk)",
     )
     max_connections: int = Field(
-        2048, ge=1, description="open connections and requests at once, all endpoints; past it "
+        2048,
+        ge=1,
+        description="open connections and requests at once, all endpoints; past it "
         "uvicorn answers 503 (health probes included, so keep it above max_concurrent_requests)",
-    )  # fmt: skip
+    )
     max_headers: int = Field(100, ge=1, le=10_000, description="headers per request")
     max_head_bytes: int = Field(
         32 * 1024, ge=1024, description="bytes of the request line and headers together"
     )
     head_timeout_s: float = Field(
-        10.0, gt=0, description="seconds for a request's head to arrive, from the connection "
+        10.0,
+        gt=0,
+        description="seconds for a request's head to arrive, from the connection "
         "(or the next request's first byte); the connection is closed past it",
-    )  # fmt: skip
-    keep_alive_s: float = Field(5.0, gt=0, description="idle seconds before a kept-alive "
-                                "connection is closed")  # fmt: skip
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="idle seconds before a kept-alive connection is closed"
+    )
     min_upload_bytes_per_s: float = Field(
-        16 * 1024, ge=0, description="least average rate a request body must arrive at, 2 s "
+        16 * 1024,
+        ge=0,
+        description="least average rate a request body must arrive at, 2 s "
         "after it starts (408 body_timeout below it); 0 = only body_timeout_s applies",
-    )  # fmt: skip
+    )
     drain_timeout_s: float = Field(20.0, ge=0)
     shutdown_delay_s: float = Field(
         0.0,
@@ -313,16 +329,18 @@ class Settings(BaseSettings):
             raise ValueError(f"warmup_batch_sizes {bad} outside 1..max_batch_size")
         return self
 
-    @property
+    @cached_property
     def budget_cores(self) -> int:
-        """Cores of one worker process: its share of ``cores`` (at least one)."""
+        """Cores of one worker process: its share of ``cores`` (at least one). Computed once:
+        ``available_cpus`` reads the cgroup files."""
         return max(1, (self.cores or available_cpus()) // self.workers)
 
     @property
     def threads(self) -> int:
         """Intra-op threads of one engine run (at most the budget: more could never run)."""
-        return min(self.intra_op_threads or max(1, self.budget_cores // self.instances),
-                   self.budget_cores)  # fmt: skip
+        return min(
+            self.intra_op_threads or max(1, self.budget_cores // self.instances), self.budget_cores
+        )
 
     @property
     def pool_threads(self) -> int:
@@ -330,7 +348,9 @@ class Settings(BaseSettings):
 
     def pads(self, provider: str) -> bool:
         """Whether batches on ``provider`` (the engine's actual one) run padded."""
-        return self.pad_batches == "on" or (self.pad_batches == "auto" and provider == "cuda")
+        return self.pad_batches == "on" or (
+            self.pad_batches == "auto" and traits(provider).one_shape_per_session
+        )
 
     def pad_sizes_for(self, provider: str) -> tuple[int, ...]:
         """The sizes batches on ``provider`` are padded to; empty when they are not."""
@@ -339,7 +359,7 @@ class Settings(BaseSettings):
     def session_sizes(self, provider: str) -> tuple[int, ...]:
         """Batch sizes that get an ONNX Runtime session of their own: the pad sizes, on CUDA
         only (a CPU session has no per-shape plan to lose, and each one costs the weights)."""
-        return self.pad_sizes_for(provider) if provider == "cuda" else ()
+        return self.pad_sizes_for(provider) if traits(provider).one_shape_per_session else ()
 
     def warmup_sizes_for(self, provider: str) -> list[int]:
         """What to run before readiness: the warm-up sizes, and every pad size when padding,

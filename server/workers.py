@@ -102,8 +102,9 @@ class Supervisor:
         """Serve until a signal or a failure; returns the exit status: 0 when stopped by a
         signal and every worker drained, 1 after a failure or a kill at the deadline."""
         # uvicorn's own binding (IPv6, SO_REUSEADDR, inheritable; exits with its message).
-        self._sock = uvicorn.Config("", host=self.settings.host, port=self.settings.port,
-                                    log_config=None).bind_socket()  # fmt: skip
+        self._sock = uvicorn.Config(
+            "", host=self.settings.host, port=self.settings.port, log_config=None
+        ).bind_socket()
         port = self._sock.getsockname()[1]
         metrics_dir = _metrics_dir()
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # read by each spawned worker at import
@@ -113,9 +114,13 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info(
-            "%d workers on %s:%d, %d cores each; metrics in %s", self.settings.workers,
-            self.settings.host, port, self.settings.budget_cores, metrics_dir,
-        )  # fmt: skip
+            "%d workers on %s:%d, %d cores each; metrics in %s",
+            self.settings.workers,
+            self.settings.host,
+            port,
+            self.settings.budget_cores,
+            metrics_dir,
+        )
         self._began = time.monotonic()
         try:
             for index in range(self.settings.workers):
@@ -137,9 +142,10 @@ class Supervisor:
     def _start(self, index: int, *, load_first: bool) -> None:
         ready_r, ready_w = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
-            target=_worker_main, name=f"worker-{index}",
+            target=_worker_main,
+            name=f"worker-{index}",
             args=(self.settings, self._sock, index, load_first, os.getpid(), ready_w),
-        )  # fmt: skip
+        )
         process.start()
         ready_w.close()  # the worker's copy is the only one: EOF once it exits
         self._workers[index] = process
@@ -197,8 +203,10 @@ class Supervisor:
             self._started = True
             log.info(
                 "all %d workers ready in %.1f s: a worker that dies or fails to load from now "
-                "on is replaced after its backoff", len(self._slots), time.monotonic() - self._began,
-            )  # fmt: skip
+                "on is replaced after its backoff",
+                len(self._slots),
+                time.monotonic() - self._began,
+            )
 
     def _on_exit(self, index: int, process: BaseProcess) -> None:
         process.join(5)  # its sentinel can close an instant before it can be reaped
@@ -215,28 +223,46 @@ class Supervisor:
             log.info("worker %d exited (%s)", index, code)
             return
         if code == _LOAD_FAILED and not self._started:
-            log.error("worker %d could not load or ready its models: stopping the server "
-                      "(at the first start, a load failure is a misconfiguration)", index)  # fmt: skip
+            log.error(
+                "worker %d could not load or ready its models: stopping the server "
+                "(at the first start, a load failure is a misconfiguration)",
+                index,
+            )
             self._stop(1, signal.SIGTERM)
             return
         now = time.monotonic()
         ready_for = None if slot.ready_at is None else now - slot.ready_at
         delay = slot.exited(now)
         what = "could not load or ready its models" if code == _LOAD_FAILED else "died"
-        when = (f"while loading ({slot.misses} in a row without getting ready)"
-                if ready_for is None else f"after {ready_for:.1f} s ready")  # fmt: skip
+        when = (
+            f"while loading ({slot.misses} in a row without getting ready)"
+            if ready_for is None
+            else f"after {ready_for:.1f} s ready"
+        )
         if no_worker_can_serve(self._slots):
             log.error(
                 "worker %d %s (exit %s) %s: no worker can serve (none ready, each of the %d "
                 "slots' last workers failed to get ready): stopping the server",
-                index, what, code, when, len(self._slots),
-            )  # fmt: skip
+                index,
+                what,
+                code,
+                when,
+                len(self._slots),
+            )
             self._stop(1, signal.SIGTERM)
             return
         self._restart_at[index] = now + delay
         serving = sum(s.serving for s in self._slots)
-        log.error("worker %d %s (exit %s) %s: replacement in %g s; %d of %d workers serving",
-                  index, what, code, when, delay, serving, len(self._slots))  # fmt: skip
+        log.error(
+            "worker %d %s (exit %s) %s: replacement in %g s; %d of %d workers serving",
+            index,
+            what,
+            code,
+            when,
+            delay,
+            serving,
+            len(self._slots),
+        )
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self._signals.append(sig)
@@ -273,9 +299,13 @@ def _metrics_dir() -> Path:
 
 
 def _worker_main(
-    settings: Settings, sock: socket.socket, index: int, load_first: bool, parent: int,
+    settings: Settings,
+    sock: socket.socket,
+    index: int,
+    load_first: bool,
+    parent: int,
     ready: Connection,
-) -> None:  # fmt: skip
+) -> None:
     """A worker process: one server on the supervisor's socket; one message on ``ready``
     once its models are ready."""
     os.setpgrp()

@@ -38,10 +38,22 @@ def export_models(out_dir: Path, names: tuple[str, ...] = ("resnet18", "resnet50
     missing = [n for n in names if not (out_dir / f"{n}.onnx").exists()]
     if missing:
         subprocess.run(
-            [sys.executable, "-m", "export", *missing, "--weights", "random", "--seed", "0",
-             "--out-dir", str(out_dir)],
-            check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "export",
+                *missing,
+                "--weights",
+                "random",
+                "--seed",
+                "0",
+                "--out-dir",
+                str(out_dir),
+            ],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
     return out_dir
 
 
@@ -62,10 +74,22 @@ def resnet18_seed1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _seed1(out: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "export", "resnet18", "--weights", "random", "--seed", "1",
-         "--out-dir", str(out)],
-        check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "resnet18",
+            "--weights",
+            "random",
+            "--seed",
+            "1",
+            "--out-dir",
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     return out / "resnet18.onnx"
 
 
@@ -84,10 +108,25 @@ def int8_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     the default calibration photos), once per session: its file and what the command printed."""
     out = tmp_path_factory.mktemp("int8")
     result = subprocess.run(
-        [sys.executable, "-m", "export", "resnet18", "--weights", "random", "--seed", "0",
-         "--precision", "int8", "--out-dir", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "resnet18",
+            "--weights",
+            "random",
+            "--seed",
+            "0",
+            "--precision",
+            "int8",
+            "--out-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return out / "resnet18-int8.onnx", result.stdout
 
@@ -192,9 +231,14 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_")}
     # provider cpu unless a test asks for another: most suites compare answers with a direct
     # ONNX Runtime session bit for bit; tests/integration/test_engines.py covers openvino.
-    env.update(RESNET_MODEL_DIR=str(model_dir), RESNET_PORT=str(port), RESNET_HOST="127.0.0.1",
-               RESNET_INTRA_OP_THREADS="2", RESNET_LOG_LEVEL="info",
-               RESNET_PROVIDER="cpu")  # fmt: skip
+    env.update(
+        RESNET_MODEL_DIR=str(model_dir),
+        RESNET_PORT=str(port),
+        RESNET_HOST="127.0.0.1",
+        RESNET_INTRA_OP_THREADS="2",
+        RESNET_LOG_LEVEL="info",
+        RESNET_PROVIDER="cpu",
+    )
     env.update({f"RESNET_{k.upper()}": str(v) for k, v in settings.items()})
     log_path = tmp_path / f"server-{port}.log"
     with log_path.open("wb") as out:
@@ -217,9 +261,13 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """One shared server on both models, default settings but a small delay-policy batcher so
     concurrent requests visibly batch."""
     srv = start_server(
-        model_dir, tmp_path_factory.mktemp("server"),
-        batching="delay", max_queue_delay_ms=30, max_batch_size=8, max_queue_size=64,
+        model_dir,
+        tmp_path_factory.mktemp("server"),
+        batching="delay",
+        max_queue_delay_ms=30,
+        max_batch_size=8,
+        max_queue_size=64,
         warmup_batch_sizes="1,8",
-    )  # fmt: skip
+    )
     yield srv
     srv.stop()

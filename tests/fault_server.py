@@ -1,8 +1,9 @@
 """A test-only launcher: the real server with a fault-injecting run function.
 
 Run as ``python -m tests.fault_server`` (``start_server(..., module="tests.fault_server")``);
-it takes the same settings as ``python -m server``. The wrapped run function (warm-up calls
-the engine directly, so it is not affected) looks at the crops of each batch:
+it takes the same settings as ``python -m server``. Each model's runners get the wrapped run
+function (patched where the repository makes them; warm-up calls the engine directly, so it
+is not affected), which looks at the crops of each batch:
 
 - a *poison* crop (every pixel 0: an all-black image) makes the run raise ``RuntimeError``,
   so exactly the batch holding it fails;
@@ -22,9 +23,9 @@ from unittest import mock
 
 import numpy as np
 
-from server import cli, serving
-from server.app import create_app
-from server.flow.runner import EngineRun
+from server import cli
+from server.flow.runner import EngineRun, Runner
+from server.models import repository
 
 
 def faulty(run: EngineRun) -> EngineRun:
@@ -45,10 +46,10 @@ def faulty(run: EngineRun) -> EngineRun:
 
 
 def main() -> None:
-    def faulty_app(*args: Any, **kwargs: Any) -> Any:
-        return create_app(*args, run_wrapper=faulty, **kwargs)
+    def faulty_runner(name: str, run: EngineRun, *args: Any, **kwargs: Any) -> Runner:
+        return Runner(name, faulty(run), *args, **kwargs)
 
-    with mock.patch.object(serving, "create_app", faulty_app):
+    with mock.patch.object(repository, "Runner", faulty_runner):
         cli.main([])
 
 

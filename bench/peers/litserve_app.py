@@ -53,8 +53,13 @@ class ResNetAPI(ls.LitAPI):  # type: ignore[misc]
 def main() -> None:
     api = ResNetAPI(max_batch_size=ARGS.max_batch_size, batch_timeout=ARGS.batch_timeout_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60)
-    server.run(host="127.0.0.1", port=ARGS.port, num_api_servers=1, log_level="warning",
-               generate_client_file=False)  # fmt: skip
+    server.run(
+        host="127.0.0.1",
+        port=ARGS.port,
+        num_api_servers=1,
+        log_level="warning",
+        generate_client_file=False,
+    )
 
 
 if __name__ == "__main__":

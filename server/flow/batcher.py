@@ -1,7 +1,7 @@
 """Dynamic batching: many concurrent requests, few calls to a runner.
 
 Callers ``await batcher.submit(payload, rows)``; each item waits in one FIFO queue until a
-worker (one per runner, i.e. per model instance) takes a batch of items from the head and
+dispatcher (a task per runner, i.e. per model instance) takes a batch of items from the head and
 awaits its runner once for all of them. The batcher is plain asyncio: it imports no web
 framework and no runtime, and never blocks the event loop (the runner is awaited; the real
 one, :class:`server.flow.runner.Runner`, hands the engine run to a thread).
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-Runner: TypeAlias = Callable[[Sequence[T]], Awaitable[Sequence[R | Exception]]]
+RunBatch: TypeAlias = Callable[[Sequence[T]], Awaitable[Sequence[R | Exception]]]
 """Takes the payloads of one batch, returns one result per payload, in the same order; an
 exception in place of a result fails that item alone (InferenceFailed), not its batch."""
 
@@ -43,7 +43,7 @@ class BatchConfig:
     """
 
     max_batch_size: int = 32
-    """Most rows in one execution, >= 1."""
+    """Most rows in one run, >= 1."""
     max_queue_delay: float = 0.005
     """Delay policy: longest the oldest waiting item waits for a fuller batch, >= 0 s."""
     max_queue_size: int = 256
@@ -51,7 +51,7 @@ class BatchConfig:
     queue_timeout: float = 5.0
     """Longest an item may wait to be dispatched before QueueTimeout, > max_queue_delay s."""
     eager: bool = True
-    """True: an idle worker takes whatever is waiting at once; False: full batch or delay."""
+    """True: an idle dispatcher takes whatever is waiting at once; False: full batch or delay."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -80,9 +80,9 @@ class Completed(Generic[R]):
     queue_seconds: float
     """From enqueue to dispatch."""
     run_seconds: float
-    """Duration of the batch execution this item was in."""
+    """Duration of the batch run this item was in."""
     batch_rows: int
-    """Total rows in that execution."""
+    """Total rows in that run."""
 
 
 @dataclass(eq=False)
@@ -105,11 +105,11 @@ class _State(Enum):
 
 
 class Batcher(Generic[T, R]):
-    """A FIFO queue of items served in batches by one worker task per runner."""
+    """A FIFO queue of items served in batches by one dispatcher task per runner."""
 
     def __init__(
         self,
-        runners: Sequence[Runner[T, R]],
+        runners: Sequence[RunBatch[T, R]],
         config: BatchConfig,
         *,
         name: str = "",
@@ -126,7 +126,7 @@ class Batcher(Generic[T, R]):
         self._queued_rows = 0
         self._in_flight = 0
         self._state = _State.NEW
-        self._workers: list[asyncio.Task[None]] = []
+        self._dispatchers: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
 
@@ -146,12 +146,12 @@ class Batcher(Generic[T, R]):
         return self._state is _State.RUNNING
 
     async def start(self) -> None:
-        """Start one worker task per runner on the running loop. RuntimeError if not new."""
+        """Start one dispatcher task per runner on the running loop. RuntimeError if not new."""
         if self._state is not _State.NEW:
             raise RuntimeError(f"batcher {self._name!r} already started")
         self._state = _State.RUNNING
-        self._workers = [
-            asyncio.create_task(self._work(runner), name=f"batcher-{self._name}-{i}")
+        self._dispatchers = [
+            asyncio.create_task(self._dispatch_loop(runner), name=f"batcher-{self._name}-{i}")
             for i, runner in enumerate(self._runners)
         ]
 
@@ -195,7 +195,7 @@ class Batcher(Generic[T, R]):
                 self._remove(item)
 
     async def stop(self, drain_timeout: float) -> None:
-        """Stop accepting work, drain for up to ``drain_timeout`` s, then cancel the workers.
+        """Stop accepting work, drain for up to ``drain_timeout`` s, then cancel the dispatchers.
 
         Items still queued or running after the drain fail with ShuttingDown. Idempotent;
         a concurrent second call waits for the first to finish.
@@ -204,16 +204,16 @@ class Batcher(Generic[T, R]):
             await self._stopped.wait()
             return
         self._state = _State.STOPPING
-        self._notify()  # delay-policy workers flush without waiting
+        self._notify()  # delay-policy dispatchers flush without waiting
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_timeout):
                     while self._queue or self._in_flight:
                         await self._changed.wait()
         finally:  # even if stop() itself is cancelled, leave nothing running or waiting
-            for task in self._workers:
+            for task in self._dispatchers:
                 task.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
+            await asyncio.gather(*self._dispatchers, return_exceptions=True)
             while self._queue:
                 item = self._queue[0]
                 self._remove(item)
@@ -291,7 +291,7 @@ class Batcher(Generic[T, R]):
         self._in_flight += rows
         return batch
 
-    async def _work(self, runner: Runner[T, R]) -> None:
+    async def _dispatch_loop(self, runner: RunBatch[T, R]) -> None:
         while True:
             try:
                 batch = await self._next_batch()
@@ -300,10 +300,10 @@ class Batcher(Generic[T, R]):
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the loop die: later callers would wait forever
-                log.exception("batcher %r: unexpected error in worker loop", self._name)
+                log.exception("batcher %r: unexpected error in dispatch loop", self._name)
                 await asyncio.sleep(0)
 
-    async def _dispatch(self, runner: Runner[T, R], batch: list[_Item[T, R]]) -> None:
+    async def _dispatch(self, runner: RunBatch[T, R], batch: list[_Item[T, R]]) -> None:
         rows = sum(item.rows for item in batch)
         start = self._clock()
         try:

@@ -141,9 +141,11 @@ class DecodeWorker:
         parent, child = self._context.Pipe()
         _widen(parent)
         process = self._context.Process(
-            target=_worker_main, args=(child, self._budget.memory_bytes), daemon=True,
+            target=_worker_main,
+            args=(child, self._budget.memory_bytes),
+            daemon=True,
             name="decode-worker",
-        )  # fmt: skip
+        )
         process.start()
         child.close()
         self._process, self._conn = process, parent
@@ -164,9 +166,13 @@ class DecodeWorker:
         self._process = self._conn = None
 
     def preprocess(
-        self, data: bytes, spec: Preprocessing, limits: DecodeLimits, out: np.ndarray,
+        self,
+        data: bytes,
+        spec: Preprocessing,
+        limits: DecodeLimits,
+        out: np.ndarray,
         abandoned: threading.Event,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Decode ``data`` and transform it into ``out`` (uint8 ``(crop, crop, 3)``).
 
         Returns False, having written nothing, when ``abandoned`` was set first (the worker

@@ -1,14 +1,20 @@
-"""The request path shared by ``/predict`` and the v2 protocol.
+"""The request path every front door (``/predict``, v2 REST, gRPC) enters once:
+:meth:`Pipeline.infer`.
 
 1. **admit** (before the body is read): the model's image budget (:mod:`server.flow.admission`)
    says yes, or the request gets a fast 503 having cost nothing;
-2. **decode** in the preprocessing pool, each crop written straight into the request's
+2. **read**: the front door reads and parses its request (its own code); a model with the
+   response cache (:mod:`server.flow.respcache`) answers a repeated request here, and
+   otherwise the admission **grows** to the request's images;
+3. **decode** in the preprocessing pool, each crop written straight into the request's
    ``[n, H, W, 3]`` array;
-3. **submit** the rows to the model's batcher, which runs them (with other requests' rows)
-   on an engine and scores them (:mod:`server.flow.runner`).
+4. **submit** the rows to the model's batcher in chunks of at most one batch, accepted or
+   refused together, which runs them (with other requests' rows) on an engine and scores them
+   (:mod:`server.flow.runner`).
 
-One deadline, set at admission, covers steps 2 and 3: a request not dispatched by then is
-dropped with 503 ``queue_timeout``.
+One deadline, set at admission (reset when the body has arrived), covers steps 3 and 4: a
+request not dispatched by then is dropped with 503 ``queue_timeout``. Every refusal is counted
+here, once per request.
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from contract.errors import (
+    DeadlineExceeded,
     ImageTooCostly,
     ImageTooLarge,
     InvalidImage,
@@ -42,6 +49,7 @@ from server.flow.admission import Ticket
 from server.flow.batcher import Completed
 from server.flow.cpubudget import CpuBudget
 from server.flow.decodepool import DecodeBudget, DecodePool, decodes_inline
+from server.flow.respcache import ResponseCache, lookup
 from server.flow.runner import Job
 from server.metrics import Metrics
 from server.models.repository import ServedModel
@@ -49,6 +57,7 @@ from server.settings import Settings
 from server.threadname import name_os_thread
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -60,11 +69,78 @@ class Decoded:
     seconds: np.ndarray
 
 
+@dataclass(frozen=True)
+class Images:
+    """What a front door read from one request: ``rows`` (uint8 ``[n, H, W, 3]``, the model's
+    own tensor) or ``encoded`` images to decode, and the classes to rank per row (``top_k``).
+    ``element``: a message prefix naming a failing encoded image, formatted with its index
+    ``i`` (e.g. ``"input 'image_bytes' element {i}: "``)."""
+
+    top_k: int
+    rows: np.ndarray | None = None
+    encoded: list[bytes] = field(default_factory=list)
+    element: str = ""
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) if self.rows is not None else len(self.encoded)
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """A request's answer: per chunk of at most one batch, its rows and their scores (in
+    request order), and the seconds each image took to decode (float64 ``[n]``; 0 for rows
+    sent as a tensor)."""
+
+    parts: list[tuple[slice, Completed[Scores]]]
+    seconds: np.ndarray
+
+    @property
+    def scores(self) -> Scores:
+        """Every row's scores, in request order."""
+        if len(self.parts) == 1:
+            return self.parts[0][1].value
+        values = [done.value for _, done in self.parts]
+        return Scores(
+            np.concatenate([v.logits for v in values]),
+            np.concatenate([v.indices for v in values]),
+            np.concatenate([v.probabilities for v in values]),
+        )
+
+
+async def all_or_none(parts: Iterable[Awaitable[T]]) -> list[T]:
+    """Await every part; if one fails, cancel the others (freeing their queue slots) and
+    re-raise that failure. ``asyncio.gather`` alone would leave them queued and running."""
+    tasks = [asyncio.ensure_future(p) for p in parts]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _unguarded(work: Awaitable[T]) -> T:
+    return await work
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 def _decode_into(
-    data: bytes, spec: Preprocessing, limits: DecodeLimits, out: np.ndarray, metrics: Metrics,
-    model: str, budget: CpuBudget, abandoned: threading.Event, workers: DecodePool | None,
+    data: bytes,
+    spec: Preprocessing,
+    limits: DecodeLimits,
+    out: np.ndarray,
+    metrics: Metrics,
+    model: str,
+    budget: CpuBudget,
+    abandoned: threading.Event,
+    workers: DecodePool | None,
     inline: bool,
-) -> float:  # fmt: skip
+) -> float:
     """Runs in the pool, on one core of the budget; timed once it has the core, so waiting
     for a thread or a core is not counted as decoding. Skipped (0 s) if its request was
     abandoned (failed, timed out, client gone) while it waited for the core. With
@@ -93,13 +169,22 @@ class Pipeline:
     """Owns the preprocessing thread pool (and its decode worker processes); stateless
     otherwise."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, budget: CpuBudget) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        budget: CpuBudget,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        """``cache``: the response cache, for the models that opted in (None: off)."""
         self._metrics = metrics
+        self._cache = cache
         self._budget = budget
         self._limits = DecodeLimits(
-            max_pixels=settings.max_image_pixels, fast_jpeg=settings.fast_jpeg_decode,
+            max_pixels=settings.max_image_pixels,
+            fast_jpeg=settings.fast_jpeg_decode,
             max_jpeg_scans=settings.max_jpeg_scans,
-        )  # fmt: skip
+        )
         self._threads = settings.pool_threads
         self._pool: ThreadPoolExecutor | None = None
         self._parser: ThreadPoolExecutor | None = None
@@ -166,7 +251,64 @@ class Pipeline:
             self._workers.close()
             self._workers = None
 
-    def admit(self, model: ServedModel, images: int = 1) -> Ticket:
+    async def infer(
+        self,
+        model: ServedModel,
+        read: Callable[[Ticket], Awaitable[tuple[R, Images]]],
+        *,
+        guard: Callable[[Awaitable[Inferred]], Awaitable[Inferred]] = _unguarded,
+        deadline: float | None = None,
+    ) -> tuple[R, Inferred]:
+        """The one way into the pipeline: admit one image of ``model``'s budget, ``read`` the
+        request, grow to its images, decode them, and run them in chunks of at most one
+        batch, all or none.
+
+        ``read(ticket)``: the front door reads and parses its request (calling
+        ``ticket.body_complete()`` once a body has arrived); returns what the door keeps for
+        its answer and the request's :class:`Images`. ``guard``: wraps the work after
+        reading (REST: cancelled when the client disconnects). ``deadline``: the caller's own
+        (event-loop time, a gRPC call's), when sooner than queue_timeout's; a request it
+        drops raises DeadlineExceeded rather than QueueTimeout.
+
+        Raises:
+            QueueFull: no room for the request's images (503; counted as rejected).
+            QueueTimeout, DeadlineExceeded: not run in time (counted as rejected).
+            InvalidImage, UnsupportedImageFormat, ImageTooLarge, ImageTooCostly: an image.
+            ShuttingDown, InferenceFailed: from the batcher. Whatever ``read`` raises.
+        """
+        with self._admit(model) as ticket:  # before a byte of the request is read
+            callers = deadline is not None and deadline < ticket.deadline
+            if deadline is not None and callers:
+                ticket.deadline = deadline
+            kept, images = await read(ticket)
+            given = images.rows if images.rows is not None else images.encoded
+            key, hit = await lookup(self._cache, model, given, images.top_k)
+            if hit is not None:  # nothing decoded, queued or run: timings 0
+                n = images.count
+                return kept, Inferred([(slice(0, n), Completed(hit, 0.0, 0.0, 0))], np.zeros(n))
+            self._grow(model, ticket, images.count - 1)
+            try:
+                inferred = await guard(self._run(model, ticket, images))
+                if key is not None and self._cache is not None:
+                    self._cache.put(key, inferred.scores)
+                return kept, inferred
+            except QueueTimeout:
+                if not callers:
+                    raise
+                raise DeadlineExceeded(
+                    "the call's deadline passed before the request was run; dropped"
+                ) from None
+
+    async def _run(self, model: ServedModel, ticket: Ticket, images: Images) -> Inferred:
+        rows, seconds = images.rows, np.zeros(images.count)
+        if rows is None:
+            decoded = await self._decode(model, ticket, images.encoded, images.element)
+            rows, seconds = decoded.pixels, decoded.seconds
+        chunks = _chunks(len(rows), model.config.max_batch_size)
+        work = all_or_none(self._submit(model, ticket, rows[c], images.top_k) for c in chunks)
+        return Inferred(list(zip(chunks, await work, strict=True)), seconds)
+
+    def _admit(self, model: ServedModel, images: int = 1) -> Ticket:
         """Take ``images`` from ``model``'s budget before reading anything.
 
         Raises:
@@ -178,15 +320,15 @@ class Pipeline:
             self._metrics.rejected.labels(model.name, e.code).inc()
             raise
 
-    def grow(self, model: ServedModel, ticket: Ticket, images: int) -> None:
-        """The request holds ``images`` more than admitted. Raises QueueFull as ``admit``."""
+    def _grow(self, model: ServedModel, ticket: Ticket, images: int) -> None:
+        """The request holds ``images`` more than admitted. Raises QueueFull as ``_admit``."""
         try:
             ticket.grow(images)
         except QueueFull as e:
             self._metrics.rejected.labels(model.name, e.code).inc()
             raise
 
-    async def decode(
+    async def _decode(
         self, model: ServedModel, ticket: Ticket, items: list[bytes], element: str = ""
     ) -> Decoded:
         """Decode and transform ``items`` in parallel into one ``[n, H, W, 3]`` array.
@@ -206,11 +348,22 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         abandoned = threading.Event()
         futures = [
-            loop.run_in_executor(self._pool, _decode_into, data, spec, self._limits, pixels[i],
-                                 self._metrics, model.name, self._budget, abandoned,
-                                 self._workers, self._inline)
+            loop.run_in_executor(
+                self._pool,
+                _decode_into,
+                data,
+                spec,
+                self._limits,
+                pixels[i],
+                self._metrics,
+                model.name,
+                self._budget,
+                abandoned,
+                self._workers,
+                self._inline,
+            )
             for i, data in enumerate(items)
-        ]  # fmt: skip
+        ]
         try:
             async with asyncio.timeout_at(ticket.deadline):
                 seconds = await asyncio.gather(*futures)
@@ -232,7 +385,7 @@ class Pipeline:
                 f.cancel()
         return Decoded(pixels, np.asarray(seconds, dtype=np.float64))
 
-    async def submit(
+    async def _submit(
         self, model: ServedModel, ticket: Ticket, rows: np.ndarray, top_k: int
     ) -> Completed[Scores]:
         """Queue ``rows`` (uint8 ``[N, H, W, 3]``, N <= max batch) and wait for their scores.

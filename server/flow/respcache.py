@@ -91,9 +91,13 @@ class ResponseCache:
         return len(self._entries)
 
     async def lookup(
-        self, model: str, version: str, generation: int, images: Sequence[bytes] | np.ndarray,
+        self,
+        model: str,
+        version: str,
+        generation: int,
+        images: Sequence[bytes] | np.ndarray,
         k: int,
-    ) -> tuple[CacheKey, Scores | None]:  # fmt: skip
+    ) -> tuple[CacheKey, Scores | None]:
         """The key of this request and its cached scores (None: a miss). Counts a hit or a
         miss and the seconds spent."""
         start = time.perf_counter()
@@ -144,14 +148,3 @@ async def lookup(
     if cache is None or model.spec is None or not model.spec.cache:
         return None, None
     return await cache.lookup(model.name, model.version, model.generation, images, k)
-
-
-def join(parts: Sequence[Scores]) -> Scores:
-    """One request's scores from its chunks' (each ``[n_i, ...]``), in order."""
-    if len(parts) == 1:
-        return parts[0]
-    return Scores(
-        np.concatenate([p.logits for p in parts]),
-        np.concatenate([p.indices for p in parts]),
-        np.concatenate([p.probabilities for p in parts]),
-    )

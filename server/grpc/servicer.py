@@ -6,8 +6,8 @@ functions; errors become gRPC statuses by :mod:`server.grpc.status`.
 apart: health and metadata calls are never refused for it), the API key (metadata
 ``authorization: Bearer <key>`` or ``x-api-key``), the
 model's admission ticket before anything of the payload is looked at, the call's deadline (if
-sooner) as the request's, then :func:`server.v2.inference.run` (decode in the pool, the
-batcher). A call the client cancels, or whose deadline passes, is cancelled by grpc: its
+sooner) as the request's: the pipeline's one entry (:meth:`server.flow.pipeline.Pipeline.infer`:
+admission, decode in the pool, the batcher). A call the client cancels, or whose deadline passes, is cancelled by grpc: its
 rows leave the batch queue unrun, as a REST request's do when its client disconnects.
 Counted in ``resnet_requests_total{endpoint="grpc_infer"}``.
 """
@@ -24,13 +24,12 @@ import grpc
 from contract.errors import (
     BadRequest,
     ClientDisconnected,
-    DeadlineExceeded,
     Overloaded,
-    QueueTimeout,
     ServerError,
 )
 from server.auth import check_api_key
 from server.flow.admission import Ticket
+from server.flow.pipeline import Images
 from server.grpc import status, translate
 from server.grpc.proto import grpc_service_pb2 as pb
 from server.metrics import UNKNOWN_MODEL
@@ -74,16 +73,10 @@ def _key_metadata(context: Context) -> tuple[str, str]:
     return found["authorization"], found["x-api-key"]
 
 
-def _shorten(ticket: Ticket, context: Context) -> bool:
-    """The request's deadline becomes the call's, when that is sooner; returns whether it did."""
+def _deadline(context: Context) -> float | None:
+    """The call's deadline in event-loop time, or None when it has none."""
     remaining: float | None = context.time_remaining()
-    if remaining is None:
-        return False
-    deadline = asyncio.get_running_loop().time() + remaining
-    if deadline >= ticket.deadline:
-        return False
-    ticket.deadline = deadline
-    return True
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
 def _unimplemented(name: str) -> Callable[[Any, Any, Context], Awaitable[None]]:
@@ -210,22 +203,21 @@ class InferenceServicer:
         state = self._state
         check_api_key(state.settings.api_key, *_key_metadata(context))
         model = describe.model_at(state, request.model_name, request.model_version, ready=True)
-        with state.pipeline.admit(model) as ticket:  # before the payload is looked at
-            callers = _shorten(ticket, context)
+
+        async def read(ticket: Ticket) -> tuple[inference.Prepared, Images]:
+            # Admitted before the payload is looked at; the message arrived whole, so its
+            # deadline counts from now and its images count toward the backlog.
+            ticket.body_complete()
             if not request.raw_input_contents and request.ByteSize() > _OFFLOAD_BYTES:
                 prepared = await asyncio.to_thread(_prepare, model, request)
             else:
                 prepared = _prepare(model, request)
-            try:
-                scores = await inference.run(state, model, ticket, prepared)
-            except QueueTimeout:
-                if not callers:
-                    raise
-                # The call's deadline, not queue_timeout, dropped it (grpc may cancel first).
-                raise DeadlineExceeded(
-                    "the call's deadline passed before the request was run; dropped"
-                ) from None
-        return translate.infer_response(model, prepared, scores)
+            return prepared, inference.images(prepared)
+
+        # The call's deadline, when sooner than queue_timeout's, is the request's (grpc may
+        # also cancel the call first).
+        prepared, inferred = await state.pipeline.infer(model, read, deadline=_deadline(context))
+        return translate.infer_response(model, prepared, inferred.scores)
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context

@@ -27,7 +27,7 @@ from server.models.repository import ServedModel
 from server.v2 import codec
 from server.v2.codec import ParsedRequest
 from server.v2.inference import Prepared, output_tensors
-from server.v2.schemas import ModelConfig, ModelMetadata, ModelStats, ServerMetadata
+from server.v2.schemas import ModelConfig, ModelMetadataResponse, ModelStats, ServerMetadata
 
 _LENGTH: Final = struct.Struct("<I")
 
@@ -114,7 +114,7 @@ def server_metadata(doc: ServerMetadata) -> pb.ServerMetadataResponse:
     return pb.ServerMetadataResponse(name=doc.name, version=doc.version, extensions=doc.extensions)
 
 
-def model_metadata(doc: ModelMetadata) -> pb.ModelMetadataResponse:
+def model_metadata(doc: ModelMetadataResponse) -> pb.ModelMetadataResponse:
     return json_format.ParseDict(doc.model_dump(), pb.ModelMetadataResponse())
 
 

@@ -1,11 +1,11 @@
-"""Cancel work nobody will read: for clients that have gone away, and for the rest of a
-request once one of its parts has failed."""
+"""Cancel work nobody will read: for clients that have gone away (the rest of a request once
+one of its parts has failed is :func:`server.flow.pipeline.all_or_none`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from starlette.requests import Request
@@ -45,16 +45,3 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
             if not watcher.cancelled() and watcher.done():
                 raise ClientDisconnected("client disconnected before the answer was ready")
     return task.result()
-
-
-async def all_or_none(parts: Iterable[Awaitable[T]]) -> list[T]:
-    """Await every part; if one fails, cancel the others (freeing their queue slots) and
-    re-raise that failure. ``asyncio.gather`` alone would leave them queued and running."""
-    tasks = [asyncio.ensure_future(p) for p in parts]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

@@ -6,7 +6,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from contract.errors import (
+    BadRequest,
     InvalidParameter,
+    MethodNotAllowed,
+    NotFound,
     NotReady,
     Overloaded,
     QueueFull,
@@ -16,6 +19,7 @@ from contract.errors import (
     Unauthorized,
     error_body,
     error_headers,
+    validation_problems,
 )
 
 if TYPE_CHECKING:
@@ -52,10 +56,7 @@ def install_handlers(
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        parts = []
-        for e in exc.errors()[:5]:
-            where = ".".join(str(x) for x in e.get("loc", ()))
-            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        parts = validation_problems(exc.errors(), "request")
         err = InvalidParameter("invalid request: " + "; ".join(parts))
         if on_early_error is not None:
             on_early_error(request.scope, err)
@@ -63,14 +64,13 @@ def install_handlers(
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        return JSONResponse(
-            {"error": str(exc.detail), "code": code}, exc.status_code, headers=exc.headers
-        )
+        kind = {404: NotFound, 405: MethodNotAllowed}.get(exc.status_code, BadRequest)
+        err = kind(str(exc.detail))
+        return JSONResponse(error_body(err), exc.status_code, headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal error", "code": "internal_error"}, 500)
+        return JSONResponse(error_body(ServerError("internal error")), 500)
 
     app.add_exception_handler(ServerError, on_server_error)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -23,7 +23,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from contract.errors import HeadersTooLarge, HeaderTimeout, ServerError
+from contract.errors import HeadersTooLarge, HeaderTimeout, ServerError, error_body
 from server.metrics import Metrics
 
 _REASONS = {HeadersTooLarge: "headers_too_large", HeaderTimeout: "header_timeout"}
@@ -31,7 +31,7 @@ _REASONS = {HeadersTooLarge: "headers_too_large", HeaderTimeout: "header_timeout
 
 def raw_response(err: ServerError) -> bytes:
     """``err`` as a complete HTTP/1.1 response that closes the connection."""
-    body = json.dumps({"error": err.message, "code": err.code}).encode()
+    body = json.dumps(error_body(err)).encode()
     reason = {408: "Request Timeout", 431: "Request Header Fields Too Large"}.get(err.status, "")
     head = (
         f"HTTP/1.1 {err.status} {reason}\r\ncontent-type: application/json\r\n"
@@ -72,9 +72,11 @@ def guarded_protocol(
                 return
             self._head_bytes += len(data)
             if self._head_bytes > max_head_bytes:
-                self._refuse(HeadersTooLarge(
-                    f"request head exceeds {max_head_bytes} bytes (request line and headers)"
-                ))  # fmt: skip
+                self._refuse(
+                    HeadersTooLarge(
+                        f"request head exceeds {max_head_bytes} bytes (request line and headers)"
+                    )
+                )
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -12,7 +12,14 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contract.errors import BodyTimeout, BodyTooLarge, ClientDisconnected, Overloaded, ServerError
+from contract.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientDisconnected,
+    Overloaded,
+    ServerError,
+    error_body,
+)
 
 #: Seconds a body may take before the minimum upload rate applies (connection set-up, TCP
 #: slow start, a client that computes its multipart framing first).
@@ -27,7 +34,7 @@ def is_inference(scope: Scope) -> bool:
 
 async def send_error(send: Send, err: ServerError) -> None:
     """Answer with the server's JSON error shape without involving the app."""
-    body = json.dumps({"error": err.message, "code": err.code}).encode()
+    body = json.dumps(error_body(err)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if err.retry_after is not None:
         headers.append((b"retry-after", str(err.retry_after).encode()))

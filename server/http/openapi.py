@@ -36,9 +36,11 @@ def openapi_with_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(
-                title=app.title, version=app.version, description=app.description,
+                title=app.title,
+                version=app.version,
+                description=app.description,
                 routes=app.routes,
-            )  # fmt: skip
+            )
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             for name in _FASTAPI_VALIDATION:
                 schemas.pop(name, None)

@@ -127,8 +127,7 @@ class RepositoryControl:
                 "files and config.json in model_dir are what is loaded"
             )
         async with self._lock:
-            await reconcile(self._repo, self._cache, name, await self._specs(name),
-                            *self._drain())  # fmt: skip
+            await reconcile(self._repo, self._cache, name, await self._specs(name), *self._drain())
 
     async def unload(self, name: str) -> None:
         """Retire every version of ``name`` (they drain in the background).

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from contract.agreement import Agreement, Floors, compare, default_floors, violations
-from contract.photos import Photo, photo_batch, verification_photos
+from contract.photos import photo_batch, reference_photos
 from server.models.engines import Engine, EngineReport
 
 
@@ -55,12 +55,6 @@ class LoadAgreement:
         }
 
 
-def _photos_of(reference_photos: tuple[tuple[str, str], ...]) -> list[Photo] | None:
-    by_hash = {p.sha256: p for p in verification_photos()}
-    found = [by_hash.get(sha256) for _, sha256 in reference_photos]
-    return None if any(p is None for p in found) else [p for p in found if p is not None]
-
-
 def check_agreement(
     name: str, engine: Engine, floors: Floors | None = None
 ) -> LoadAgreement | None:
@@ -75,7 +69,7 @@ def check_agreement(
     reference = engine.meta.reference
     if reference is None:
         return None
-    photos = _photos_of(reference.photos)
+    photos = reference_photos(reference.photos)
     if photos is None:
         return None
     report = engine.report
@@ -90,8 +84,13 @@ def check_agreement(
         for n in report.session_batch_sizes:
             got = compare(reference.logits, run_in_batches_of(engine, instance, batch, n))
             _refuse_if_missed(name, report, got, floors, f" (instance {instance}, batch {n})")
-    return LoadAgreement(agreement, floors, report.precision, report.provider,
-                         len(report.session_batch_sizes) * engine.instances)  # fmt: skip
+    return LoadAgreement(
+        agreement,
+        floors,
+        report.precision,
+        report.provider,
+        len(report.session_batch_sizes) * engine.instances,
+    )
 
 
 def run_in_batches_of(engine: Engine, instance: int, x: np.ndarray, n: int) -> np.ndarray:

@@ -21,30 +21,30 @@ from typing import Any, TypeVar
 from contract.agreement import Agreement, Floors
 from contract.cpuinfo import CpuInfo
 from contract.errors import NotReady, UnknownModel
-from contract.modelmeta import ModelMetadata
+from contract.modelmeta import BF16_SUFFIX, ModelMetadata
 from contract.onnxfile import read_metadata_props
 from contract.scores import Scores
 from server.flow.admission import Admission
 from server.flow.batcher import BatchConfig, Batcher
 from server.flow.cpubudget import CpuBudget
-from server.flow.runner import EngineRun, Job, Runner
+from server.flow.runner import Job, Runner
 from server.metrics import Metrics
 from server.models import background
 from server.models.engines import (
+    FALLBACK,
     Engine,
     EngineOptions,
     EngineUnavailable,
     auto_provider,
     open_engine,
 )
+from server.models.engines import provider as traits
 from server.models.fidelity import AgreementError, LoadAgreement, check_agreement
 from server.models.versions import VersionPolicy, read_config, scan
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-BF16_SUFFIX = "-bf16"
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,8 @@ class ServedModel:
     agreement: LoadAgreement | None = None
     """the load-time agreement check; None when off or the file carries no reference"""
     load_seconds: float = 0.0
-    ready: bool = False
     not_ready_reason: str = "loading"
+    """why it may not take traffic; empty when it may"""
     warnings: list[str] = field(default_factory=list)
     """automatic choices that did not go as planned (a provider fallback), for ``/models``"""
     version: str = "1"
@@ -124,6 +124,11 @@ class ServedModel:
     spec: ModelSpec | None = None
     draining: bool = False
     """retired: no new request reaches it; those admitted finish (``server.models.swap``)"""
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed up and running as asked: it may take traffic."""
+        return not self.not_ready_reason
 
     @property
     def state(self) -> str:
@@ -141,7 +146,9 @@ class ServedModel:
 def batch_config(settings: Settings, provider: str) -> BatchConfig:
     """``auto`` batching is eager on CPU (waiting buys no throughput there, see
     docs/BATCHING.md) and delay-based on GPU, where fuller batches are much cheaper per image."""
-    eager = settings.batching == "eager" or (settings.batching == "auto" and provider != "cuda")
+    eager = settings.batching == "eager" or (
+        settings.batching == "auto" and traits(provider).eager_batching
+    )
     return BatchConfig(
         max_batch_size=settings.max_batch_size,
         max_queue_delay=settings.max_queue_delay_ms / 1000,
@@ -158,7 +165,7 @@ def resolve_provider(settings: Settings) -> str:
 def wants_bf16(settings: Settings, provider: str, cpu: CpuInfo) -> bool:
     """Whether every fp32 model also gets a ``-bf16`` variant (see ``bf16_variants``)."""
     if settings.bf16_variants == "auto":
-        return provider == "openvino" and cpu.bf16
+        return traits(provider).bf16_variants(cpu)
     return settings.bf16_variants == "on"
 
 
@@ -193,10 +200,17 @@ def discover_versions(
         cache = name in cached or config.response_cache
         files = found[source]
         specs[name] = [
-            ModelSpec(name, files[v].path, precision, version=v, signature=files[v].signature,
-                      cache=cache, policy=config.policy)
+            ModelSpec(
+                name,
+                files[v].path,
+                precision,
+                version=v,
+                signature=files[v].signature,
+                cache=cache,
+                policy=config.policy,
+            )
             for v in config.policy.select(list(files))
-        ]  # fmt: skip
+        ]
     missing = [m for m in wanted if not specs.get(m)]
     if missing or not specs:
         raise FileNotFoundError(
@@ -207,14 +221,22 @@ def discover_versions(
         automatic = settings.bf16_variants == "auto"
         for name, versions in list(specs.items()):
             variant = name + BF16_SUFFIX
-            fp32 = [s for s in versions
-                    if read_metadata_props(s.path).get("precision", "fp32") == "fp32"]  # fmt: skip
+            fp32 = [
+                s
+                for s in versions
+                if read_metadata_props(s.path).get("precision", "fp32") == "fp32"
+            ]
             if fp32 and variant not in specs:
                 specs[variant] = [
-                    dataclasses.replace(s, name=variant, precision="bf16", automatic=automatic,
-                                        cache=s.cache or variant in cached)
+                    dataclasses.replace(
+                        s,
+                        name=variant,
+                        precision="bf16",
+                        automatic=automatic,
+                        cache=s.cache or variant in cached,
+                    )
                     for s in fp32
-                ]  # fmt: skip
+                ]
     return specs
 
 
@@ -250,11 +272,9 @@ class ModelRepository:
         metrics: Metrics,
         cpu: CpuInfo,
         budget: CpuBudget,
-        run_wrapper: Callable[[EngineRun], EngineRun] | None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._wrap = run_wrapper
         self.cpu = cpu
         self.provider = ""
         self._budget = budget
@@ -403,26 +423,36 @@ class ModelRepository:
     def _skip(self, spec: ModelSpec, error: Exception) -> None:
         agreement = error if isinstance(error, AgreementError) else None
         skipped = SkippedVariant(
-            spec.name, spec.precision or "", self.provider,
-            "agreement" if agreement else "engine", str(error),
-            agreement.agreement if agreement else None, agreement.floors if agreement else None,
-        )  # fmt: skip
+            spec.name,
+            spec.precision or "",
+            self.provider,
+            "agreement" if agreement else "engine",
+            str(error),
+            agreement.agreement if agreement else None,
+            agreement.floors if agreement else None,
+        )
         self.skipped[spec.name] = skipped
         self.configured = self.configured - {spec.name}
         self._metrics.variant_skipped.labels(spec.name, skipped.reason).set(1)
         log.warning(
             "model %s (an automatic %s variant, bf16_variants=auto) is not served: %s. The "
             "models it comes from still serve. To serve it: %s",
-            spec.name, skipped.precision, error, _FORCE_HINT,
-        )  # fmt: skip
+            spec.name,
+            skipped.precision,
+            error,
+            _FORCE_HINT,
+        )
 
     def _options(self, spec: ModelSpec, provider: str) -> EngineOptions:
         s = self._settings
         return EngineOptions(
-            provider=provider, precision=spec.precision, threads=s.threads,
-            instances=s.instances, cuda_device_id=s.cuda_device_id,
+            provider=provider,
+            precision=spec.precision,
+            threads=s.threads,
+            instances=s.instances,
+            cuda_device_id=s.cuda_device_id,
             batch_sizes=s.session_sizes(provider),
-        )  # fmt: skip
+        )
 
     def _open_checked(self, spec: ModelSpec, provider: str) -> tuple[Engine, LoadAgreement | None]:
         """Open ``spec`` on ``provider`` and check its agreement (blocking).
@@ -438,8 +468,9 @@ class ModelRepository:
         if agreement is None:
             log.warning(
                 "model %s: agreement not checked at load (its file carries no reference "
-                "logits for the shipped verification photos; re-export it)", spec.name,
-            )  # fmt: skip
+                "logits for the shipped verification photos; re-export it)",
+                spec.name,
+            )
         return engine, agreement
 
     async def _blocking(self, lowered: bool, fn: Callable[..., _T], *args: Any) -> _T:
@@ -461,14 +492,14 @@ class ModelRepository:
             )
             return engine, agreement, []
         except (EngineUnavailable, AgreementError) as e:
-            if self._settings.provider != "auto" or self.provider == "cpu" or spec.precision:
+            if self._settings.provider != "auto" or self.provider == FALLBACK or spec.precision:
                 raise
             warning = (
                 f"provider=auto chose {self.provider}, which cannot serve it ({e}); serving it "
                 "on ONNX Runtime's CPU provider instead"
             )
         log.warning("model %s: %s", spec.name, warning)
-        engine, agreement = await self._blocking(lowered, self._open_checked, spec, "cpu")
+        engine, agreement = await self._blocking(lowered, self._open_checked, spec, FALLBACK)
         return engine, agreement, [warning]
 
     async def load_version(self, spec: ModelSpec) -> ServedModel:
@@ -493,29 +524,39 @@ class ModelRepository:
         s, start, name = self._settings, time.monotonic(), spec.name
         # Before anything else: a model that disagrees is not served.
         engine, agreement, warnings = await self._open(spec, lowered)
-        run: EngineRun = engine.run if self._wrap is None else self._wrap(engine.run)
         # A CUDA run keeps one host thread busy (launches and copies): the cores stay with the
         # decodes, which must overlap the GPU's work, not take turns with it.
-        held = 1 if engine.report.provider == "cuda" else s.threads
+        held = traits(engine.report.provider).cores_held(s.threads)
         runners = [
-            Runner(name, run, i, max_rows=s.max_batch_size, input_shape=engine.input_shape,
-                   metrics=self._metrics, budget=self._budget, threads=held,
-                   pad_to=s.pad_sizes_for(engine.report.provider))
+            Runner(
+                name,
+                engine.run,
+                i,
+                max_rows=s.max_batch_size,
+                input_shape=engine.input_shape,
+                metrics=self._metrics,
+                budget=self._budget,
+                threads=held,
+                pad_to=s.pad_sizes_for(engine.report.provider),
+            )
             for i in range(engine.instances)
-        ]  # fmt: skip
+        ]
         config = batch_config(s, engine.report.provider)
         # Images waiting (decoding or queued) plus one full batch per instance running. The
         # batch queue holds up to all of them (an eager batch may run with one image), so
         # it never refuses what admission took.
         capacity = config.max_queue_size + engine.instances * config.max_batch_size
         admission = Admission(
-            name, capacity, config.queue_timeout,
+            name,
+            capacity,
+            config.queue_timeout,
             headroom=engine.instances * config.max_batch_size,
-        )  # fmt: skip
+        )
         queue_config = dataclasses.replace(config, max_queue_size=capacity)
         batcher: Batcher[Job, Scores] = Batcher(runners, queue_config, name=name)
-        model = ServedModel(name, engine, batcher, config, admission, runners, agreement,
-                            warnings=warnings)  # fmt: skip
+        model = ServedModel(
+            name, engine, batcher, config, admission, runners, agreement, warnings=warnings
+        )
         await self._blocking(lowered, engine.warmup, s.warmup_sizes_for(engine.report.provider))
         if lowered:  # the engine's threads, made while niced, serve at normal priority
             background.restore_threads()
@@ -527,27 +568,43 @@ class ModelRepository:
         if report.fallback and not s.allow_cpu_fallback:
             model.not_ready_reason = f"{report.fallback_reason} (allow_cpu_fallback is off)"
         else:
-            model.ready, model.not_ready_reason = True, ""
+            model.not_ready_reason = ""
         log.info(
             "model %s version %s loaded: %s %s weights=%s provider=%s (%s) in %.2fs (warm-up "
-            "sizes %s)", name, spec.version, engine.meta.architecture, report.precision, engine.meta.weights,
-            report.provider, report.runtime, model.load_seconds,
+            "sizes %s)",
+            name,
+            spec.version,
+            engine.meta.architecture,
+            report.precision,
+            engine.meta.weights,
+            report.provider,
+            report.runtime,
+            model.load_seconds,
             s.warmup_sizes_for(report.provider),
-        )  # fmt: skip
+        )
         if engine.meta.random_weights:
             log.warning(
                 "model %s has RANDOM weights (%s): its predictions are meaningless; export "
                 "ImageNet weights with `python -m export %s --weights imagenet`",
-                name, engine.meta.weights_detail, engine.meta.architecture,
-            )  # fmt: skip
+                name,
+                engine.meta.weights_detail,
+                engine.meta.architecture,
+            )
         return model
 
     def _publish(self, model: ServedModel) -> None:
         m, meta, report = self._metrics, model.meta, model.engine.report
         m.model_load.labels(model.name).set(model.load_seconds)
-        info = (model.name, meta.architecture, meta.weights, str(meta.random_weights).lower(),
-                report.precision, report.provider, report.requested_provider,
-                str(report.fallback).lower())  # fmt: skip
+        info = (
+            model.name,
+            meta.architecture,
+            meta.weights,
+            str(meta.random_weights).lower(),
+            report.precision,
+            report.provider,
+            report.requested_provider,
+            str(report.fallback).lower(),
+        )
         old = self._info.get(model.name)
         if old is not None and old != info:  # a swap: one info series per model, the new one
             m.model_info.remove(*old)
@@ -576,7 +633,7 @@ class ModelRepository:
         await asyncio.gather(*self.retiring, return_exceptions=True)
         served = self.all_served()
         for m in served:
-            m.ready, m.not_ready_reason = False, "shutting down"
+            m.not_ready_reason = "shutting down"
         await asyncio.gather(*(m.batcher.stop(drain_timeout) for m in served))
         for m in served:
             for runner in m.runners:

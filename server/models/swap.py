@@ -37,15 +37,22 @@ _POLL_S = 0.01
 
 def _unchanged(old: ServedModel | None, spec: ModelSpec) -> bool:
     return (
-        old is not None and old.spec is not None and old.spec.path == spec.path
-        and old.spec.signature == spec.signature and old.spec.cache == spec.cache
-    )  # fmt: skip
+        old is not None
+        and old.spec is not None
+        and old.spec.path == spec.path
+        and old.spec.signature == spec.signature
+        and old.spec.cache == spec.cache
+    )
 
 
 async def reconcile(
-    repo: ModelRepository, cache: ResponseCache | None, name: str, specs: list[ModelSpec],
-    drain_s: float, grace_s: float,
-) -> None:  # fmt: skip
+    repo: ModelRepository,
+    cache: ResponseCache | None,
+    name: str,
+    specs: list[ModelSpec],
+    drain_s: float,
+    grace_s: float,
+) -> None:
     """Serve exactly the versions ``specs`` of ``name`` (none: unload it). ``drain_s``: how
     long a retired version's admitted requests may take; ``grace_s``: the batcher's then.
 
@@ -72,8 +79,12 @@ async def reconcile(
         if not model.ready:
             failures.append(f"version {version}: {model.not_ready_reason}")
             repo.set_state(name, version, "failed", model.not_ready_reason)
-            log.error("model %s version %s is not ready, not served: %s", name, version,
-                      model.not_ready_reason)  # fmt: skip
+            log.error(
+                "model %s version %s is not ready, not served: %s",
+                name,
+                version,
+                model.not_ready_reason,
+            )
             await _release(model, grace_s)
             continue
         loaded[version] = model
@@ -87,9 +98,11 @@ async def reconcile(
         if not new:
             repo.unpublish(name)
         log.info(
-            "model %s now serves versions %s (retiring %s)", name, sorted(new, key=int),
+            "model %s now serves versions %s (retiring %s)",
+            name,
+            sorted(new, key=int),
             [m.version for m in retired],
-        )  # fmt: skip
+        )
     for model in retired:
         start_retire(repo, cache, model, drain_s, grace_s)
     if failures:
@@ -100,12 +113,15 @@ async def reconcile(
 
 
 def start_retire(
-    repo: ModelRepository, cache: ResponseCache | None, model: ServedModel, drain_s: float,
+    repo: ModelRepository,
+    cache: ResponseCache | None,
+    model: ServedModel,
+    drain_s: float,
     grace_s: float,
-) -> None:  # fmt: skip
+) -> None:
     """Retire ``model`` (no longer installed) in the background; the task is kept in
     ``repo.retiring`` until it ends."""
-    model.draining, model.ready = True, False
+    model.draining = True
     model.not_ready_reason = "draining: replaced or unloaded"
     repo.set_state(model.name, model.version, "draining", model.not_ready_reason)
     if cache is not None:
@@ -127,8 +143,11 @@ async def retire(repo: ModelRepository, model: ServedModel, drain_s: float, grac
     if model.admission.in_flight and not repo.stopping:
         log.warning(
             "model %s version %s: %d images still in flight after %.1f s of drain; stopping",
-            model.name, model.version, model.admission.in_flight, drain_s,
-        )  # fmt: skip
+            model.name,
+            model.version,
+            model.admission.in_flight,
+            drain_s,
+        )
     await _release(model, grace_s)
     name, version = model.name, model.version
     # The retired version's objects hold one another in cycles (its batcher's finished tasks
@@ -143,8 +162,9 @@ async def retire(repo: ModelRepository, model: ServedModel, drain_s: float, grac
     else:
         repo.states.pop((name, version), None)
         repo.set_state(name, version, serving.state)
-    log.info("model %s version %s unloaded (memory released in %.0f ms)", name, version,
-             seconds * 1000)  # fmt: skip
+    log.info(
+        "model %s version %s unloaded (memory released in %.0f ms)", name, version, seconds * 1000
+    )
 
 
 def _collect() -> float:

@@ -24,7 +24,7 @@ from typing import Any, Final
 import numpy as np
 from pydantic import ValidationError
 
-from contract.errors import BadRequest, BodyTooLarge
+from contract.errors import BadRequest, BodyTooLarge, validation_problems
 from server.v2.schemas import InferRequest, RequestInput
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
@@ -137,10 +137,7 @@ def validate_header(obj: Any) -> InferRequest:
     try:
         return InferRequest.model_validate(obj)
     except ValidationError as e:
-        parts = []
-        for err in e.errors(include_url=False, include_input=False)[:5]:
-            where = ".".join(str(x)[:64] for x in err.get("loc", ())) or "request"
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        parts = validation_problems(e.errors(include_url=False, include_input=False), "request")
         raise BadRequest("invalid inference request: " + "; ".join(parts)) from None
 
 

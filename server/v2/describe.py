@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from server import __version__
+from server.models.engines import provider
 from server.models.repository import ServedModel
 from server.state import AppState
 from server.v2.inference import IMAGE_BYTES, image_shape
@@ -14,7 +15,7 @@ from server.v2.schemas import (
     DynamicBatching,
     InstanceGroup,
     ModelConfig,
-    ModelMetadata,
+    ModelMetadataResponse,
     QueuePolicy,
     ServerMetadata,
     StringValue,
@@ -23,8 +24,13 @@ from server.v2.schemas import (
 
 SERVER_NAME: Final = "resnet-server"
 #: Exactly the protocol extensions implemented (listed by ``GET /v2``).
-EXTENSIONS: Final = ("binary_tensor_data", "classification", "model_configuration",
-                     "model_repository", "statistics")  # fmt: skip
+EXTENSIONS: Final = (
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+)
 PLATFORM: Final = "onnxruntime_onnx"
 
 
@@ -47,10 +53,10 @@ def model_at(
     return repo.get_ready(name, version) if ready else repo.get(name, version)
 
 
-def model_metadata(model: ServedModel, versions: list[str] | None = None) -> ModelMetadata:
+def model_metadata(model: ServedModel, versions: list[str] | None = None) -> ModelMetadataResponse:
     """``versions``: every served version of the model (default: ``model``'s own)."""
     meta = model.meta
-    return ModelMetadata(
+    return ModelMetadataResponse(
         name=model.name,
         versions=versions or [model.version],
         platform=PLATFORM,
@@ -67,11 +73,12 @@ def model_metadata(model: ServedModel, versions: list[str] | None = None) -> Mod
 def model_config(state: AppState, model: ServedModel) -> ModelConfig:
     """Triton's model configuration. Eager batching shows as a zero queue delay."""
     meta, cfg, report = model.meta, model.config, model.engine.report
-    gpu = report.provider == "cuda"
+    traits = provider(report.provider)
+    gpu = traits.gpu
     return ModelConfig(
         name=model.name,
         platform=PLATFORM,
-        backend="openvino" if report.provider == "openvino" else "onnxruntime",
+        backend=traits.runtime,
         version_policy=(
             model.spec.policy.to_dict() if model.spec else {"latest": {"num_versions": 1}}
         ),

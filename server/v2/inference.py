@@ -15,9 +15,10 @@ Output ``logits``: FP32 ``[N, classes]`` raw logits, or with ``parameters.classi
 BYTES ``[N, K]`` of ``"<logit>:<index>:<label>"`` (best first, logit printed with ``%f``
 like Triton's ``std::to_string``).
 
-Protocol-neutral: REST parses a body (``prepare``), gRPC a protobuf message
+Protocol-neutral: REST parses a body (``parse``), gRPC a protobuf message
 (:mod:`server.grpc.translate`), into the same ``ParsedRequest``; from there ``prepare_parsed``
-checks it and ``run`` takes it through the pipeline for both.
+checks it and ``images`` is what both give the pipeline (:meth:`Pipeline.infer
+<server.flow.pipeline.Pipeline.infer>`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ import numpy as np
 
 from contract.errors import BadRequest
 from contract.scores import Scores
-from server.flow import respcache
-from server.flow.admission import Ticket
+from server.flow.pipeline import Images
 from server.models.repository import ServedModel
 from server.state import AppState
 from server.v2 import codec
@@ -68,54 +68,39 @@ def image_shape(model: ServedModel) -> tuple[int, int, int]:
     return (crop, crop, 3)
 
 
-async def handle(
-    state: AppState, model: ServedModel, ticket: Ticket, body: bytes, header_length: str | None
-) -> tuple[bytes, int | None]:
-    """Run one admitted v2 REST inference request; returns ``codec.encode_response``'s body
-    and length. ``ticket`` was taken for one image before the body was read; it grows to the
-    request's batch size here.
+async def parse(
+    state: AppState, model: ServedModel, body: bytes, header_length: str | None
+) -> Prepared:
+    """A REST body, parsed and checked against ``model`` (large bodies in the pipeline's
+    parse thread).
 
     Raises:
         BadRequest: anything malformed in the request (400).
-        InvalidImage, UnsupportedImageFormat, ImageTooLarge: an ``image_bytes`` element.
-        QueueFull, QueueTimeout, ShuttingDown, InferenceFailed: from the pipeline.
+        BodyTooLarge: the JSON part is longer than ``max_json_body_bytes``.
     """
     max_json = state.settings.max_json_body_bytes
     if len(body) > _OFFLOAD_BYTES:
-        prepared = await state.pipeline.parse(prepare, model, body, header_length, max_json)
-    else:
-        prepared = prepare(model, body, header_length, max_json)
-    scores = await run(state, model, ticket, prepared)
+        return await state.pipeline.parse(prepare, model, body, header_length, max_json)
+    return prepare(model, body, header_length, max_json)
+
+
+def images(prepared: Prepared) -> Images:
+    """What the pipeline runs for a v2 request (REST and gRPC): its rows, or its
+    ``image_bytes`` to decode, ranked to the largest classification K asked."""
+    k = max(o.classes for o in prepared.outputs)
+    if prepared.rows is not None:
+        return Images(k, rows=prepared.rows)
+    return Images(k, encoded=prepared.encoded, element=f"input {IMAGE_BYTES!r} element {{i}}: ")
+
+
+async def encode(
+    model: ServedModel, prepared: Prepared, scores: Scores
+) -> tuple[bytes, int | None]:
+    """``respond``; off the event loop unless it is one binary row."""
     if len(scores.logits) == 1 and all(o.binary for o in prepared.outputs):
         return respond(model, prepared, scores)
     # JSON of N x 1000 floats (or N x K classification strings) takes milliseconds of CPU.
     return await asyncio.to_thread(respond, model, prepared, scores)
-
-
-async def run(state: AppState, model: ServedModel, ticket: Ticket, prepared: Prepared) -> Scores:
-    """The protocol-neutral part of a v2 request (REST and gRPC): grow ``ticket`` to the
-    request's N images, decode ``image_bytes`` in the pool, submit the rows to the batcher and
-    wait for their scores (N rows, ranked to the largest classification K asked).
-
-    Raises:
-        InvalidImage, UnsupportedImageFormat, ImageTooLarge: an ``image_bytes`` element.
-        QueueFull, QueueTimeout, ShuttingDown, InferenceFailed: from the pipeline.
-    """
-    n = len(prepared.rows) if prepared.rows is not None else len(prepared.encoded)
-    k = max(o.classes for o in prepared.outputs)
-    given = prepared.rows if prepared.rows is not None else prepared.encoded
-    key, hit = await respcache.lookup(state.cache, model, given, k)
-    if hit is not None:
-        return hit
-    state.pipeline.grow(model, ticket, n - 1)
-    rows = prepared.rows
-    if rows is None:
-        element = f"input {IMAGE_BYTES!r} element {{i}}: "
-        rows = (await state.pipeline.decode(model, ticket, prepared.encoded, element)).pixels
-    done = await state.pipeline.submit(model, ticket, rows, k)
-    if key is not None and state.cache is not None:
-        state.cache.put(key, done.value)
-    return done.value
 
 
 def respond(model: ServedModel, prepared: Prepared, scores: Scores) -> tuple[bytes, int | None]:

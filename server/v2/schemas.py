@@ -79,7 +79,7 @@ class TensorMetadata(BaseModel):
     shape: list[int] = Field(description="-1 marks the batch axis")
 
 
-class ModelMetadata(BaseModel):
+class ModelMetadataResponse(BaseModel):
     name: str
     versions: list[str]
     platform: str

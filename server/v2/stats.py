@@ -69,8 +69,14 @@ def _batch_stats(s: Samples, model: str) -> list[BatchStats]:
         n = int(cumulative - below)
         below = cumulative
         if n and math.isfinite(edge):
-            out.append(BatchStats(batch_size=int(edge), compute_input=zero,
-                                  compute_infer=Count(count=n, ns=0), compute_output=zero))  # fmt: skip
+            out.append(
+                BatchStats(
+                    batch_size=int(edge),
+                    compute_input=zero,
+                    compute_infer=Count(count=n, ns=0),
+                    compute_output=zero,
+                )
+            )
     return out
 
 

@@ -35,10 +35,23 @@ def test_smoke_run_writes_reports_and_plots(model_dir: Path, tmp_path: Path) -> 
     shutil.copy(model_dir / "resnet18.onnx", models / "resnet18.onnx")
     out = tmp_path / "docs"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(out),
-         "--model-dir", str(models), "--json", str(tmp_path / "results.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--smoke",
+            "--out",
+            str(out),
+            "--model-dir",
+            str(models),
+            "--json",
+            str(tmp_path / "results.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     md = (out / "BENCHMARKS.md").read_text()

@@ -21,8 +21,11 @@ AMX = CpuInfo("GenuineIntel", "Xeon", frozenset({"avx512f", "amx_bf16", "amx_int
 def test_variant_names() -> None:
     v = Variant.parse("resnet50-int8@openvino")
     assert (v.arch, v.precision, v.key, v.label) == (
-        "resnet50", "int8", "resnet50-int8@openvino", "resnet50 int8@openvino",
-    )  # fmt: skip
+        "resnet50",
+        "int8",
+        "resnet50-int8@openvino",
+        "resnet50 int8@openvino",
+    )
     bf16 = Variant.parse("resnet18-bf16@openvino")
     assert bf16.precision == "bf16" and bf16.engine_precision == "bf16"
     assert bf16.path(Path("m")) == Path("m/resnet18.onnx")
@@ -59,8 +62,12 @@ def test_default_plan_follows_the_files_and_the_cpu(tmp_path: Path) -> None:
 
 def test_explicit_variants_are_checked(tmp_path: Path) -> None:
     d = _touch(tmp_path, "resnet18")
-    p = plan(["resnet18"], d, AVX2, explicit=[Variant.parse("resnet18-bf16@openvino"),
-                                              Variant.parse("resnet18@cpu")])  # fmt: skip
+    p = plan(
+        ["resnet18"],
+        d,
+        AVX2,
+        explicit=[Variant.parse("resnet18-bf16@openvino"), Variant.parse("resnet18@cpu")],
+    )
     assert [v.key for v in p.served] == ["resnet18@cpu"]
     why = p.skipped["resnet18-bf16@openvino"]
     assert ("no bf16 units" if openvino_installed() else "OpenVINO") in why

@@ -52,8 +52,13 @@ def swagger_ui_dist(out: Path) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip("npm is not installed")
-    got = subprocess.run([npm, "pack", f"swagger-ui-dist@{VERSION}"], cwd=out,
-                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    got = subprocess.run(
+        [npm, "pack", f"swagger-ui-dist@{VERSION}"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if got.returncode != 0:
         pytest.skip(f"npm pack swagger-ui-dist@{VERSION} failed: {got.stderr[-300:]}")
     with tarfile.open(out / got.stdout.strip().splitlines()[-1]) as tar:
@@ -68,9 +73,26 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     served = tmp / "root" / "npm" / f"swagger-ui-dist@{VERSION}"
     served.parent.mkdir(parents=True)
     shutil.copytree(swagger_ui_dist(tmp), served)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=cdn.jsdelivr.net", "-keyout", str(tmp / "key.pem"),
-                    "-out", str(tmp / "cert.pem")], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=cdn.jsdelivr.net",
+            "-keyout",
+            str(tmp / "key.pem"),
+            "-out",
+            str(tmp / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
     handler = functools.partial(_Cdn, directory=str(tmp / "root"))
@@ -87,16 +109,23 @@ def cdn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
 def docs_server(
     model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    srv = start_server(model_dir, tmp_path_factory.mktemp("docs"), models="resnet18",
-                       warmup_batch_sizes="1", docs="true")  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("docs"),
+        models="resnet18",
+        warmup_batch_sizes="1",
+        docs="true",
+    )
     yield srv
     srv.stop()
 
 
 @pytest.fixture
 def browser(cdn: tuple[int, Path], tmp_path: Path) -> Iterator[Browser]:
-    flags = (f"--host-resolver-rules=MAP cdn.jsdelivr.net:443 127.0.0.1:{cdn[0]}",
-             "--ignore-certificate-errors")  # fmt: skip
+    flags = (
+        f"--host-resolver-rules=MAP cdn.jsdelivr.net:443 127.0.0.1:{cdn[0]}",
+        "--ignore-certificate-errors",
+    )
     b = Browser(tmp_path / "profile", tmp_path / "chromedriver.log", flags)
     yield b
     b.quit()
@@ -117,8 +146,11 @@ def test_swagger_ui_renders_the_document_under_its_policy(
     # Open every operation (parameters, schemas, highlighted examples), then try /healthz out:
     # the request goes from the page to this server, as connect-src 'self' allows.
     browser.js("document.querySelectorAll('.opblock-summary-control').forEach((s) => s.click())")
-    browser.wait(lambda: browser.js("return document.querySelectorAll('.opblock.is-open')"
-                                    ".length") == operations)  # fmt: skip
+    browser.wait(
+        lambda: (
+            browser.js("return document.querySelectorAll('.opblock.is-open').length") == operations
+        )
+    )
     browser.js(TRY_HEALTHZ)
     browser.wait(lambda: '"status": "ok"' in browser.js(HEALTHZ_ANSWER))
     assert csp_violations(browser) == []

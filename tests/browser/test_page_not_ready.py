@@ -20,8 +20,14 @@ from tests.reliability.helpers import wait_for
 
 @pytest.fixture(scope="module")
 def draining(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, tmp_path_factory.mktemp("draining"), models="resnet18",
-                     shutdown_delay_s=300, max_batch_size=4, warmup_batch_sizes="1")  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("draining"),
+        models="resnet18",
+        shutdown_delay_s=300,
+        max_batch_size=4,
+        warmup_batch_sizes="1",
+    )
     try:
         s.proc.send_signal(signal.SIGTERM)  # readiness turns 503 at once, requests still answered
         assert wait_for(lambda: s.client().get("/readyz").status_code == 503, 10)

@@ -38,9 +38,16 @@ def secured(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     models = tmp_path_factory.mktemp("secured-models")
     (models / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
     with_file_weights(model_dir / "resnet18.onnx", models / "resnet18-file.onnx")
-    s = start_server(models, tmp_path_factory.mktemp("secured"), api_key=KEY,
-                     max_body_bytes=LIMIT, max_concurrent_requests=1, body_timeout_s=60, max_batch_size=4,
-                     warmup_batch_sizes="1")  # fmt: skip
+    s = start_server(
+        models,
+        tmp_path_factory.mktemp("secured"),
+        api_key=KEY,
+        max_body_bytes=LIMIT,
+        max_concurrent_requests=1,
+        body_timeout_s=60,
+        max_batch_size=4,
+        warmup_batch_sizes="1",
+    )
     yield s
     s.stop()
 

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.skipif(not openvino_installed(), reason="needs the open
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     models = tmp_path_factory.mktemp("fp32-only")
     (models / "resnet18.onnx").symlink_to(model_dir / "resnet18.onnx")
-    srv = start_server(models, tmp_path_factory.mktemp("variants"), provider="openvino",
-                       warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        models, tmp_path_factory.mktemp("variants"), provider="openvino", warmup_batch_sizes="1"
+    )
     yield srv
     srv.stop()
 

@@ -177,10 +177,19 @@ def test_requirements_script_swaps_onnxruntime() -> None:
 def test_requirements_script_extras_list() -> None:
     def reqs(extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "docker/requirements.py", "--ort", "onnxruntime==1.31.1",
-             "--extra", extra],
-            cwd=REPO, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "docker/requirements.py",
+                "--ort",
+                "onnxruntime==1.31.1",
+                "--extra",
+                extra,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
     base = reqs("").stdout.split()  # CPU_EXTRAS="" : no optional group
     assert not any(r.startswith(("openvino", "torch")) for r in base), base

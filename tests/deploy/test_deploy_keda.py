@@ -73,9 +73,16 @@ def trigger_errors(so: dict[str, Any]) -> list[str]:
 def test_renders_the_overlay_with_a_scaledobject_instead_of_the_hpa(overlay: str) -> None:
     kinds = sorted(d["kind"] for d in docs(overlay))
     assert kinds == sorted(
-        ["ConfigMap", "Deployment", "PodDisruptionBudget", "ScaledObject", "Service",
-         "ServiceAccount", "ServiceMonitor"]
-    )  # fmt: skip
+        [
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "ScaledObject",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+    )
     plain = {d["kind"]: d for d in render(overlay)}
     for d in docs(overlay):
         if d["kind"] != "ScaledObject":
@@ -188,9 +195,11 @@ def test_threshold_below_the_admission_capacity(overlay: str) -> None:
     threshold = float(trigger(so, "prometheus")["metadata"]["threshold"])
     ref = one(docs(overlay), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     (cm,) = [
-        d for d in docs(overlay)
-        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == ref["envFrom"][0]["configMapRef"]["name"]
-    ]  # fmt: skip
+        d
+        for d in docs(overlay)
+        if d["kind"] == "ConfigMap"
+        and d["metadata"]["name"] == ref["envFrom"][0]["configMapRef"]["name"]
+    ]
     data = cm["data"]
     headroom = int(data["RESNET_INSTANCES"]) * int(data["RESNET_MAX_BATCH_SIZE"])
     capacity = int(data["RESNET_MAX_QUEUE_SIZE"]) + headroom

@@ -68,8 +68,12 @@ def env(layout: str) -> dict[str, dict[str, Any]]:
 def test_renders(layout: str) -> None:
     kinds = sorted(d["kind"] for d in docs(layout))
     assert kinds == [
-        "ConfigMap", "InferenceService", "PodDisruptionBudget", "PodMonitor", "ServiceAccount"
-    ]  # fmt: skip
+        "ConfigMap",
+        "InferenceService",
+        "PodDisruptionBudget",
+        "PodMonitor",
+        "ServiceAccount",
+    ]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -69,8 +69,10 @@ def wait_until(
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{container.image}: {path} not as expected in {timeout:.0f} s:\n"
-                       + container.output()[-3000:])  # fmt: skip
+    raise TimeoutError(
+        f"{container.image}: {path} not as expected in {timeout:.0f} s:\n"
+        + container.output()[-3000:]
+    )
 
 
 def start(image: str, log_dir: Path, **env: str) -> localbuild.Container:

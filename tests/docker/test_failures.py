@@ -22,8 +22,9 @@ LOCALBUILD = [sys.executable, str(ROOT / "docker" / "localbuild.py")]
 def localbuild_cli(
     *args: str, prefix: tuple[str, ...] = (), timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, *LOCALBUILD, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [*prefix, *LOCALBUILD, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_missing_base_image(base_image: str) -> None:
@@ -45,8 +46,18 @@ def test_build_without_network(base_image: str) -> None:
     assert unshare, "unshare (util-linux) is needed to take the network away"
     before = localbuild.snapshot()
     tag = f"localhost/resnet-server:no-network-{os.getpid()}"
-    proc = localbuild_cli("build", "--target", "cpu", "--tag", tag, "--base", base_image,
-                          "--weights", "random", prefix=(unshare, "--net"))  # fmt: skip
+    proc = localbuild_cli(
+        "build",
+        "--target",
+        "cpu",
+        "--tag",
+        tag,
+        "--base",
+        base_image,
+        "--weights",
+        "random",
+        prefix=(unshare, "--net"),
+    )
     assert proc.returncode == 1, proc.stdout[-3000:]
     message = proc.stderr
     assert message.startswith("\nerror: the image build needs the network and could not reach it")

@@ -96,10 +96,14 @@ def test_predict_on_photos_equals_the_same_models_served_outside(
         for model in ("resnet18", "resnet50"):
             for photo, kind in ((ROCKET, "image/jpeg"), (CHELSEA, "image/png")):
                 answers = [
-                    httpx.post(f"{url}/predict/{model}?top_k=5", content=photo,
-                               headers={"content-type": kind}, timeout=60)
+                    httpx.post(
+                        f"{url}/predict/{model}?top_k=5",
+                        content=photo,
+                        headers={"content-type": kind},
+                        timeout=60,
+                    )
                     for url in (server.url, outside.url)
-                ]  # fmt: skip
+                ]
                 assert [a.status_code for a in answers] == [200, 200], answers[0].text
                 inside, there = (a.json() for a in answers)
                 assert inside["model"] == model and inside["random_weights"] is True
@@ -109,8 +113,9 @@ def test_predict_on_photos_equals_the_same_models_served_outside(
                     (p["index"], p["label"]) for p in want
                 ]
                 for g, w in zip(got, want, strict=True):
-                    assert math.isclose(g["probability"], w["probability"], rel_tol=1e-4,
-                                        abs_tol=1e-7), (model, kind, got, want)  # fmt: skip
+                    assert math.isclose(
+                        g["probability"], w["probability"], rel_tol=1e-4, abs_tol=1e-7
+                    ), (model, kind, got, want)
     finally:
         outside.stop()
 
@@ -118,13 +123,18 @@ def test_predict_on_photos_equals_the_same_models_served_outside(
 def test_metrics_count_what_was_served(server: localbuild.Container) -> None:
     def requests_ok() -> float:
         text = httpx.get(server.url + "/metrics").text
-        return metric(text, "resnet_requests_total", model="resnet18", endpoint="predict",
-                      outcome="ok")  # fmt: skip
+        return metric(
+            text, "resnet_requests_total", model="resnet18", endpoint="predict", outcome="ok"
+        )
 
     before = requests_ok()
     for _ in range(3):
-        r = httpx.post(server.url + "/predict", content=ROCKET,
-                       headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
+        r = httpx.post(
+            server.url + "/predict",
+            content=ROCKET,
+            headers={"content-type": "image/jpeg"},
+            timeout=60,
+        )
         assert r.status_code == 200 and r.json()["model"] == "resnet18"
     assert requests_ok() - before == 3
     text = httpx.get(server.url + "/metrics").text
@@ -151,22 +161,35 @@ def test_healthcheck_command_succeeds_while_serving(server: localbuild.Container
 def test_sigterm_drains_accepted_requests_and_exits_zero(cpu_image: Image, tmp_path: Path) -> None:
     # shutdown_delay_s: keep answering (readiness 503) for 1 s after SIGTERM, as outside
     # Kubernetes (where preStop does it); without it the listener closes at once.
-    container = start(cpu_image.ref, tmp_path, models="resnet50", default_model="resnet50",
-                      max_batch_size="4", warmup_batch_sizes="1,4",
-                      shutdown_delay_s="1")  # fmt: skip
+    container = start(
+        cpu_image.ref,
+        tmp_path,
+        models="resnet50",
+        default_model="resnet50",
+        max_batch_size="4",
+        warmup_batch_sizes="1,4",
+        shutdown_delay_s="1",
+    )
     try:
         wait_until(container, lambda r: r.status_code == 200)
 
         def send(_: int) -> httpx.Response:
-            return httpx.post(container.url + "/predict", content=ROCKET,
-                              headers={"content-type": "image/jpeg"}, timeout=120)  # fmt: skip
+            return httpx.post(
+                container.url + "/predict",
+                content=ROCKET,
+                headers={"content-type": "image/jpeg"},
+                timeout=120,
+            )
 
         with ThreadPoolExecutor(12) as pool:
             futures = [pool.submit(send, i) for i in range(12)]
             # Signal once requests are waiting in the batch queue: accepted, not yet answered.
-            wait_until(container, lambda r: metric(r.text, "resnet_queue_depth",
-                                                   model="resnet50") >= 1,
-                       path="/metrics", timeout=60)  # fmt: skip
+            wait_until(
+                container,
+                lambda r: metric(r.text, "resnet_queue_depth", model="resnet50") >= 1,
+                path="/metrics",
+                timeout=60,
+            )
             os.kill(container.server_pid(), signal.SIGTERM)
             t_signal = time.monotonic()
             ready = httpx.get(container.url + "/readyz", timeout=5)

@@ -42,8 +42,13 @@ def run(container: localbuild.Container, *argv: str) -> str:
 
 
 def test_onnxruntime_offers_the_cuda_provider(container: localbuild.Container) -> None:
-    out = run(container, "python", "-c", "import json, onnxruntime as o; "
-              "print(json.dumps([o.__version__, o.get_device(), o.get_available_providers()]))")  # fmt: skip
+    out = run(
+        container,
+        "python",
+        "-c",
+        "import json, onnxruntime as o; "
+        "print(json.dumps([o.__version__, o.get_device(), o.get_available_providers()]))",
+    )
     version, device, providers = json.loads(out.strip().splitlines()[-1])
     assert version == localbuild.dockerfile_arg("ORT_GPU_VERSION")
     assert device == "GPU"
@@ -51,8 +56,12 @@ def test_onnxruntime_offers_the_cuda_provider(container: localbuild.Container) -
 
 
 def test_cuda_and_cudnn_libraries_resolve_in_the_image(container: localbuild.Container) -> None:
-    capi = run(container, "python", "-c",
-               "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))").strip()  # fmt: skip
+    capi = run(
+        container,
+        "python",
+        "-c",
+        "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+    ).strip()
     provider = f"{capi}/capi/libonnxruntime_providers_cuda.so"
     ldd = run(container, "ldd", provider)
     missing = re.findall(r"^\s*(\S+) => not found", ldd, re.MULTILINE)
@@ -78,17 +87,33 @@ def test_server_without_gpu_is_not_ready_and_says_why(gpu_image: Image, tmp_path
         r = wait_until(server, lambda r: r.status_code == 503 and "loading" not in r.text)
         reasons = {"resnet18": FALLBACK, "resnet50": FALLBACK}
         assert r.json() == {"error": f"not ready: models not ready: {reasons}", "code": "not_ready"}
-        predict = httpx.post(server.url + "/predict", content=ROCKET,
-                             headers={"content-type": "image/jpeg"})  # fmt: skip
+        predict = httpx.post(
+            server.url + "/predict", content=ROCKET, headers={"content-type": "image/jpeg"}
+        )
         assert predict.status_code == 503
-        assert predict.json() == {"error": f"model 'resnet18' not ready: {FALLBACK}",
-                                  "code": "not_ready"}  # fmt: skip
+        assert predict.json() == {
+            "error": f"model 'resnet18' not ready: {FALLBACK}",
+            "code": "not_ready",
+        }
         for m in httpx.get(server.url + "/models").json()["models"]:
             assert (m["ready"], m["requested_provider"], m["provider"], m["provider_fallback"]) == (
-                False, "cuda", "cpu", True)  # fmt: skip
+                False,
+                "cuda",
+                "cpu",
+                True,
+            )
         text = httpx.get(server.url + "/metrics").text
-        assert metric(text, "resnet_model_info", model="resnet18", fallback="true",
-                      requested_provider="cuda", provider="cpu") == 1  # fmt: skip
+        assert (
+            metric(
+                text,
+                "resnet_model_info",
+                model="resnet18",
+                fallback="true",
+                requested_provider="cuda",
+                provider="cpu",
+            )
+            == 1
+        )
         # The CUDA provider failed for want of the driver only: the CUDA libraries loaded.
         log = server.output()
         assert f"libonnxruntime_providers_cuda.so with error: {DRIVER_LIBRARY}" in log, log

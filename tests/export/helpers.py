@@ -36,8 +36,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     """``python -m export ARGS`` from the repository root; output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "export", *args],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def report_lines(stdout: str, label: str) -> list[str]:

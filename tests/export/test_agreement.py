@@ -103,15 +103,28 @@ def test_agreement_record_round_trips_through_json() -> None:
 
 
 def _props(**extra: str) -> dict[str, str]:
-    pre = {"resize_size": 256, "crop_size": 224, "mean": [0.485, 0.456, 0.406],
-           "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}  # fmt: skip
+    pre = {
+        "resize_size": 256,
+        "crop_size": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+    }
     base = {
-        "resnet_server.format": "1", "architecture": "resnet18", "weights": "random",
-        "weights_source": "random", "weights_sha256": "0" * 64, "random_weights": "true",
-        "preprocessing": json.dumps(pre), "accuracy": "{}", "labels": json.dumps(["a"] * 1000),
-        "input_name": "images", "input_layout": "NHWC", "input_dtype": "uint8",
+        "resnet_server.format": "1",
+        "architecture": "resnet18",
+        "weights": "random",
+        "weights_source": "random",
+        "weights_sha256": "0" * 64,
+        "random_weights": "true",
+        "preprocessing": json.dumps(pre),
+        "accuracy": "{}",
+        "labels": json.dumps(["a"] * 1000),
+        "input_name": "images",
+        "input_layout": "NHWC",
+        "input_dtype": "uint8",
         "output_name": "logits",
-    }  # fmt: skip
+    }
     return {**base, **extra}
 
 
@@ -151,9 +164,14 @@ def test_malformed_reference_names_the_key() -> None:
 def test_verification_photos_are_checked_and_decode() -> None:
     photos = verification_photos()
     assert [p.name for p in photos] == [
-        "camera.png", "chelsea.png", "china.jpg", "coffee.png", "flower.jpg",
-        "grace_hopper.jpg", "rocket.jpg",
-    ]  # fmt: skip
+        "camera.png",
+        "chelsea.png",
+        "china.jpg",
+        "coffee.png",
+        "flower.jpg",
+        "grace_hopper.jpg",
+        "rocket.jpg",
+    ]
     assert sum(len(p.data) for p in photos) == 1_360_201
     spec = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     batch = photo_batch(photos, spec)

@@ -38,9 +38,12 @@ def labelled(fp32_resnet18: CliExport, tmp_path: Path) -> tuple[Path, np.ndarray
 
 
 def test_evaluate_folder_fp32_and_int8(
-    fp32_resnet18: CliExport, int8_resnet18: CliExport, labelled: tuple[Path, np.ndarray],
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    fp32_resnet18: CliExport,
+    int8_resnet18: CliExport,
+    labelled: tuple[Path, np.ndarray],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     data, labels = labelled
     models = tmp_path / "models"
     models.mkdir()
@@ -57,9 +60,11 @@ def test_evaluate_folder_fp32_and_int8(
     top1 = 100 * float((int8[:, 0] == labels).mean())
     top5 = 100 * float((int8[:, :5] == labels[:, None]).any(axis=1).mean())
     assert rows["resnet18-int8 int8"][4:8] == [
-        f"{top1:.3f}", f"{top5:.3f}", f"{85.714 - top1:+.3f}".replace("-0.000", "+0.000"),
+        f"{top1:.3f}",
+        f"{top5:.3f}",
+        f"{85.714 - top1:+.3f}".replace("-0.000", "+0.000"),
         f"{100 - top5:+.3f}",
-    ]  # fmt: skip
+    ]
     # bf16 of the fp32 file: evaluated where the CPU has the units, named where it has not
     bf16_rows = [row for row in map(str.split, out.splitlines()) if row[:2] == ["resnet18", "bf16"]]
     if read_cpuinfo().bf16:

@@ -273,9 +273,18 @@ def test_cli_no_network_exit_code_3(tmp_path: Path) -> None:
 
 def test_cli_fp16_judged_on_photos(tmp_path: Path) -> None:
     result = run_cli(
-        "resnet18", "--weights", "random", "--precision", "fp16", "--out-dir", str(tmp_path),
-        "--provider", "cpu", "--name", "r18-half",
-    )  # fmt: skip
+        "resnet18",
+        "--weights",
+        "random",
+        "--precision",
+        "fp16",
+        "--out-dir",
+        str(tmp_path),
+        "--provider",
+        "cpu",
+        "--name",
+        "r18-half",
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     assert f"verify {tmp_path / 'r18-half.onnx'}: OK" in result.stdout
     assert f"[ok] cpu ({ORT}, fp16): agreement on 7 photos: top-1 7/7" in result.stdout

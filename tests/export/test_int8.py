@@ -33,8 +33,12 @@ def test_int8_file_name_metadata_and_engine(int8_resnet18: CliExport) -> None:
     assert meta.calibration is not None
     c = meta.calibration
     assert (c.method, c.per_channel, c.activation_type, c.weight_type, c.reduce_range) == (
-        "MinMax", True, "QUInt8", "QInt8", True,
-    )  # fmt: skip
+        "MinMax",
+        True,
+        "QUInt8",
+        "QInt8",
+        True,
+    )
     assert (c.quant_format, c.photos, c.samples) == (
         "QDQ",
         len(SKIMAGE_PHOTOS),
@@ -42,9 +46,10 @@ def test_int8_file_name_metadata_and_engine(int8_resnet18: CliExport) -> None:
     )
     assert c.source == "scikit-image 0.26.0 data photos"
     assert c.options == {
-        "op_types": "default", "OpTypesToExcludeOutputQuantization": ["Gemm"],
+        "op_types": "default",
+        "OpTypesToExcludeOutputQuantization": ["Gemm"],
         "samples_per_photo": 4,
-    }  # fmt: skip
+    }
     # float logits: the last Gemm's output goes straight to the output cast, unquantised
     graph = onnx.load(str(path)).graph
     (gemm,) = [n for n in graph.node if n.op_type == "Gemm"]
@@ -85,10 +90,22 @@ def test_int8_below_a_floor_is_not_published(
     # Calibrated on a folder of 4 photos: 16 samples, quicker than the default 40, and the
     # --calibration-dir path end to end. The rejected file is kept with what was measured.
     code = cli.main(
-        ["resnet18", "--weights", "random", "--precision", "int8", "--provider", "cpu",
-         "--out-dir", str(tmp_path), "--calibration-dir", str(_calibration_dir(tmp_path)),
-         "--floor", "max_rel_logit_error=0.001"]
-    )  # fmt: skip
+        [
+            "resnet18",
+            "--weights",
+            "random",
+            "--precision",
+            "int8",
+            "--provider",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+            "--calibration-dir",
+            str(_calibration_dir(tmp_path)),
+            "--floor",
+            "max_rel_logit_error=0.001",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == cli.EXIT_VERIFY
     assert "BELOW FLOORS: max relative logit error" in out
@@ -99,8 +116,10 @@ def test_int8_below_a_floor_is_not_published(
     meta = parse_metadata({p.key: p.value for p in onnx.load(str(rejected)).metadata_props})
     assert meta.calibration is not None and meta.agreement is not None
     assert (meta.calibration.source, meta.calibration.photos, meta.calibration.samples) == (
-        "folder calib", 4, 16,
-    )  # fmt: skip
+        "folder calib",
+        4,
+        16,
+    )
     assert meta.agreement.floors.max_rel_logit_error == 0.001
     (measured,) = meta.agreement.measurements
     assert measured.provider == "cpu"
@@ -123,9 +142,20 @@ def test_corrupt_calibration_photo_names_the_fix(
     # answer is the photo's exit code 2, not the download's 3, and nothing is fetched.
     monkeypatch.setenv(BASE_URL_ENV, f"http://127.0.0.1:{_closed_port()}/")
     code = cli.main(
-        ["resnet18", "--weights", "imagenet", "--cache-dir", str(tmp_path / "cache"),
-         "--precision", "int8", "--out-dir", str(tmp_path), "--calibration-dir", str(folder)]
-    )  # fmt: skip
+        [
+            "resnet18",
+            "--weights",
+            "imagenet",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--precision",
+            "int8",
+            "--out-dir",
+            str(tmp_path),
+            "--calibration-dir",
+            str(folder),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE
     assert err.strip() == (
@@ -141,9 +171,18 @@ def test_verification_photos_are_never_calibration_photos(
     folder = _calibration_dir(tmp_path)
     shutil.copy(Path("contract/data/photos/chelsea.png"), folder / "my_cat.png")
     code = cli.main(
-        ["resnet18", "--weights", "random", "--precision", "int8", "--out-dir", str(tmp_path),
-         "--calibration-dir", str(folder)]
-    )  # fmt: skip
+        [
+            "resnet18",
+            "--weights",
+            "random",
+            "--precision",
+            "int8",
+            "--out-dir",
+            str(tmp_path),
+            "--calibration-dir",
+            str(folder),
+        ]
+    )
     assert code == cli.EXIT_USAGE
     assert capsys.readouterr().err.strip() == (
         "error: calibration photo my_cat.png is the verification photo chelsea.png: "

@@ -144,8 +144,13 @@ def test_a_correct_export_of_the_same_model_passes(
     model, data = r18
     path = tmp_path / "good.onnx"
     with torch.no_grad():
-        export_onnx(NHWCUint8Classifier(fuse_conv_bn(model), SPEC.mean, SPEC.std), path,
-                    crop_size=224, opset=17, meta=meta)  # fmt: skip
+        export_onnx(
+            NHWCUint8Classifier(fuse_conv_bn(model), SPEC.mean, SPEC.std),
+            path,
+            crop_size=224,
+            opset=17,
+            meta=meta,
+        )
     report = verify(path, Target(data, ["cpu"], DEFAULT_FLOORS["fp32"], read_cpuinfo()), "fp32")
     assert report.ok, report.format()
 

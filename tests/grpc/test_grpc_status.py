@@ -33,6 +33,8 @@ EXPECTED = {
     e.Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "1"),
     e.ShuttingDown: (grpc.StatusCode.UNAVAILABLE, "5"),
     e.InferenceFailed: (grpc.StatusCode.INTERNAL, None),
+    e.NotFound: (grpc.StatusCode.UNIMPLEMENTED, None),
+    e.MethodNotAllowed: (grpc.StatusCode.UNIMPLEMENTED, None),
 }
 
 

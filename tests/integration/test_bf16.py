@@ -40,8 +40,9 @@ def _models(srv: ServerProcess) -> tuple[dict[str, Any], list[Any]]:
 
 
 def _predict(srv: ServerProcess, name: str, data: bytes) -> list[int]:
-    r = srv.client().post(f"/predict/{name}?top_k=5", content=data,
-                          headers={"content-type": "image/jpeg"})  # fmt: skip
+    r = srv.client().post(
+        f"/predict/{name}?top_k=5", content=data, headers={"content-type": "image/jpeg"}
+    )
     assert r.status_code == 200, r.text
     return [p["index"] for p in r.json()["results"][0]["predictions"]]
 
@@ -60,8 +61,11 @@ def test_default_settings_serve_bf16_exactly_where_the_cpu_has_units(
         assert set(models) == {"resnet18", "resnet18-bf16"}
         bf16 = models["resnet18-bf16"]
         assert (bf16["ready"], bf16["precision"], bf16["file_precision"], bf16["provider"]) == (
-            True, "bf16", "fp32", "openvino",
-        )  # fmt: skip
+            True,
+            "bf16",
+            "fp32",
+            "openvino",
+        )
         assert bf16["engine"]["layers_by_precision"] == {"bf16": 21}  # every conv and the fc
         at_load = bf16["agreement"]["at_load"]
         assert at_load["floors"] == DEFAULT_FLOORS["bf16"].to_dict()
@@ -74,13 +78,24 @@ def test_default_settings_serve_bf16_exactly_where_the_cpu_has_units(
         assert len(set(top_fp32) & set(top_bf16)) >= 3
         # v2 on the same variant, binary UINT8 in and logits out.
         crop = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-        header = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8",
-                                         "shape": [2, 224, 224, 3],
-                                         "parameters": {"binary_data_size": crop.size}}],
-                             "outputs": [{"name": "logits",
-                                          "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
-        r = srv.client().post("/v2/models/resnet18-bf16/infer", content=header + crop.tobytes(),
-                              headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "images",
+                        "datatype": "UINT8",
+                        "shape": [2, 224, 224, 3],
+                        "parameters": {"binary_data_size": crop.size},
+                    }
+                ],
+                "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
+        r = srv.client().post(
+            "/v2/models/resnet18-bf16/infer",
+            content=header + crop.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
         assert r.status_code == 200, r.text
         length = int(r.headers["Inference-Header-Content-Length"])
         assert json.loads(r.content[:length])["outputs"][0]["shape"] == [2, 1000]
@@ -99,16 +114,24 @@ def test_an_automatic_variant_that_cannot_serve_is_skipped_not_fatal(
     # With bf16 units: a real run that misses the (forced) floors. Without: the claimed units
     # make the server ask OpenVINO for bf16, which compiles f32 here, and the engine refuses.
     monkeypatch.setenv("SEAM_CLAIM_BF16", "1")
-    srv = start_server(fp32_only, tmp_path, module="tests.seam_server", provider="openvino",
-                       agreement_floors=MISS, warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        fp32_only,
+        tmp_path,
+        module="tests.seam_server",
+        provider="openvino",
+        agreement_floors=MISS,
+        warmup_batch_sizes="1",
+    )
     try:
         models, skipped = _models(srv)
         assert set(models) == {"resnet18"} and models["resnet18"]["ready"] is True
         assert len(skipped) == 1
         variant = skipped[0]
         assert (variant["name"], variant["precision"], variant["provider"]) == (
-            "resnet18-bf16", "bf16", "openvino",
-        )  # fmt: skip
+            "resnet18-bf16",
+            "bf16",
+            "openvino",
+        )
         assert variant["to_serve_it"].startswith("bf16_variants=on requires it")
         if CPU.bf16:
             assert variant["reason"] == "agreement"
@@ -126,8 +149,9 @@ def test_an_automatic_variant_that_cannot_serve_is_skipped_not_fatal(
             "WARNING server.models.repository: model resnet18-bf16 (an automatic bf16 variant, "
             "bf16_variants=auto) is not served: " in srv.log
         ), srv.log
-        r = srv.client().post("/predict/resnet18-bf16", content=jpeg(64, 64),
-                              headers={"content-type": "image/jpeg"})  # fmt: skip
+        r = srv.client().post(
+            "/predict/resnet18-bf16", content=jpeg(64, 64), headers={"content-type": "image/jpeg"}
+        )
         assert r.status_code == 404
         assert r.json() == {
             "error": f"model 'resnet18-bf16' is not served on this machine ({reason}: see "
@@ -145,8 +169,15 @@ def test_bf16_variants_on_stays_strict(
     fp32_only: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SEAM_CLAIM_BF16", "1")
-    srv = start_server(fp32_only, tmp_path, module="tests.seam_server", wait=False,
-                       provider="openvino", bf16_variants="on", agreement_floors=MISS)  # fmt: skip
+    srv = start_server(
+        fp32_only,
+        tmp_path,
+        module="tests.seam_server",
+        wait=False,
+        provider="openvino",
+        bf16_variants="on",
+        agreement_floors=MISS,
+    )
     assert srv.exit_status(120) == 1
     assert "model load failed: " in srv.log
     if CPU.bf16:
@@ -160,8 +191,9 @@ def test_provider_auto_falls_back_for_a_model_the_user_named(
     fp32_only: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SEAM_OPENVINO_FAILS", "1")
-    srv = start_server(fp32_only, tmp_path, module="tests.seam_server", provider="auto",
-                       warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        fp32_only, tmp_path, module="tests.seam_server", provider="auto", warmup_batch_sizes="1"
+    )
     try:
         models, skipped = _models(srv)
         assert set(models) == {"resnet18"}
@@ -184,7 +216,8 @@ def test_provider_auto_falls_back_for_a_model_the_user_named(
     finally:
         srv.stop()
     # A provider the user named is not replaced.
-    srv = start_server(fp32_only, tmp_path, module="tests.seam_server", wait=False,
-                       provider="openvino")  # fmt: skip
+    srv = start_server(
+        fp32_only, tmp_path, module="tests.seam_server", wait=False, provider="openvino"
+    )
     assert srv.exit_status(120) == 1
     assert "model load failed: OpenVINO cannot compile this model" in srv.log

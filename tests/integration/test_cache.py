@@ -23,8 +23,11 @@ A, B, C = jpeg(seed=3), jpeg(seed=4), jpeg(seed=5)
 def entry_bytes(k: int, n: int = 1) -> int:
     """What one cached answer of ``n`` images ranked to ``k`` counts (logits, indices,
     probabilities, as the runner makes them, plus the bookkeeping)."""
-    arrays = (np.zeros((n, 1000), np.float32), np.zeros((n, k), np.int64),
-              np.zeros((n, k), np.float64))  # fmt: skip
+    arrays = (
+        np.zeros((n, 1000), np.float32),
+        np.zeros((n, k), np.int64),
+        np.zeros((n, k), np.float64),
+    )
     return sum(sys.getsizeof(a) for a in arrays) + ENTRY_OVERHEAD
 
 
@@ -51,8 +54,14 @@ def predict(c: httpx.Client, image: bytes, path: str = "/predict/resnet18", k: i
 
 
 def _start(root: Path, tmp_path: Path, **settings: object) -> ServerProcess:
-    return start_server(root, tmp_path, max_batch_size=4, warmup_batch_sizes="1,4",
-                        response_cache_models="resnet18", **settings)  # fmt: skip
+    return start_server(
+        root,
+        tmp_path,
+        max_batch_size=4,
+        warmup_batch_sizes="1,4",
+        response_cache_models="resnet18",
+        **settings,
+    )
 
 
 def test_hit_path_key_sensitivity_and_protocols(model_dir: Path, tmp_path: Path) -> None:
@@ -71,8 +80,11 @@ def test_hit_path_key_sensitivity_and_protocols(model_dir: Path, tmp_path: Path)
         assert second["model_version"] == first["model_version"] == "1"
         assert second["results"][0]["predictions"] == first["results"][0]["predictions"]
         assert second["results"][0]["timing"] == {
-            "queue_ms": 0.0, "preprocess_ms": 0.0, "inference_ms": 0.0, "batch_size": 0,
-        }  # fmt: skip
+            "queue_ms": 0.0,
+            "preprocess_ms": 0.0,
+            "inference_ms": 0.0,
+            "batch_size": 0,
+        }
         assert first["results"][0]["timing"]["batch_size"] >= 1
         # Another top_k, other bytes, several images: other keys.
         three = predict(c, A, k=3)
@@ -87,9 +99,17 @@ def test_hit_path_key_sensitivity_and_protocols(model_dir: Path, tmp_path: Path)
         assert [x["timing"]["batch_size"] for x in r.json()["results"]] == [0, 0]
         assert counts(c) == (2, 4, 0)
         # v2 REST with classification 5: the same images asked the same way, so a hit.
-        body = {"inputs": [{"name": "image_bytes", "shape": [1, 1], "datatype": "BYTES",
-                            "data": [base64.b64encode(A).decode()]}],
-                "outputs": [{"name": "logits", "parameters": {"classification": 5}}]}  # fmt: skip
+        body = {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1, 1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(A).decode()],
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"classification": 5}}],
+        }
         out = c.post("/v2/models/resnet18/infer", json=body).json()
         assert counts(c) == (3, 4, 0)
         best = out["outputs"][0]["data"][0].split(":")
@@ -100,8 +120,9 @@ def test_hit_path_key_sensitivity_and_protocols(model_dir: Path, tmp_path: Path)
             arr = np.array([A], dtype=object).reshape(-1, 1)
             inp = tgrpc.InferInput("image_bytes", list(arr.shape), "BYTES")
             inp.set_data_from_numpy(arr)
-            res = triton.infer("resnet18", [inp], outputs=[
-                tgrpc.InferRequestedOutput("logits", class_count=5)])  # fmt: skip
+            res = triton.infer(
+                "resnet18", [inp], outputs=[tgrpc.InferRequestedOutput("logits", class_count=5)]
+            )
             assert res.as_numpy("logits")[0][0].decode() == out["outputs"][0]["data"][0]
         finally:
             triton.close()
@@ -172,8 +193,9 @@ def test_reload_drops_the_old_versions_entries(
 def test_cache_enabled_by_the_model_config_file(model_dir: Path, tmp_path: Path) -> None:
     root = versioned_dir(tmp_path, {1: model_dir / "resnet18.onnx"})
     (root / "resnet18" / "config.json").write_text('{"response_cache": {"enable": true}}')
-    srv = start_server(root, tmp_path, max_batch_size=4, warmup_batch_sizes="1,4",
-                       response_cache_bytes=1_000_000)  # fmt: skip
+    srv = start_server(
+        root, tmp_path, max_batch_size=4, warmup_batch_sizes="1,4", response_cache_bytes=1_000_000
+    )
     try:
         c = srv.client()
         predict(c, A)

@@ -51,8 +51,9 @@ def test_batch_sizes_get_sessions_of_their_own(model_dir: Path) -> None:
     # The server asks for this on CUDA only (no GPU here): the same code on the CPU provider.
     path = model_dir / "resnet18.onnx"
     general = open_engine(path, EngineOptions("cpu", threads=2), CPU)
-    engine = open_engine(path, EngineOptions("cpu", threads=2, instances=2, batch_sizes=(4, 2)),
-                         CPU)  # fmt: skip
+    engine = open_engine(
+        path, EngineOptions("cpu", threads=2, instances=2, batch_sizes=(4, 2)), CPU
+    )
     assert engine.report.session_batch_sizes == (2, 4)
     assert engine.report.describe()["session_batch_sizes"] == [2, 4]
     assert general.report.session_batch_sizes == ()
@@ -83,8 +84,9 @@ def test_the_agreement_check_runs_on_every_session_per_size(model_dir: Path) -> 
     # Sessions per size are what traffic runs on under CUDA (asked for there only; no GPU
     # here): the same code on the CPU provider, one session made to answer wrong.
     path = model_dir / "resnet18.onnx"
-    engine = open_engine(path, EngineOptions("cpu", threads=2, instances=2,
-                                             batch_sizes=(1, 4, 16)), CPU)  # fmt: skip
+    engine = open_engine(
+        path, EngineOptions("cpu", threads=2, instances=2, batch_sizes=(1, 4, 16)), CPU
+    )
     calls: list[int] = []
     for d in engine._by_size:  # type: ignore[attr-defined]
         for n, sess in d.items():
@@ -96,8 +98,9 @@ def test_the_agreement_check_runs_on_every_session_per_size(model_dir: Path) -> 
     assert sorted(calls) == [1] * 14 + [4] * 4 + [16] * 2
     x = _crops(7)
     general = open_engine(path, EngineOptions("cpu", threads=2), CPU)
-    np.testing.assert_allclose(run_in_batches_of(engine, 1, x, 4), general.run(0, x),
-                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        run_in_batches_of(engine, 1, x, 4), general.run(0, x), rtol=1e-4, atol=1e-4
+    )
     engine._by_size[1][4] = _Wrong(engine._by_size[1][4])  # type: ignore[attr-defined]
     with pytest.raises(AgreementError, match=r"\(instance 1, batch 4\) misses its agreement"):
         check_agreement("resnet18", engine)
@@ -117,8 +120,11 @@ def test_openvino_reports_what_runs(model_dir: Path) -> None:
     engine = open_engine(model_dir / "resnet18.onnx", EngineOptions("openvino", threads=1), CPU)
     r = engine.report
     assert (r.provider, r.requested_provider, r.precision, r.fallback) == (
-        "openvino", "openvino", "fp32", False,
-    )  # fmt: skip
+        "openvino",
+        "openvino",
+        "fp32",
+        False,
+    )
     assert r.runtime.startswith("openvino 2026.")
     assert r.devices == ("OpenVINO CPU",)
     assert r.layers == {"f32": 21}  # ResNet18: 20 convolutions + the classifier
@@ -158,8 +164,11 @@ def test_missing_openvino_names_the_fix(model_dir: Path, monkeypatch: pytest.Mon
 def test_discover_adds_bf16_variants_of_fp32_files(model_dir: Path, tmp_path: Path) -> None:
     settings = Settings(model_dir=model_dir)
     assert {n: s.precision for n, s in discover(settings, bf16=True).items()} == {
-        "resnet18": None, "resnet50": None, "resnet18-bf16": "bf16", "resnet50-bf16": "bf16",
-    }  # fmt: skip
+        "resnet18": None,
+        "resnet50": None,
+        "resnet18-bf16": "bf16",
+        "resnet50-bf16": "bf16",
+    }
     assert set(discover(settings, bf16=False)) == {"resnet18", "resnet50"}
     named = Settings(model_dir=model_dir, models=["resnet50-bf16"])
     spec = discover(named)["resnet50-bf16"]
@@ -169,20 +178,24 @@ def test_discover_adds_bf16_variants_of_fp32_files(model_dir: Path, tmp_path: Pa
 
 
 def test_server_on_openvino(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, models="resnet18", provider="openvino",
-                       warmup_batch_sizes="1,2")  # fmt: skip
+    srv = start_server(
+        model_dir, tmp_path, models="resnet18", provider="openvino", warmup_batch_sizes="1,2"
+    )
     try:
         body = srv.client().get("/models").json()
         info = body["models"][0]
         assert (info["provider"], info["precision"], info["provider_fallback"]) == (
-            "openvino", "fp32", False,
-        )  # fmt: skip
+            "openvino",
+            "fp32",
+            False,
+        )
         assert info["engine"]["layers_by_precision"] == {"f32": 21}
         assert body["cpu"]["int8_units"] == CPU.int8_units
         assert body["cpu"]["bf16"] is CPU.bf16
         data = jpeg(500, 375, seed=5)
-        r = srv.client().post("/predict?top_k=3", content=data,
-                              headers={"content-type": "image/jpeg"})  # fmt: skip
+        r = srv.client().post(
+            "/predict?top_k=3", content=data, headers={"content-type": "image/jpeg"}
+        )
         assert r.status_code == 200, r.text
         engine = open_engine(model_dir / "resnet18.onnx", EngineOptions("openvino", threads=2), CPU)
         logits = engine.run(0, preprocess(data, engine.meta.preprocessing)[np.newaxis])[0]
@@ -197,8 +210,14 @@ def test_server_on_openvino(model_dir: Path, tmp_path: Path) -> None:
 def test_server_serves_a_named_bf16_variant_only_where_it_can_run(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    srv = start_server(model_dir, tmp_path, wait=CPU.bf16, models="resnet18-bf16",
-                       provider="openvino", warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path,
+        wait=CPU.bf16,
+        models="resnet18-bf16",
+        provider="openvino",
+        warmup_batch_sizes="1",
+    )
     if not CPU.bf16:  # named, so not best effort: the start fails with the reason
         assert srv.exit_status(120) == 1
         assert "model load failed: bf16 needs a CPU with bf16 units" in srv.log
@@ -207,8 +226,11 @@ def test_server_serves_a_named_bf16_variant_only_where_it_can_run(
         info = srv.client().get("/models").json()["models"][0]
         assert (info["name"], info["ready"], info["precision"]) == ("resnet18-bf16", True, "bf16")
         assert info["engine"]["layers_by_precision"] == {"bf16": 21}
-        r = srv.client().post("/predict/resnet18-bf16?top_k=3", content=jpeg(500, 375, seed=5),
-                              headers={"content-type": "image/jpeg"})  # fmt: skip
+        r = srv.client().post(
+            "/predict/resnet18-bf16?top_k=3",
+            content=jpeg(500, 375, seed=5),
+            headers={"content-type": "image/jpeg"},
+        )
         assert r.status_code == 200, r.text
         assert len(r.json()["results"][0]["predictions"]) == 3
         assert metric(srv, "resnet_inference_count_total", model="resnet18-bf16") == 1.0

@@ -14,8 +14,14 @@ from tests.imagegen import jpeg
 
 
 def test_readiness_is_503_until_models_are_warm(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, wait=False, models="resnet50",
-                       default_model="resnet50", warmup_batch_sizes="1,2,4,8,16")  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path,
+        wait=False,
+        models="resnet50",
+        default_model="resnet50",
+        warmup_batch_sizes="1,2,4,8,16",
+    )
     try:
         seen: list[tuple[int, str]] = []
         predicted_while_loading = False
@@ -30,8 +36,12 @@ def test_readiness_is_503_until_models_are_warm(model_dir: Path, tmp_path: Path)
             if r.status_code == 200:
                 break
             if not predicted_while_loading:
-                p = httpx.post(srv.url + "/predict", content=jpeg(), timeout=30,
-                               headers={"content-type": "image/jpeg"})  # fmt: skip
+                p = httpx.post(
+                    srv.url + "/predict",
+                    content=jpeg(),
+                    timeout=30,
+                    headers={"content-type": "image/jpeg"},
+                )
                 if httpx.get(srv.url + "/readyz", timeout=5).status_code == 503:
                     # Still loading: a configured model answers 503 (retry), not 404.
                     assert p.status_code == 503, p.text
@@ -50,9 +60,16 @@ def test_readiness_is_503_until_models_are_warm(model_dir: Path, tmp_path: Path)
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, models="resnet50", default_model="resnet50",
-                       shutdown_delay_s=1.0, drain_timeout_s=20, max_batch_size=4,
-                       warmup_batch_sizes="1,4")  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path,
+        models="resnet50",
+        default_model="resnet50",
+        shutdown_delay_s=1.0,
+        drain_timeout_s=20,
+        max_batch_size=4,
+        warmup_batch_sizes="1,4",
+    )
     data = jpeg(640, 480)
 
     def send(_: int) -> int:

@@ -42,8 +42,9 @@ def test_predict_matches_direct_onnxruntime(
     server: ServerProcess, model_dir: Path, name: str
 ) -> None:
     data = jpeg(500, 375, seed=3)
-    r = server.client().post(f"/predict/{name}?top_k=5", content=data,
-                             headers={"content-type": "image/jpeg"})  # fmt: skip
+    r = server.client().post(
+        f"/predict/{name}?top_k=5", content=data, headers={"content-type": "image/jpeg"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == name and body["random_weights"] is True

@@ -25,8 +25,15 @@ from tests.integration.test_predict import metric
 def test_cuda_fallback_is_loud_and_gates_readiness(
     model_dir: Path, tmp_path: Path, allow: bool
 ) -> None:
-    srv = start_server(model_dir, tmp_path, wait=False, models="resnet18", provider="cuda",
-                       allow_cpu_fallback=str(allow).lower(), warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path,
+        wait=False,
+        models="resnet18",
+        provider="cuda",
+        allow_cpu_fallback=str(allow).lower(),
+        warmup_batch_sizes="1",
+    )
     try:
         info = _first_loaded_model(srv)
         ready = srv.client().get("/readyz")
@@ -35,8 +42,13 @@ def test_cuda_fallback_is_loud_and_gates_readiness(
         assert info["provider_fallback"] is True
         assert info["session_providers"] == ["CPUExecutionProvider"]
         assert info["engine"]["runtime"].startswith("onnxruntime ")
-        labels = {"model": "resnet18", "provider": "cpu", "requested_provider": "cuda",
-                  "fallback": "true", "precision": "fp32"}  # fmt: skip
+        labels = {
+            "model": "resnet18",
+            "provider": "cpu",
+            "requested_provider": "cuda",
+            "fallback": "true",
+            "precision": "fp32",
+        }
         assert metric(srv, "resnet_model_info", **labels) == 1.0
         assert "model resnet18: cuda was requested but the model runs on cpu" in srv.log
         if allow:

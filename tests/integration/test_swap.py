@@ -52,8 +52,16 @@ def _client_loop(
                 continue
             body = r.json()
             best = body["results"][0]["predictions"][0]
-            out.append(Answer(sent, received, 200, body["model_version"],
-                              (best["index"], round(best["probability"], 6)), ""))  # fmt: skip
+            out.append(
+                Answer(
+                    sent,
+                    received,
+                    200,
+                    body["model_version"],
+                    (best["index"], round(best["probability"], 6)),
+                    "",
+                )
+            )
 
 
 def _niced_threads(pid: int) -> dict[int, int]:
@@ -81,8 +89,9 @@ def test_swap_v1_v2_v1_ten_times_under_load(
     model_dir: Path, resnet18_seed1: Path, tmp_path: Path
 ) -> None:
     root = versioned_dir(tmp_path, {1: model_dir / "resnet18.onnx"})
-    srv = start_server(root, tmp_path, model_control="explicit", max_batch_size=8,
-                       warmup_batch_sizes="1,2,4,8")  # fmt: skip
+    srv = start_server(
+        root, tmp_path, model_control="explicit", max_batch_size=8, warmup_batch_sizes="1,2,4,8"
+    )
     image = jpeg(seed=3)
     answers: list[Answer] = []
     stop = threading.Event()
@@ -90,8 +99,10 @@ def test_swap_v1_v2_v1_ten_times_under_load(
     rss: list[int] = []
     try:
         c = srv.client()
-        threads = [threading.Thread(target=_client_loop, args=(srv, image, stop, answers))
-                   for _ in range(CLIENTS)]  # fmt: skip
+        threads = [
+            threading.Thread(target=_client_loop, args=(srv, image, stop, answers))
+            for _ in range(CLIENTS)
+        ]
         for t in threads:
             t.start()
         time.sleep(1.0)

@@ -84,8 +84,9 @@ def test_ui_off_serves_no_page() -> None:
     assert get(create_app(Settings(model_dir=ROOT)), "/").status_code == 200
 
 
-@pytest.mark.parametrize(("argv", "expected"), [([], True), (["--ui", "false"], False),
-                                                (["--ui", "true"], True)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "expected"), [([], True), (["--ui", "false"], False), (["--ui", "true"], True)]
+)
 def test_ui_flag(
     argv: list[str], expected: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

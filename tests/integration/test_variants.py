@@ -33,8 +33,10 @@ def test_fp32_and_int8_side_by_side(variant_dir: Path, tmp_path: Path, provider:
         assert srv.client().get("/models").json()["skipped_variants"] == []
         fp32, int8 = models["resnet18"], models["resnet18-int8"]
         assert (fp32["precision"], int8["precision"], int8["file_precision"]) == (
-            "fp32", "int8", "int8",
-        )  # fmt: skip
+            "fp32",
+            "int8",
+            "int8",
+        )
         assert fp32["provider"] == int8["provider"] == provider
         # Checked at load, on this engine: fp32 within float32 rounding, INT8 above its floors.
         at_load = fp32["agreement"]["at_load"]
@@ -57,8 +59,9 @@ def test_fp32_and_int8_side_by_side(variant_dir: Path, tmp_path: Path, provider:
         data = jpeg(500, 375, seed=7)
         answers = {}
         for name in models:
-            r = srv.client().post(f"/predict/{name}?top_k=5", content=data,
-                                  headers={"content-type": "image/jpeg"})  # fmt: skip
+            r = srv.client().post(
+                f"/predict/{name}?top_k=5", content=data, headers={"content-type": "image/jpeg"}
+            )
             assert r.status_code == 200, r.text
             answers[name] = [p["index"] for p in r.json()["results"][0]["predictions"]]
         assert len(set(answers["resnet18"]) & set(answers["resnet18-int8"])) >= 3
@@ -99,8 +102,9 @@ def test_a_model_that_disagrees_with_its_reference_is_refused(
         and "set agreement_check=false to serve it anyway" in srv.log
     ), srv.log
     # The operator's override serves it, and says nothing was checked.
-    srv = start_server(bad, tmp_path, provider="cpu", agreement_check="false",
-                       warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        bad, tmp_path, provider="cpu", agreement_check="false", warmup_batch_sizes="1"
+    )
     try:
         info = srv.client().get("/models").json()["models"][0]
         assert info["ready"] is True and info["agreement"] is None
@@ -120,8 +124,9 @@ def test_a_file_without_reference_is_served_unchecked(variant_dir: Path, tmp_pat
 def test_reference_is_what_the_engine_gives_on_the_photos(variant_dir: Path) -> None:
     """The reference in the file is the float64 model on the server's own preprocessing of the
     shipped photos: ONNX Runtime's fp32 answer is within float32 rounding of it."""
-    engine = open_engine(variant_dir / "resnet18.onnx", EngineOptions("cpu", threads=2),
-                         read_cpuinfo())  # fmt: skip
+    engine = open_engine(
+        variant_dir / "resnet18.onnx", EngineOptions("cpu", threads=2), read_cpuinfo()
+    )
     reference = engine.meta.reference
     assert reference is not None
     photos = verification_photos()

@@ -94,8 +94,12 @@ def test_all_policy_serves_every_version_each_with_its_own_answers(
         arr = np.array([IMAGE], dtype=object).reshape(-1, 1)
         inp = thttp.InferInput("image_bytes", list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
-        out = triton.infer("resnet18", [inp], model_version="1",
-                           outputs=[thttp.InferRequestedOutput("logits", class_count=1)])  # fmt: skip
+        out = triton.infer(
+            "resnet18",
+            [inp],
+            model_version="1",
+            outputs=[thttp.InferRequestedOutput("logits", class_count=1)],
+        )
         assert out.get_response()["model_version"] == "1"
         assert int(out.as_numpy("logits")[0][0].decode().split(":")[1]) == v1[1]
         stats = c.get("/v2/models/stats").json()["model_stats"]
@@ -215,11 +219,14 @@ def test_tritonclient_http_index_load_unload(two_versions: Path, tmp_path: Path)
         assert 'resnet_model_info{model="resnet18"' not in metrics
         assert 'resnet_images_in_flight{model="resnet18"} 0.0' in metrics
         r = c.post("/predict/resnet18", content=IMAGE, headers=JPEG)
-        assert (r.status_code, r.json()) == (404, {
-            "error": "model 'resnet18' is not loaded (version 1 unloaded; version 2 unloaded); "
-            "load it through the repository API",
-            "code": "unknown_model",
-        })  # fmt: skip
+        assert (r.status_code, r.json()) == (
+            404,
+            {
+                "error": "model 'resnet18' is not loaded (version 1 unloaded; version 2 unloaded); "
+                "load it through the repository API",
+                "code": "unknown_model",
+            },
+        )
         assert c.get("/readyz").json() == {
             "error": "not ready: no model is loaded (every model was unloaded through the "
             "repository API)",
@@ -276,15 +283,21 @@ def test_tritonclient_grpc_index_load_unload(two_versions: Path, tmp_path: Path)
 
 def test_repository_api_is_off_with_model_control_none(server: ServerProcess) -> None:
     c = server.client()
-    for path in ("/v2/repository/index", "/v2/repository/models/resnet18/load",
-                 "/v2/repository/models/resnet18/unload"):  # fmt: skip
+    for path in (
+        "/v2/repository/index",
+        "/v2/repository/models/resnet18/load",
+        "/v2/repository/models/resnet18/unload",
+    ):
         r = c.post(path)
         action = path.rsplit("/", 1)[1]
-        assert (r.status_code, r.json()) == (403, {
-            "error": f"the repository API ({action}) is off: model_control=none; start the "
-            "server with RESNET_MODEL_CONTROL=explicit (or poll) to enable it",
-            "code": "repository_disabled",
-        })  # fmt: skip
+        assert (r.status_code, r.json()) == (
+            403,
+            {
+                "error": f"the repository API ({action}) is off: model_control=none; start the "
+                "server with RESNET_MODEL_CONTROL=explicit (or poll) to enable it",
+                "code": "repository_disabled",
+            },
+        )
     triton = tgrpc.InferenceServerClient(server.grpc_url)
     try:
         with pytest.raises(InferenceServerException) as info:
@@ -363,8 +376,10 @@ def test_a_version_draining_at_shutdown_stops_with_the_server(
     port = int(srv.url.rsplit(":", 1)[1])
     slow = socket.create_connection(("127.0.0.1", port))
     try:
-        slow.sendall(b"POST /predict/resnet18 HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                     b"Content-Length: 100000\r\n\r\n" + IMAGE[:10])  # fmt: skip
+        slow.sendall(
+            b"POST /predict/resnet18 HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n" + IMAGE[:10]
+        )
         c = srv.client()
         deadline = time.monotonic() + 10
         while 'resnet_images_in_flight{model="resnet18"} 1.0' not in c.get("/metrics").text:
@@ -375,9 +390,11 @@ def test_a_version_draining_at_shutdown_stops_with_the_server(
         assert c.post("/v2/repository/models/resnet18/load").status_code == 200
         assert _top(c, "/predict/resnet18")[0] == "2"
         assert c.post("/v2/repository/index").json()[0] == {
-            "name": "resnet18", "version": "1", "state": "UNLOADING",
+            "name": "resnet18",
+            "version": "1",
+            "state": "UNLOADING",
             "reason": "draining: replaced or unloaded",
-        }  # fmt: skip
+        }
         assert srv.stop() == 0
         assert "INFO server.app: stopped" in srv.log
         assert "Task was destroyed but it is pending" not in srv.log

@@ -25,8 +25,13 @@ from tests.reliability.helpers import connect, read_response, wait_for
 from tests.reliability.test_admission import headers_only
 
 # A body held half-sent for seconds (the gauges test): no minimum upload rate.
-WORKER_SETTINGS = {"workers": 2, "cores": 2, "models": "resnet18", "warmup_batch_sizes": "1,4",
-                   "min_upload_bytes_per_s": 0}  # fmt: skip
+WORKER_SETTINGS = {
+    "workers": 2,
+    "cores": 2,
+    "models": "resnet18",
+    "warmup_batch_sizes": "1,4",
+    "min_upload_bytes_per_s": 0,
+}
 
 
 def workers_of(srv: ServerProcess) -> dict[str, int]:
@@ -50,8 +55,12 @@ def ready_lines(srv: ServerProcess, worker: int) -> int:
 
 def post_fresh(srv: ServerProcess, data: bytes) -> httpx.Response:
     """One request on a new connection: the kernel picks the worker that accepts it."""
-    return httpx.post(f"{srv.url}/predict/resnet18?top_k=5", content=data,
-                      headers={"content-type": "image/jpeg"}, timeout=60)  # fmt: skip
+    return httpx.post(
+        f"{srv.url}/predict/resnet18?top_k=5",
+        content=data,
+        headers={"content-type": "image/jpeg"},
+        timeout=60,
+    )
 
 
 def fresh_scrape(srv: ServerProcess, name: str, **labels: str) -> float:
@@ -92,9 +101,11 @@ def ok_by_worker(srv: ServerProcess, pids: list[int]) -> dict[int, float]:
         path = metrics_dir(srv) / f"counter_{pid}.db"
         families = MultiProcessCollector.merge([str(path)]) if path.exists() else []
         out[pid] = sum(
-            s.value for f in families for s in f.samples
+            s.value
+            for f in families
+            for s in f.samples
             if s.name == "resnet_requests_total" and s.labels.get("outcome") == "ok"
-        )  # fmt: skip
+        )
     return out
 
 
@@ -118,8 +129,9 @@ def test_every_worker_answers_like_one_server_and_metrics_add_up(
     sent, pids = 16, list(workers.values())
     while min(ok_by_worker(pool, pids).values()) == 0 and sent < 256:
         with ThreadPoolExecutor(4) as ex:
-            assert all(r.status_code == 200 for r in ex.map(lambda d: post_fresh(pool, d),
-                                                            images[:8]))  # fmt: skip
+            assert all(
+                r.status_code == 200 for r in ex.map(lambda d: post_fresh(pool, d), images[:8])
+            )
         sent += 8
     per_worker = ok_by_worker(pool, pids)
     assert min(per_worker.values()) > 0 and sum(per_worker.values()) == sent, per_worker
@@ -179,8 +191,12 @@ def test_a_scrape_storm_reads_one_collection_a_second(pool: ServerProcess) -> No
 
 def metric_in(text: str) -> float:
     """resnet18's answered /predict requests in one exposition text."""
-    found = re.search(r'^resnet_requests_total\{endpoint="predict",model="resnet18",'
-                      r'outcome="ok"\} (\S+)$', text, re.M)  # fmt: skip
+    found = re.search(
+        r'^resnet_requests_total\{endpoint="predict",model="resnet18",'
+        r'outcome="ok"\} (\S+)$',
+        text,
+        re.M,
+    )
     return float(found[1]) if found else 0.0
 
 
@@ -199,8 +215,11 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost(pool: ServerProcess) ->
     assert wait_for(lambda: ready_lines(pool, 0) == 2, 120), "the replacement ready: not in time"
     replacement = workers_of(pool)["worker-0"]
     assert replacement != victim
-    assert re.search(r"worker 0 died \(exit -9\) after [\d.]+ s ready: replacement in 1 s; "
-                     r"1 of 2 workers serving", pool.log), pool.log  # fmt: skip
+    assert re.search(
+        r"worker 0 died \(exit -9\) after [\d.]+ s ready: replacement in 1 s; "
+        r"1 of 2 workers serving",
+        pool.log,
+    ), pool.log
     for _ in range(8):
         assert post_fresh(pool, data).status_code == 200
     assert ok_count(pool) == before + 16  # the dead worker's counts stay in the totals
@@ -259,8 +278,12 @@ def gaps(srv: ServerProcess, worker: int) -> list[tuple[float, float]]:
     """For each replacement of ``worker``: (the backoff the supervisor announced, the seconds
     from that line to the replacement's start), from the log's timestamps."""
     stamp = r"^(\S+ \S+) INFO server.workers: "
-    lines = re.findall(rf"^(\S+ \S+) ERROR server.workers: worker {worker} .*replacement in "
-                       rf"([\d.]+) s.*$|{stamp}worker {worker} (started) ", srv.log, re.M)  # fmt: skip
+    lines = re.findall(
+        rf"^(\S+ \S+) ERROR server.workers: worker {worker} .*replacement in "
+        rf"([\d.]+) s.*$|{stamp}worker {worker} (started) ",
+        srv.log,
+        re.M,
+    )
 
     def at(text: str) -> float:
         return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
@@ -316,8 +339,10 @@ def test_repeated_kills_back_off_per_slot_while_the_others_serve(
         assert announced == ([1.0, 2.0, 4.0], [1.0, 2.0, 4.0]), srv.log
         for delay, waited in gaps(srv, 0) + gaps(srv, 1):
             assert delay - 0.05 <= waited < delay + 3.0, (delay, waited)  # a loaded 2-core box
-        print(f"backoff announced -> measured (s): {gaps(srv, 0) + gaps(srv, 1)}; six deaths "
-              f"and three recoveries in {time.monotonic() - t0:.1f} s, {answered} requests 200")  # fmt: skip
+        print(
+            f"backoff announced -> measured (s): {gaps(srv, 0) + gaps(srv, 1)}; six deaths "
+            f"and three recoveries in {time.monotonic() - t0:.1f} s, {answered} requests 200"
+        )
         assert "while loading (1 in a row without getting ready): replacement in 2 s" in srv.log
         assert "while loading (2 in a row without getting ready): replacement in 4 s" in srv.log
         assert answered == 4 * 6 + 4 * 3
@@ -355,10 +380,21 @@ def test_when_no_worker_can_get_ready_the_server_stops(model_dir: Path, tmp_path
     log = srv.log
     for worker in (0, 1):
         assert [a for a, _ in gaps(srv, worker)] == [1.0, 2.0, 4.0], log
-        assert re.search(rf"worker {worker} could not load or ready its models \(exit 4\) "
-                         r"while loading \(1 in a row without getting ready\): replacement in "
-                         r"2 s; 0 of 2 workers serving", log), log  # fmt: skip
-    assert len(re.findall(r"no worker can serve \(none ready, each of the 2 slots' last workers "
-                          r"failed to get ready\): stopping the server", log)) == 1  # fmt: skip
+        assert re.search(
+            rf"worker {worker} could not load or ready its models \(exit 4\) "
+            r"while loading \(1 in a row without getting ready\): replacement in "
+            r"2 s; 0 of 2 workers serving",
+            log,
+        ), log
+    assert (
+        len(
+            re.findall(
+                r"no worker can serve \(none ready, each of the 2 slots' last workers "
+                r"failed to get ready\): stopping the server",
+                log,
+            )
+        )
+        == 1
+    )
     assert log.count("could not load or ready its models (exit 4)") == 2 * GIVE_UP_MISSES
     assert "model load failed" in log

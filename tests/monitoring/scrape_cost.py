@@ -83,14 +83,24 @@ def collection_s(directory: Path) -> float:
 
 def measure(model_dir: Path, workers: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        srv = start_server(model_dir, Path(tmp), workers=workers, cores=2, models="resnet18",
-                           warmup_batch_sizes="1,4")  # fmt: skip
+        srv = start_server(
+            model_dir,
+            Path(tmp),
+            workers=workers,
+            cores=2,
+            models="resnet18",
+            warmup_batch_sizes="1,4",
+        )
         try:
             assert wait_for(lambda: srv.log.count("ready: serving") == workers, 300)
             data = jpeg(320, 240, seed=1)
             for _ in range(64):
-                httpx.post(f"{srv.url}/predict", content=data, timeout=60,
-                           headers={"content-type": "image/jpeg"})  # fmt: skip
+                httpx.post(
+                    f"{srv.url}/predict",
+                    content=data,
+                    timeout=60,
+                    headers={"content-type": "image/jpeg"},
+                )
             pids = list(workers_of(srv).values())
             one = collection_s(metrics_dir(srv))
             cpu0 = cpu_seconds(pids)

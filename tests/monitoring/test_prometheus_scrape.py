@@ -38,8 +38,15 @@ def scraped(
     """A fresh server (exact counts) and a Prometheus scraping it every second."""
     prom = _need("prometheus")
     tmp = tmp_path_factory.mktemp("prom")
-    srv = start_server(model_dir, tmp, models="resnet18", batching="delay",
-                       max_queue_delay_ms=40, max_batch_size=8, warmup_batch_sizes="1,8")  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp,
+        models="resnet18",
+        batching="delay",
+        max_queue_delay_ms=40,
+        max_batch_size=8,
+        warmup_batch_sizes="1,8",
+    )
     target = srv.url.removeprefix("http://")
     (tmp / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
@@ -49,10 +56,15 @@ def scraped(
     port = free_port()
     log = (tmp / "prometheus.log").open("wb")
     proc = subprocess.Popen(
-        [prom, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            prom,
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         yield srv, f"http://127.0.0.1:{port}"
     finally:

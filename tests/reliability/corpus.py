@@ -119,9 +119,16 @@ def jpeg_many_scans(scans: int = 150) -> bytes:
 def tiff_long_strip_table(strips: int = 20_000) -> bytes:
     """An 8x8 greyscale TIFF (one strip of 8 rows) whose strip tables hold ``strips`` entries."""
     entries = [  # (tag, type, count, value or offset): SHORT 3, LONG 4
-        (256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-        (273, 4, strips, 0), (277, 3, 1, 1), (278, 3, 1, 8), (279, 4, strips, 0),
-    ]  # fmt: skip
+        (256, 3, 1, 8),
+        (257, 3, 1, 8),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, strips, 0),
+        (277, 3, 1, 1),
+        (278, 3, 1, 8),
+        (279, 4, strips, 0),
+    ]
     ifd_at = 8
     ifd_size = 2 + 12 * len(entries) + 4
     offsets_at = ifd_at + ifd_size
@@ -146,8 +153,13 @@ def png_tiny_chunks(target: int = 4 << 20) -> bytes:
     raw = b"".join(b"\x00" + bytes(64) for _ in range(64))
     empty = png_chunk(b"IDAT", b"")
     ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0))
-    return (b"\x89PNG\r\n\x1a\n" + ihdr + empty * (target // len(empty))
-            + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + ihdr
+        + empty * (target // len(empty))
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def multipart_without_file() -> tuple[bytes, dict[str, str]]:
@@ -206,10 +218,24 @@ def predict_cases() -> Iterator[Case]:
     )
     yield Case("empty-body", "/predict", 400, bad, "empty body", b"", JPEG_CT)
     # Structure that costs far more than the pixels: refused before anything is decoded.
-    yield Case("jpeg-150-scans", "/predict", 400, inv, "150 scans (limit 100; a progressive",
-               jpeg_many_scans(), JPEG_CT)  # fmt: skip
-    yield Case("tiff-long-strip-table", "/predict", 400, inv,
-               "20000 strips declared, a 8x8 image needs 1", tiff_long_strip_table(), OCTET)  # fmt: skip
+    yield Case(
+        "jpeg-150-scans",
+        "/predict",
+        400,
+        inv,
+        "150 scans (limit 100; a progressive",
+        jpeg_many_scans(),
+        JPEG_CT,
+    )
+    yield Case(
+        "tiff-long-strip-table",
+        "/predict",
+        400,
+        inv,
+        "20000 strips declared, a 8x8 image needs 1",
+        tiff_long_strip_table(),
+        OCTET,
+    )
     yield Case("png-tiny-chunks", "/predict", 400, inv, "chunks in", png_tiny_chunks(), OCTET)
     yield Case("empty-body-no-type", "/predict", 400, bad, "empty body", b"")
     yield Case(
@@ -229,8 +255,15 @@ def predict_cases() -> Iterator[Case]:
         ok,
         {"content-type": "application/json"},
     )
-    yield Case("form-urlencoded", "/predict", 415, media, "x-www-form-urlencoded", b"a=b",
-               {"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    yield Case(
+        "form-urlencoded",
+        "/predict",
+        415,
+        media,
+        "x-www-form-urlencoded",
+        b"a=b",
+        {"content-type": "application/x-www-form-urlencoded"},
+    )
     for cut in (2, 20, 200, len(ok) // 2, len(ok) - 100):
         yield Case(f"jpeg-cut-{cut}", "/predict", 400, inv, "JPEG", ok[:cut], JPEG_CT)
     for cut in (8, 30, 100, len(png_ok) // 2, len(png_ok) - 20, len(png_ok) - 12):
@@ -300,12 +333,31 @@ def predict_cases() -> Iterator[Case]:
     )
     yield Case("pdf-as-jpeg", "/predict", 415, media, "PDF", PDF, JPEG_CT)
     yield Case("multipart-no-file", "/predict", 400, bad, "no file part", *multipart_without_file())
-    yield Case("multipart-100-files", "/predict", 400, bad, "malformed multipart body: Too many files. Maximum number of files is 32",
-               files=[("file", (f"{i}.jpg", ok, "image/jpeg")) for i in range(100)])  # fmt: skip
-    yield Case("multipart-bad-boundary", "/predict", 400, bad, "malformed multipart body",
-               b"--nope\r\n\r\n", {"content-type": "multipart/form-data; boundary=zzz"})  # fmt: skip
-    yield Case("multipart-one-bad-image", "/predict", 400, inv, "",
-               files=[("file", ("a.jpg", ok, "image/jpeg")), ("file", ("b.jpg", b"junk", "image/jpeg"))])  # fmt: skip
+    yield Case(
+        "multipart-100-files",
+        "/predict",
+        400,
+        bad,
+        "malformed multipart body: Too many files. Maximum number of files is 32",
+        files=[("file", (f"{i}.jpg", ok, "image/jpeg")) for i in range(100)],
+    )
+    yield Case(
+        "multipart-bad-boundary",
+        "/predict",
+        400,
+        bad,
+        "malformed multipart body",
+        b"--nope\r\n\r\n",
+        {"content-type": "multipart/form-data; boundary=zzz"},
+    )
+    yield Case(
+        "multipart-one-bad-image",
+        "/predict",
+        400,
+        inv,
+        "",
+        files=[("file", ("a.jpg", ok, "image/jpeg")), ("file", ("b.jpg", b"junk", "image/jpeg"))],
+    )
     yield Case(
         "top-k-negative", "/predict?top_k=-1", 422, "invalid_parameter", "top_k", ok, JPEG_CT
     )
@@ -391,8 +443,13 @@ def predict_cases() -> Iterator[Case]:
         "png-16-bit", "/predict", 200, content=png16(), headers={"content-type": "image/png"}
     )
     yield Case("cmyk-jpeg", "/predict", 200, content=cmyk_jpeg(), headers=JPEG_CT)
-    yield Case("palette-png-transparency", "/predict", 200, content=palette_png_transparent(),
-               headers={"content-type": "image/png"})  # fmt: skip
+    yield Case(
+        "palette-png-transparency",
+        "/predict",
+        200,
+        content=palette_png_transparent(),
+        headers={"content-type": "image/png"},
+    )
     yield Case("webp", "/predict", 200, content=webp(), headers={"content-type": "image/webp"})
 
 
@@ -409,30 +466,123 @@ def v2_cases() -> Iterator[Case]:
     yield Case("v2-empty", url, 400, bad, "", b"", js)
     yield Case("v2-not-json", url, 400, bad, "", b"{not json", js)
     yield Case("v2-html", url, 400, bad, "", HTML, js)
-    yield Case("v2-nan", url, 400, bad, "", b'{"inputs":[{"name":"images","shape":[1,224,224,3],'
-               b'"datatype":"UINT8","data":[NaN]}]}', js)  # fmt: skip
-    yield Case("v2-infinity", url, 400, bad, "", b'{"inputs":[{"name":"images","shape":[1,1],'
-               b'"datatype":"FP32","data":[Infinity]}]}', js)  # fmt: skip
-    yield Case("v2-wrong-type", url, 400, bad, "", v2_json([{"name": "images", "shape": [1, 224, 224, 3],
-               "datatype": "UINT8", "data": ["x"] * (224 * 224 * 3)}]), js)  # fmt: skip
-    yield Case("v2-wrong-datatype", url, 400, bad, "", v2_json([{"name": "images", "shape": [1, 224, 224, 3],
-               "datatype": "FP32", "data": [0.5] * (224 * 224 * 3)}]), js)  # fmt: skip
-    yield Case("v2-out-of-range", url, 400, bad, "", v2_json([{"name": "images", "shape": [1, 224, 224, 3],
-               "datatype": "UINT8", "data": [300] * (224 * 224 * 3)}]), js)  # fmt: skip
-    yield Case("v2-shape-mismatch", url, 400, bad, "", v2_json([{"name": "images", "shape": [1, 224, 224, 3],
-               "datatype": "UINT8", "data": [1, 2, 3]}]), js)  # fmt: skip
-    yield Case("v2-huge-shape", url, 400, bad, "", v2_json([{"name": "images", "shape": [2**62, 2**62],
-               "datatype": "UINT8", "data": [1]}]), js)  # fmt: skip
-    yield Case("v2-negative-shape", url, 400, bad, "", v2_json([{"name": "images", "shape": [-1, 224, 224, 3],
-               "datatype": "UINT8", "data": [1]}]), js)  # fmt: skip
+    yield Case(
+        "v2-nan",
+        url,
+        400,
+        bad,
+        "",
+        b'{"inputs":[{"name":"images","shape":[1,224,224,3],"datatype":"UINT8","data":[NaN]}]}',
+        js,
+    )
+    yield Case(
+        "v2-infinity",
+        url,
+        400,
+        bad,
+        "",
+        b'{"inputs":[{"name":"images","shape":[1,1],"datatype":"FP32","data":[Infinity]}]}',
+        js,
+    )
+    yield Case(
+        "v2-wrong-type",
+        url,
+        400,
+        bad,
+        "",
+        v2_json(
+            [
+                {
+                    "name": "images",
+                    "shape": [1, 224, 224, 3],
+                    "datatype": "UINT8",
+                    "data": ["x"] * (224 * 224 * 3),
+                }
+            ]
+        ),
+        js,
+    )
+    yield Case(
+        "v2-wrong-datatype",
+        url,
+        400,
+        bad,
+        "",
+        v2_json(
+            [
+                {
+                    "name": "images",
+                    "shape": [1, 224, 224, 3],
+                    "datatype": "FP32",
+                    "data": [0.5] * (224 * 224 * 3),
+                }
+            ]
+        ),
+        js,
+    )
+    yield Case(
+        "v2-out-of-range",
+        url,
+        400,
+        bad,
+        "",
+        v2_json(
+            [
+                {
+                    "name": "images",
+                    "shape": [1, 224, 224, 3],
+                    "datatype": "UINT8",
+                    "data": [300] * (224 * 224 * 3),
+                }
+            ]
+        ),
+        js,
+    )
+    yield Case(
+        "v2-shape-mismatch",
+        url,
+        400,
+        bad,
+        "",
+        v2_json(
+            [{"name": "images", "shape": [1, 224, 224, 3], "datatype": "UINT8", "data": [1, 2, 3]}]
+        ),
+        js,
+    )
+    yield Case(
+        "v2-huge-shape",
+        url,
+        400,
+        bad,
+        "",
+        v2_json([{"name": "images", "shape": [2**62, 2**62], "datatype": "UINT8", "data": [1]}]),
+        js,
+    )
+    yield Case(
+        "v2-negative-shape",
+        url,
+        400,
+        bad,
+        "",
+        v2_json([{"name": "images", "shape": [-1, 224, 224, 3], "datatype": "UINT8", "data": [1]}]),
+        js,
+    )
     yield Case("v2-no-inputs", url, 400, bad, "", v2_json([]), js)
     yield Case("v2-inputs-not-list", url, 400, bad, "", b'{"inputs": 5}', js)
     yield Case("v2-nested-100k", url, 400, bad, "", b"[" * 100_000 + b"]" * 100_000, js)
     yield Case(
         "v2-nested-object-100k", url, 400, bad, "", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, js
     )
-    yield Case("v2-nested-in-data", url, 400, bad, "", b'{"inputs":[{"name":"images","shape":[1],'
-               b'"datatype":"UINT8","data":' + b"[" * 50_000 + b"]" * 50_000 + b"}]}", js)  # fmt: skip
+    yield Case(
+        "v2-nested-in-data",
+        url,
+        400,
+        bad,
+        "",
+        b'{"inputs":[{"name":"images","shape":[1],'
+        b'"datatype":"UINT8","data":' + b"[" * 50_000 + b"]" * 50_000 + b"}]}",
+        js,
+    )
     yield Case(
         "v2-image-not-base64",
         url,
@@ -442,35 +592,134 @@ def v2_cases() -> Iterator[Case]:
         v2_json([{**img, "data": ["!!!not base64!!!"]}]),
         js,
     )
-    yield Case("v2-image-not-an-image", url, 400, "invalid_image", "",
-               v2_json([{**img, "data": [base64.b64encode(b"hello").decode()]}]), js)  # fmt: skip
-    yield Case("v2-image-svg", url, 415, "unsupported_media_type", "SVG",
-               v2_json([{**img, "data": [base64.b64encode(SVG).decode()]}]), js)  # fmt: skip
-    yield Case("v2-image-bomb", url, 413, "image_too_large", "2500000000 pixels",
-               v2_json([{**img, "data": [base64.b64encode(png_declaring(50000, 50000)).decode()]}]), js)  # fmt: skip
-    yield Case("v2-classification-negative", url, 400, bad, "", v2_json([img],
-               outputs=[{"name": "logits", "parameters": {"classification": -3}}]), js)  # fmt: skip
-    yield Case("v2-classification-huge", url, 400, bad, "", v2_json([img],
-               outputs=[{"name": "logits", "parameters": {"classification": 10**30}}]), js)  # fmt: skip
-    header = v2_json([{"name": "images", "shape": [1, 224, 224, 3], "datatype": "UINT8",
-                       "parameters": {"binary_data_size": 224 * 224 * 3}}])  # fmt: skip
+    yield Case(
+        "v2-image-not-an-image",
+        url,
+        400,
+        "invalid_image",
+        "",
+        v2_json([{**img, "data": [base64.b64encode(b"hello").decode()]}]),
+        js,
+    )
+    yield Case(
+        "v2-image-svg",
+        url,
+        415,
+        "unsupported_media_type",
+        "SVG",
+        v2_json([{**img, "data": [base64.b64encode(SVG).decode()]}]),
+        js,
+    )
+    yield Case(
+        "v2-image-bomb",
+        url,
+        413,
+        "image_too_large",
+        "2500000000 pixels",
+        v2_json([{**img, "data": [base64.b64encode(png_declaring(50000, 50000)).decode()]}]),
+        js,
+    )
+    yield Case(
+        "v2-classification-negative",
+        url,
+        400,
+        bad,
+        "",
+        v2_json([img], outputs=[{"name": "logits", "parameters": {"classification": -3}}]),
+        js,
+    )
+    yield Case(
+        "v2-classification-huge",
+        url,
+        400,
+        bad,
+        "",
+        v2_json([img], outputs=[{"name": "logits", "parameters": {"classification": 10**30}}]),
+        js,
+    )
+    header = v2_json(
+        [
+            {
+                "name": "images",
+                "shape": [1, 224, 224, 3],
+                "datatype": "UINT8",
+                "parameters": {"binary_data_size": 224 * 224 * 3},
+            }
+        ]
+    )
     hl = "Inference-Header-Content-Length"
-    yield Case("v2-binary-short", url, 400, bad, "", header + b"\x00" * 100,
-               {"content-type": "application/octet-stream", hl: str(len(header))})  # fmt: skip
-    yield Case("v2-binary-header-too-long", url, 400, bad, "", header,
-               {"content-type": "application/octet-stream", hl: str(len(header) + 1000)})  # fmt: skip
-    yield Case("v2-binary-header-negative", url, 400, bad, "", header,
-               {"content-type": "application/octet-stream", hl: "-5"})  # fmt: skip
-    yield Case("v2-binary-header-junk", url, 400, bad, "", header,
-               {"content-type": "application/octet-stream", hl: "12abc"})  # fmt: skip
-    yield Case("v2-unknown-model", "/v2/models/resnet1000/infer", 404, "unknown_model", "unknown model",
-               v2_json([img]), js)  # fmt: skip
-    yield Case("v2-traversal-dotdot", "/v2/models/%2e%2e/infer", 404, "unknown_model", "unknown model",
-               v2_json([img]), js)  # fmt: skip
-    yield Case("v2-traversal-slash", "/v2/models/..%2F..%2Fetc%2Fpasswd/infer", 404, "not_found", "",
-               v2_json([img]), js)  # fmt: skip
-    yield Case("v2-unknown-version", "/v2/models/resnet18/versions/2/infer", 404, "unknown_model", "",
-               v2_json([img]), js)  # fmt: skip
+    yield Case(
+        "v2-binary-short",
+        url,
+        400,
+        bad,
+        "",
+        header + b"\x00" * 100,
+        {"content-type": "application/octet-stream", hl: str(len(header))},
+    )
+    yield Case(
+        "v2-binary-header-too-long",
+        url,
+        400,
+        bad,
+        "",
+        header,
+        {"content-type": "application/octet-stream", hl: str(len(header) + 1000)},
+    )
+    yield Case(
+        "v2-binary-header-negative",
+        url,
+        400,
+        bad,
+        "",
+        header,
+        {"content-type": "application/octet-stream", hl: "-5"},
+    )
+    yield Case(
+        "v2-binary-header-junk",
+        url,
+        400,
+        bad,
+        "",
+        header,
+        {"content-type": "application/octet-stream", hl: "12abc"},
+    )
+    yield Case(
+        "v2-unknown-model",
+        "/v2/models/resnet1000/infer",
+        404,
+        "unknown_model",
+        "unknown model",
+        v2_json([img]),
+        js,
+    )
+    yield Case(
+        "v2-traversal-dotdot",
+        "/v2/models/%2e%2e/infer",
+        404,
+        "unknown_model",
+        "unknown model",
+        v2_json([img]),
+        js,
+    )
+    yield Case(
+        "v2-traversal-slash",
+        "/v2/models/..%2F..%2Fetc%2Fpasswd/infer",
+        404,
+        "not_found",
+        "",
+        v2_json([img]),
+        js,
+    )
+    yield Case(
+        "v2-unknown-version",
+        "/v2/models/resnet18/versions/2/infer",
+        404,
+        "unknown_model",
+        "",
+        v2_json([img]),
+        js,
+    )
     yield Case("v2-metadata-traversal", "/v2/models/%2e%2e", 404, "unknown_model", "", method="GET")
     yield Case("v2-ok-image-bytes", url, 200, content=v2_json([img]), headers=js)
 

@@ -30,12 +30,20 @@ CAPACITY = QUEUE + BATCH  # one instance
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAULT_SLOW_S", str(SLOW_S))
-        s = start_server(model_dir, tmp_path_factory.mktemp("admission"),
-                         module="tests.fault_server", models="resnet18", batching="delay",
-                         max_queue_delay_ms=300, max_batch_size=BATCH, max_queue_size=QUEUE,
-                         warmup_batch_sizes="1,2", max_body_bytes_in_flight=200_000,
-                         max_body_bytes=150_000,  # bodies held half-sent: no minimum rate
-                         min_upload_bytes_per_s=0)  # fmt: skip
+        s = start_server(
+            model_dir,
+            tmp_path_factory.mktemp("admission"),
+            module="tests.fault_server",
+            models="resnet18",
+            batching="delay",
+            max_queue_delay_ms=300,
+            max_batch_size=BATCH,
+            max_queue_size=QUEUE,
+            warmup_batch_sizes="1,2",
+            max_body_bytes_in_flight=200_000,
+            max_body_bytes=150_000,  # bodies held half-sent: no minimum rate
+            min_upload_bytes_per_s=0,
+        )
     yield s
     s.stop()
 
@@ -58,8 +66,11 @@ def multipart(*images: bytes) -> dict[str, tuple[str, bytes, str]]:
 
 
 def headers_only(path: bytes, length: int, ctype: bytes = b"image/jpeg") -> bytes:
-    return (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-            % (path, ctype, length))  # fmt: skip
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+        path,
+        ctype,
+        length,
+    )
 
 
 def post_files(srv: ServerProcess, *images: bytes) -> httpx.Response:
@@ -150,28 +161,36 @@ def test_non_finite_logits_fail_only_their_own_request(srv: ServerProcess) -> No
 def test_body_bytes_in_flight_are_bounded_and_refusals_counted(srv: ServerProcess) -> None:
     """Two bodies of 120 kB cannot be held at once under a 200 kB budget: the second is
     refused at the door, by the limits middleware, and counted like any answer."""
-    overloaded = metric(srv, "resnet_requests_total", model="resnet18", endpoint="predict",
-                        outcome="overloaded")  # fmt: skip
+    overloaded = metric(
+        srv, "resnet_requests_total", model="resnet18", endpoint="predict", outcome="overloaded"
+    )
     rejected = metric(srv, "resnet_rejected_requests_total", model="resnet18", reason="overloaded")
     with connect(srv) as slow:
         # 120 kB of a 130 kB body sent, the rest withheld: it holds the bytes it sent.
         slow.sendall(headers_only(b"/predict", 130_000) + b"\xff\xd8" + b"\0" * 119_998)
         assert wait_for(lambda: gauge(srv, "resnet_decode_backlog") == 1, 3)
-        r = srv.client().post("/predict/resnet18", content=b"\xff" * 120_000,
-                              headers={"content-type": "image/jpeg"})  # fmt: skip
+        r = srv.client().post(
+            "/predict/resnet18", content=b"\xff" * 120_000, headers={"content-type": "image/jpeg"}
+        )
         assert_error(r, 503, "overloaded", "body bytes in flight (limit 200000)")
     # The slow request's reservation returns once the server has seen the socket close.
     assert wait_for(lambda: gauge(srv, "resnet_decode_backlog") == 0, 5)
-    assert metric(srv, "resnet_requests_total", model="resnet18", endpoint="predict",
-                  outcome="overloaded") - overloaded == 1  # fmt: skip
+    assert (
+        metric(
+            srv, "resnet_requests_total", model="resnet18", endpoint="predict", outcome="overloaded"
+        )
+        - overloaded
+        == 1
+    )
     assert (
         metric(srv, "resnet_rejected_requests_total", model="resnet18", reason="overloaded")
         - rejected
         == 1
     )
     # The reservation is returned: a body of the same size goes through now.
-    r = srv.client().post("/predict", content=jpeg(seed=4) + b"\0" * 100_000,
-                          headers={"content-type": "image/jpeg"})  # fmt: skip
+    r = srv.client().post(
+        "/predict", content=jpeg(seed=4) + b"\0" * 100_000, headers={"content-type": "image/jpeg"}
+    )
     assert r.status_code == 200, r.text
 
 
@@ -182,14 +201,25 @@ def test_a_slow_upload_holds_only_the_bytes_it_sent(srv: ServerProcess) -> None:
     with connect(srv) as slow:
         slow.sendall(headers_only(b"/predict", 130_000) + b"\xff\xd8")
         assert wait_for(lambda: gauge(srv, "resnet_decode_backlog") == 1, 3)
-        r = srv.client().post("/predict", content=jpeg(seed=5) + b"\0" * 100_000,
-                              headers={"content-type": "image/jpeg"})  # fmt: skip
+        r = srv.client().post(
+            "/predict",
+            content=jpeg(seed=5) + b"\0" * 100_000,
+            headers={"content-type": "image/jpeg"},
+        )
         assert r.status_code == 200, r.text
 
 
 def test_v2_json_request_is_admitted_for_its_whole_batch(srv: ServerProcess) -> None:
-    doc = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [2],
-                       "data": [base64.b64encode(jpeg(seed=i)).decode() for i in range(2)]}]}  # fmt: skip
+    doc = {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "datatype": "BYTES",
+                "shape": [2],
+                "data": [base64.b64encode(jpeg(seed=i)).decode() for i in range(2)],
+            }
+        ]
+    }
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(post_files, srv, WHITE, WHITE, WHITE)
         assert wait_for(lambda: gauge(srv, "resnet_images_in_flight") == 3, 5)
@@ -208,8 +238,11 @@ def test_unknown_model_refusals_do_not_make_new_series(srv: ServerProcess) -> No
     with httpx.Client(base_url=srv.url) as c, connect(srv) as slow:
         slow.sendall(headers_only(b"/predict", 130_000) + b"\xff\xd8" + b"\0" * 119_998)
         assert wait_for(lambda: gauge(srv, "resnet_decode_backlog") == 1, 3)
-        r = c.post("/predict/no-such-model", content=b"\xff" * 120_000,
-                   headers={"content-type": "image/jpeg"})  # fmt: skip
+        r = c.post(
+            "/predict/no-such-model",
+            content=b"\xff" * 120_000,
+            headers={"content-type": "image/jpeg"},
+        )
         assert_error(r, 503, "overloaded")
     assert metric(srv, "resnet_requests_total", model="_unknown", outcome="overloaded") >= 1
     assert "no-such-model" not in srv.client().get("/metrics").text

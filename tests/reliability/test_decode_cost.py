@@ -62,9 +62,16 @@ def post(srv: ServerProcess, data: bytes, headers: dict[str, str]) -> httpx.Resp
 @pytest.fixture(scope="module")
 def tight(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server whose decodes get 30 ms of CPU plus 2 ms per megapixel, and 64 MiB."""
-    srv = start_server(model_dir, tmp_path_factory.mktemp("tight"), models="resnet18",
-                       warmup_batch_sizes="1", preprocess_threads=2, decode_cpu_base_ms=30,
-                       decode_cpu_ms_per_mpixel=2, decode_memory_bytes=64 << 20)  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("tight"),
+        models="resnet18",
+        warmup_batch_sizes="1",
+        preprocess_threads=2,
+        decode_cpu_base_ms=30,
+        decode_cpu_ms_per_mpixel=2,
+        decode_memory_bytes=64 << 20,
+    )
     yield srv
     srv.stop()
 
@@ -73,10 +80,14 @@ def test_a_decode_past_its_cpu_budget_is_killed_and_answered_422(tight: ServerPr
     before = metric(tight, "resnet_requests_total", model="resnet18", outcome="image_too_costly")
     start = time.monotonic()
     r = post(tight, gradient_png(4000, 3000), PNG_CT)  # ~0.2 s of CPU to inflate and resize
-    assert_error(r, 422, "image_too_costly",
-                 "image decode passed its CPU budget of 0.05 s (12.0 MP declared; 0.03 s + "
-                 "0.002 s per megapixel): the file's structure costs more than its pixels "
-                 "justify")  # fmt: skip
+    assert_error(
+        r,
+        422,
+        "image_too_costly",
+        "image decode passed its CPU budget of 0.05 s (12.0 MP declared; 0.03 s + "
+        "0.002 s per megapixel): the file's structure costs more than its pixels "
+        "justify",
+    )
     assert time.monotonic() - start < 5
     after = metric(tight, "resnet_requests_total", model="resnet18", outcome="image_too_costly")
     assert after == before + 1
@@ -88,8 +99,9 @@ def test_a_decode_past_its_cpu_budget_is_killed_and_answered_422(tight: ServerPr
 def test_a_decode_past_its_memory_budget_is_answered_422(tight: ServerProcess) -> None:
     # 36 MP of RGBA is 144 MiB for the decoded image alone, more than the worker may add.
     r = post(tight, gradient_png(6000, 6000, "RGBA"), PNG_CT)
-    assert_error(r, 422, "image_too_costly",
-                 "image decode needed more than its memory budget of 64 MiB")  # fmt: skip
+    assert_error(
+        r, 422, "image_too_costly", "image decode needed more than its memory budget of 64 MiB"
+    )
     assert metric(tight, "resnet_decode_workers_killed_total", reason="memory") == 1.0
     assert post(tight, jpeg(400, 300, seed=2), JPEG_CT).status_code == 200
 
@@ -121,16 +133,26 @@ def test_structure_is_refused_before_any_cost(tight: ServerProcess) -> None:
         (tiff_long_strip_table(), "20000 strips declared, a 8x8 image needs 1"),
         (png_tiny_chunks(), "more than 4160 chunks in 4194384 bytes"),
     ]:
-        assert_error(post(tight, data, {"content-type": "application/octet-stream"}), 400,
-                     "invalid_image", fragment)  # fmt: skip
+        assert_error(
+            post(tight, data, {"content-type": "application/octet-stream"}),
+            400,
+            "invalid_image",
+            fragment,
+        )
     # All three together cost the workers far less than one budget-length decode.
     assert descendants_cpu_s(tight.proc.pid) - cpu < 0.5
 
 
 def test_nothing_keeps_running_after_the_answer(model_dir: Path, tmp_path: Path) -> None:
     # Default budgets (this 36 MP decode is within them), a deadline it cannot meet.
-    srv = start_server(model_dir, tmp_path, models="resnet18", warmup_batch_sizes="1",
-                       preprocess_threads=1, queue_timeout_ms=100)  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path,
+        models="resnet18",
+        warmup_batch_sizes="1",
+        preprocess_threads=1,
+        queue_timeout_ms=100,
+    )
     try:
         slow = gradient_png(6000, 6000)  # 0.3-1 s of CPU to decode and resize
         start = time.monotonic()

@@ -18,8 +18,18 @@ from tests.reliability.helpers import assert_error, metric
 
 KEY = "s3cret-key-for-tests"
 JPEG = jpeg(200, 150, seed=2)
-V2_BODY = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                                  "data": [base64.b64encode(JPEG).decode()]}]}).encode()  # fmt: skip
+V2_BODY = json.dumps(
+    {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(JPEG).decode()],
+            }
+        ]
+    }
+).encode()
 INFER = [
     ("/predict", JPEG, "image/jpeg"),
     ("/predict/resnet18", JPEG, "image/jpeg"),
@@ -31,8 +41,14 @@ UNAUTHORIZED = "missing or invalid API key (send 'Authorization: Bearer <key>')"
 
 @pytest.fixture(scope="module")
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, tmp_path_factory.mktemp("auth"), models="resnet18",
-                     api_key=KEY, max_batch_size=4, warmup_batch_sizes="1")  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("auth"),
+        models="resnet18",
+        api_key=KEY,
+        max_batch_size=4,
+        warmup_batch_sizes="1",
+    )
     yield s
     s.stop()
 
@@ -60,8 +76,11 @@ def test_answers_before_the_route_are_counted_too(srv: ServerProcess) -> None:
     before_422 = metric(srv, "resnet_requests_total", outcome="invalid_parameter", **labels)
     r = srv.client().post("/predict/resnet18", content=JPEG, headers={"content-type": "image/jpeg"})
     assert_error(r, 401, "unauthorized")
-    r = srv.client().post("/predict/resnet18?top_k=abc", content=JPEG,
-                          headers={"content-type": "image/jpeg", "x-api-key": KEY})  # fmt: skip
+    r = srv.client().post(
+        "/predict/resnet18?top_k=abc",
+        content=JPEG,
+        headers={"content-type": "image/jpeg", "x-api-key": KEY},
+    )
     assert_error(r, 422, "invalid_parameter", "top_k")
     assert metric(srv, "resnet_requests_total", outcome="unauthorized", **labels) == before_401 + 1
     assert (
@@ -148,8 +167,9 @@ def test_an_empty_or_short_key_refuses_to_start(model_dir: Path, tmp_path: Path,
 
 
 def test_serving_without_a_key_beyond_loopback_is_warned(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, models="resnet18", host="0.0.0.0",
-                       warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        model_dir, tmp_path, models="resnet18", host="0.0.0.0", warmup_batch_sizes="1"
+    )
     try:
         assert (
             "WARNING server: serving without an API key on 0.0.0.0: anyone who can reach port"

@@ -27,9 +27,16 @@ KEYED = {**GOOD, "x-api-key": KEY}
 
 @pytest.fixture(scope="module")
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, tmp_path_factory.mktemp("exposure"), models="resnet18",
-                     api_key=KEY, metrics_auth="true", docs="true", warmup_batch_sizes="1",
-                     allowed_hosts="API.example.com, *.svc.cluster.local")  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("exposure"),
+        models="resnet18",
+        api_key=KEY,
+        metrics_auth="true",
+        docs="true",
+        warmup_batch_sizes="1",
+        allowed_hosts="API.example.com, *.svc.cluster.local",
+    )
     yield s
     s.stop()
 
@@ -56,8 +63,11 @@ def test_other_hosts_are_refused_before_anything_else(
              "a.b.svc.cluster.local:80"],
 )  # fmt: skip
 def test_allowed_names_any_case_any_port(srv: ServerProcess, host: str) -> None:
-    r = srv.client().post("/predict", content=jpeg(64, 64, seed=1),
-                          headers={"host": host, "content-type": "image/jpeg", "x-api-key": KEY})  # fmt: skip
+    r = srv.client().post(
+        "/predict",
+        content=jpeg(64, 64, seed=1),
+        headers={"host": host, "content-type": "image/jpeg", "x-api-key": KEY},
+    )
     assert r.status_code == 200, r.text
     assert len(r.json()["results"][0]["predictions"]) == 5
 
@@ -75,8 +85,12 @@ def test_probes_answer_whatever_the_host(srv: ServerProcess, host: str) -> None:
 def test_refused_inference_is_counted_like_any_answer(srv: ServerProcess) -> None:
     def refused() -> float:
         text = srv.client().get("/metrics", headers=KEYED).text
-        found = re.search(r'^resnet_requests_total\{endpoint="predict",model="resnet18",'
-                          r'outcome="invalid_host"\} (\S+)$', text, re.M)  # fmt: skip
+        found = re.search(
+            r'^resnet_requests_total\{endpoint="predict",model="resnet18",'
+            r'outcome="invalid_host"\} (\S+)$',
+            text,
+            re.M,
+        )
         return float(found[1]) if found else 0.0
 
     before = refused()
@@ -113,8 +127,11 @@ def test_docs_pin_swagger_ui_and_allow_only_what_it_needs(srv: ServerProcess) ->
     assert len(inline) == 1 and page.count("<script") == 2
     digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
     assert policy["script-src"] == f"https://cdn.jsdelivr.net 'sha256-{digest}'"
-    assert re.search(rf'<link rel="stylesheet" href="{SWAGGER_UI}/swagger-ui.css" '
-                     r'integrity="sha384-[A-Za-z0-9+/=]{64}" crossorigin="anonymous">', page)  # fmt: skip
+    assert re.search(
+        rf'<link rel="stylesheet" href="{SWAGGER_UI}/swagger-ui.css" '
+        r'integrity="sha384-[A-Za-z0-9+/=]{64}" crossorigin="anonymous">',
+        page,
+    )
     assert "validatorUrl: null" in inline[0]  # no image from validator.swagger.io
     assert srv.client().get("/openapi.json", headers=GOOD).json()["info"]["title"] == (
         "resnet-server"

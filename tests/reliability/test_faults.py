@@ -37,10 +37,17 @@ BODY_TIMEOUT_S = 1.0
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAULT_SLOW_S", str(SLOW_S))
-        s = start_server(model_dir, tmp_path_factory.mktemp("faults"), module="tests.fault_server",
-                         models="resnet18", batching="delay", max_queue_delay_ms=300,
-                         max_batch_size=4, warmup_batch_sizes="1,4",
-                         body_timeout_s=BODY_TIMEOUT_S)  # fmt: skip
+        s = start_server(
+            model_dir,
+            tmp_path_factory.mktemp("faults"),
+            module="tests.fault_server",
+            models="resnet18",
+            batching="delay",
+            max_queue_delay_ms=300,
+            max_batch_size=4,
+            warmup_batch_sizes="1,4",
+            body_timeout_s=BODY_TIMEOUT_S,
+        )
     yield s
     s.stop()
 
@@ -82,15 +89,29 @@ def test_failing_batch_fails_only_its_requests_and_the_next_batch_succeeds(
 
 
 def _raw_predict(body: bytes) -> bytes:
-    return (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    return (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
 
 def _raw_v2(body: bytes) -> bytes:
-    doc = json.dumps({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
-                                  "data": [base64.b64encode(body).decode()]}]}).encode()  # fmt: skip
-    return (b"POST /v2/models/resnet18/infer HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(doc), doc))  # fmt: skip
+    doc = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "data": [base64.b64encode(body).decode()],
+                }
+            ]
+        }
+    ).encode()
+    return (
+        b"POST /v2/models/resnet18/infer HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(doc), doc)
+    )
 
 
 @pytest.mark.parametrize("raw_request", [_raw_predict, _raw_v2], ids=["predict", "v2"])
@@ -124,8 +145,10 @@ def test_client_gone_mid_upload_costs_nothing(srv: ServerProcess) -> None:
     before, log_before = count(srv), len(srv.log)
     gone_before = metric(srv, "resnet_requests_total", outcome="client_disconnected")
     with connect(srv) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                     b"Content-Length: 100000\r\n\r\n" + jpeg()[:1000])  # fmt: skip
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n" + jpeg()[:1000]
+        )
         time.sleep(0.2)
     time.sleep(0.3)
     assert depth(srv) == 0 and count(srv) == before
@@ -149,8 +172,11 @@ def test_slow_client_is_cut_off_by_the_total_body_deadline(
         head, body = b"Content-Type: image/jpeg\r\n", jpeg()[:200]
     with connect(srv) as sock, ThreadPoolExecutor(1) as pool:
         t0 = time.monotonic()
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n" + head +
-                     b"Content-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\n"
+            + head
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+        )
         normal = None
         for i, byte in enumerate(body):
             if readable(sock):

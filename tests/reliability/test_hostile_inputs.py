@@ -24,8 +24,13 @@ CASES = all_cases()
 
 @pytest.fixture(scope="module")
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, tmp_path_factory.mktemp("hostile"), max_body_bytes=MAX_BODY,
-                     max_batch_size=8, warmup_batch_sizes="1,8")  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("hostile"),
+        max_body_bytes=MAX_BODY,
+        max_batch_size=8,
+        warmup_batch_sizes="1,8",
+    )
     yield s
     s.stop()
 
@@ -38,8 +43,9 @@ def before(srv: ServerProcess) -> dict[str, object]:
         c.post(
             "/predict", content=jpeg(400, 300, seed=seed), headers={"content-type": "image/jpeg"}
         )
-    r = c.post("/predict?top_k=10", content=jpeg(320, 240, seed=99),
-               headers={"content-type": "image/jpeg"})  # fmt: skip
+    r = c.post(
+        "/predict?top_k=10", content=jpeg(320, 240, seed=99), headers={"content-type": "image/jpeg"}
+    )
     assert r.status_code == 200
     return {"predictions": r.json()["results"][0]["predictions"], "rss": srv.rss_bytes()}
 
@@ -52,8 +58,14 @@ def test_corpus_is_large_and_generated() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_corpus_case(srv: ServerProcess, before: dict[str, object], case: Case) -> None:
     # Each request has a client timeout: a hang is a failure, not a stuck suite.
-    r = srv.client().request(case.method, case.path, content=case.content, headers=case.headers,
-                             files=case.files, timeout=30)  # fmt: skip
+    r = srv.client().request(
+        case.method,
+        case.path,
+        content=case.content,
+        headers=case.headers,
+        files=case.files,
+        timeout=30,
+    )
     if case.status == 200:
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "application/json"
@@ -66,8 +78,10 @@ def test_corpus_case(srv: ServerProcess, before: dict[str, object], case: Case) 
 
 def test_body_over_limit_declared_is_refused_before_reading(srv: ServerProcess) -> None:
     with connect(srv) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                     b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1))  # fmt: skip
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1)
+        )
         resp = read_response(sock)  # answered without a single body byte sent
     assert resp.status == 413
     assert json.loads(resp.body) == {
@@ -83,8 +97,10 @@ def test_huge_chunked_body_is_cut_off_without_buffering(srv: ServerProcess) -> N
     chunk = b"\xff" * (256 * 1024)
     sent, total = 0, 64 * 1024 * 1024
     with connect(srv) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         try:
             while sent < total and not readable(sock):
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -106,8 +122,9 @@ def test_after_the_corpus_server_is_healthy_and_unchanged(
     assert c.get("/readyz").json() == {"status": "ready"}
     assert metric(srv, "resnet_queue_depth", model="resnet18") == 0
     t0 = time.monotonic()
-    r = c.post("/predict?top_k=10", content=jpeg(320, 240, seed=99),
-               headers={"content-type": "image/jpeg"})  # fmt: skip
+    r = c.post(
+        "/predict?top_k=10", content=jpeg(320, 240, seed=99), headers={"content-type": "image/jpeg"}
+    )
     assert r.status_code == 200 and time.monotonic() - t0 < 5
     assert r.json()["results"][0]["predictions"] == before["predictions"]
     grown = srv.rss_bytes() - int(before["rss"])  # type: ignore[call-overload]
@@ -120,9 +137,16 @@ def test_after_the_corpus_server_is_healthy_and_unchanged(
 
 def test_no_server_header_or_version_anywhere(srv: ServerProcess) -> None:
     c = srv.client()
-    for method, path in [("GET", "/healthz"), ("GET", "/docs"), ("GET", "/openapi.json"),
-                         ("GET", "/metrics"), ("GET", "/nope"), ("POST", "/predict"),
-                         ("GET", "/v2"), ("DELETE", "/predict")]:  # fmt: skip
+    for method, path in [
+        ("GET", "/healthz"),
+        ("GET", "/docs"),
+        ("GET", "/openapi.json"),
+        ("GET", "/metrics"),
+        ("GET", "/nope"),
+        ("POST", "/predict"),
+        ("GET", "/v2"),
+        ("DELETE", "/predict"),
+    ]:
         r = c.request(method, path)
         assert "server" not in r.headers, (path, r.headers)
         assert "x-powered-by" not in r.headers

@@ -24,10 +24,16 @@ DATA = jpeg(320, 240, seed=11)
 
 @pytest.fixture(scope="module")
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, tmp_path_factory.mktemp("overload"), models="resnet18",
-                     max_queue_size=QUEUE, max_batch_size=BATCH, warmup_batch_sizes="1,2",
-                     queue_timeout_ms=QUEUE_TIMEOUT_S * 1000,
-                     max_concurrent_requests=CONCURRENT)  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("overload"),
+        models="resnet18",
+        max_queue_size=QUEUE,
+        max_batch_size=BATCH,
+        warmup_batch_sizes="1,2",
+        queue_timeout_ms=QUEUE_TIMEOUT_S * 1000,
+        max_concurrent_requests=CONCURRENT,
+    )
     yield s
     s.stop()
 
@@ -81,8 +87,13 @@ def check_burst(
     timed_out = [o.seconds for o in rejected if o not in at_door]
     assert max(timed_out, default=0) < overhead + QUEUE_TIMEOUT_S + 1
     codes = Counter(o.response.json()["code"] for o in rejected)
-    return {"ok": len(ok), **codes, "p99_ok_s": round(p99, 3), "overhead_s": round(overhead, 3),
-            "max_rejected_s": round(max(o.seconds for o in rejected), 3)}  # fmt: skip
+    return {
+        "ok": len(ok),
+        **codes,
+        "p99_ok_s": round(p99, 3),
+        "overhead_s": round(overhead, 3),
+        "max_rejected_s": round(max(o.seconds for o in rejected), 3),
+    }
 
 
 def test_burst_of_10x_capacity_is_answered_quickly_and_memory_does_not_grow(
@@ -98,8 +109,10 @@ def test_burst_of_10x_capacity_is_answered_quickly_and_memory_does_not_grow(
     large = check_burst(srv, asyncio.run(burst(srv, 4 * n)), fast)
     large_s = time.monotonic() - t0
     rss_4n = srv.rss_bytes()
-    print(f"\nburst {n}: {small} in {small_s:.2f}s; burst {4 * n}: {large} in {large_s:.2f}s; "
-          f"RSS {rss_n / 2**20:.1f} -> {rss_4n / 2**20:.1f} MiB")  # fmt: skip
+    print(
+        f"\nburst {n}: {small} in {small_s:.2f}s; burst {4 * n}: {large} in {large_s:.2f}s; "
+        f"RSS {rss_n / 2**20:.1f} -> {rss_4n / 2**20:.1f} MiB"
+    )
     assert rss_4n - rss_n < 30 * 2**20, "memory must not grow with the size of the burst"
     assert metric(srv, "resnet_rejected_requests_total", model="resnet18") > 0
 

@@ -23,9 +23,15 @@ MAX_HEADERS, MAX_HEAD_BYTES, HEAD_TIMEOUT_S = 20, 4096, 1.0
 
 @pytest.fixture(scope="module")
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, tmp_path_factory.mktemp("protocol"), models="resnet18",
-                     warmup_batch_sizes="1", max_headers=MAX_HEADERS,
-                     max_head_bytes=MAX_HEAD_BYTES, head_timeout_s=HEAD_TIMEOUT_S)  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("protocol"),
+        models="resnet18",
+        warmup_batch_sizes="1",
+        max_headers=MAX_HEADERS,
+        max_head_bytes=MAX_HEAD_BYTES,
+        head_timeout_s=HEAD_TIMEOUT_S,
+    )
     yield s
     s.stop()
 
@@ -50,8 +56,9 @@ def test_too_many_headers_is_431(srv: ServerProcess) -> None:
         r = read_response(sock)
         assert r.status == 431
         assert json.loads(r.body) == {
-            "error": f"request has more than {MAX_HEADERS} headers", "code": "headers_too_large",
-        }  # fmt: skip
+            "error": f"request has more than {MAX_HEADERS} headers",
+            "code": "headers_too_large",
+        }
         assert r.headers["connection"] == "close" and _closed(sock)
         assert _refused(srv, "headers_too_large") == before + 1
 
@@ -126,8 +133,10 @@ def test_ordinary_requests_are_served_beside_hostile_heads(srv: ServerProcess) -
 
 def test_a_body_below_the_minimum_upload_rate_is_408(srv: ServerProcess) -> None:
     with connect(srv) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                     b"Content-Length: 100000\r\n\r\n")  # fmt: skip
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
         start = time.monotonic()
         try:
             while not readable_within(sock, 0.2):  # 500 bytes/s, far below 16 KiB/s
@@ -149,13 +158,16 @@ def test_the_queue_deadline_counts_from_the_end_of_the_body(
 ) -> None:
     """An upload slower than the queue timeout (but above the minimum rate) is served: the
     upload is the client's time; before, it was read whole and refused queue_timeout."""
-    srv = start_server(model_dir, tmp_path, models="resnet18", warmup_batch_sizes="1",
-                       queue_timeout_ms=500)  # fmt: skip
+    srv = start_server(
+        model_dir, tmp_path, models="resnet18", warmup_batch_sizes="1", queue_timeout_ms=500
+    )
     try:
         data = jpeg(640, 480, seed=6) + b"\0" * 60_000
         with connect(srv) as sock:
-            sock.sendall(b"POST /predict/resnet18 HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                         b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))  # fmt: skip
+            sock.sendall(
+                b"POST /predict/resnet18 HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data)
+            )
             start = time.monotonic()
             for i in range(0, len(data), len(data) // 15 + 1):  # ~1.5 s for the whole body
                 sock.sendall(data[i : i + len(data) // 15 + 1])

@@ -43,8 +43,13 @@ SCRAPE_S = 0.2
 RAMP_UP = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)
 STEP_S = 3.0
 DRAIN_S = 8.0
-CLUSTER_SETTINGS = ("RESNET_MAX_BATCH_SIZE", "RESNET_MAX_QUEUE_SIZE", "RESNET_QUEUE_TIMEOUT_MS",
-                    "RESNET_MAX_QUEUE_DELAY_MS", "RESNET_INSTANCES")  # fmt: skip
+CLUSTER_SETTINGS = (
+    "RESNET_MAX_BATCH_SIZE",
+    "RESNET_MAX_QUEUE_SIZE",
+    "RESNET_QUEUE_TIMEOUT_MS",
+    "RESNET_MAX_QUEUE_DELAY_MS",
+    "RESNET_INSTANCES",
+)
 
 
 def cluster_settings() -> dict[str, str]:
@@ -65,8 +70,13 @@ def scaled_object_threshold() -> float:
 @pytest.fixture(scope="module")
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     settings = {k.removeprefix("RESNET_").lower(): v for k, v in cluster_settings().items()}
-    s = start_server(model_dir, tmp_path_factory.mktemp("signal"), models=MODEL,
-                     warmup_batch_sizes="1,32", **settings)  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("signal"),
+        models=MODEL,
+        warmup_batch_sizes="1,32",
+        **settings,
+    )
     yield s
     s.stop()
 
@@ -126,8 +136,9 @@ class Ramp:
     async def one(self, step: Step) -> None:
         at_door = self.latest
         try:
-            r = await self.client.post(f"/predict/{MODEL}", content=DATA,
-                                       headers={"content-type": "image/jpeg"})  # fmt: skip
+            r = await self.client.post(
+                f"/predict/{MODEL}", content=DATA, headers={"content-type": "image/jpeg"}
+            )
         except httpx.HTTPError as e:
             self.unexpected.append(repr(e))
             return
@@ -183,8 +194,9 @@ async def throughput(url: str, concurrency: int, seconds: float = 4.0) -> float:
         async def client(deadline: float) -> None:
             nonlocal done
             while time.monotonic() < deadline:
-                r = await c.post(f"/predict/{MODEL}", content=DATA,
-                                 headers={"content-type": "image/jpeg"})  # fmt: skip
+                r = await c.post(
+                    f"/predict/{MODEL}", content=DATA, headers={"content-type": "image/jpeg"}
+                )
                 assert r.status_code in {200, 503}, r.text
                 done += r.status_code == 200
 
@@ -229,15 +241,19 @@ def test_in_flight_rises_before_the_first_refusal_and_falls_after(srv: ServerPro
     rate = asyncio.run(throughput(srv.url, concurrency=batch))
     up, down, refusal = asyncio.run(ramp(srv.url, rate))
 
-    report = [f"{MODEL}: {rate:.1f} images/s at saturation; capacity {capacity}, "
-              f"queue timeout {timeout_s:g} s, ScaledObject threshold {threshold:g}"]  # fmt: skip
+    report = [
+        f"{MODEL}: {rate:.1f} images/s at saturation; capacity {capacity}, "
+        f"queue timeout {timeout_s:g} s, ScaledObject threshold {threshold:g}"
+    ]
     for s in up + down:
         report.append(
             f"  offered {s.offered:5.1f}/s ({s.offered / rate:4.2f}x): in flight mean "
             f"{s.mean:5.1f} max {max(s.samples):4.0f}  answers {dict(s.answers)}"
         )
-    report.append(f"  first refusal: {refusal.code}, sent at {refusal.step.offered:.1f}/s with "
-                  f"{refusal.at_door:.0f} in flight, {refusal.answered:.0f} when answered")  # fmt: skip
+    report.append(
+        f"  first refusal: {refusal.code}, sent at {refusal.step.offered:.1f}/s with "
+        f"{refusal.at_door:.0f} in flight, {refusal.answered:.0f} when answered"
+    )
     print("\n" + "\n".join(report))
 
     # Refusals start only once the offered load passes what the server serves.

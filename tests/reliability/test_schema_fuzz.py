@@ -29,8 +29,13 @@ MAX_EXAMPLES = 25
 
 @pytest.fixture(scope="module")
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, tmp_path_factory.mktemp("fuzz"), models="resnet18",
-                     max_batch_size=4, warmup_batch_sizes="1,4")  # fmt: skip
+    s = start_server(
+        model_dir,
+        tmp_path_factory.mktemp("fuzz"),
+        models="resnet18",
+        max_batch_size=4,
+        warmup_batch_sizes="1,4",
+    )
     yield s
     s.stop()
 
@@ -59,9 +64,14 @@ def test_every_error_response_is_documented_as_the_error_body() -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
-          phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(
+    max_examples=MAX_EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 def test_api_conforms_to_its_schema(srv: ServerProcess, case: schemathesis.Case) -> None:
     # Half the cases name a served model, so the model-specific paths run past the lookup
     # (a random name is a 404, which is checked too). Deterministic: keyed on the case's data.
@@ -70,8 +80,9 @@ def test_api_conforms_to_its_schema(srv: ServerProcess, case: schemathesis.Case)
         params["model"] = "resnet18"
         if "version" in params:
             params["version"] = "1"
-    case.call_and_validate(base_url=srv.url, timeout=30,
-                           checks=[not_a_server_error, response_schema_conformance])  # fmt: skip
+    case.call_and_validate(
+        base_url=srv.url, timeout=30, checks=[not_a_server_error, response_schema_conformance]
+    )
 
 
 def test_server_healthy_after_fuzzing(srv: ServerProcess) -> None:

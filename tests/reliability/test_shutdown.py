@@ -26,9 +26,15 @@ class Sent:
 
 
 def test_sigterm_under_steady_load_loses_nothing(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, models="resnet18", max_batch_size=4,
-                       warmup_batch_sizes="1,4", shutdown_delay_s=DELAY_S,
-                       drain_timeout_s=DRAIN_S)  # fmt: skip
+    srv = start_server(
+        model_dir,
+        tmp_path,
+        models="resnet18",
+        max_batch_size=4,
+        warmup_batch_sizes="1,4",
+        shutdown_delay_s=DELAY_S,
+        drain_timeout_s=DRAIN_S,
+    )
     data = jpeg(320, 240, seed=5)
     sent: list[Sent] = []
     stop = threading.Event()
@@ -38,8 +44,12 @@ def test_sigterm_under_steady_load_loses_nothing(model_dir: Path, tmp_path: Path
             t = time.monotonic()
             try:
                 # A new connection per request: "accepted" means the server took the connection.
-                r = httpx.post(srv.url + "/predict", content=data, timeout=30,
-                               headers={"content-type": "image/jpeg", "connection": "close"})  # fmt: skip
+                r = httpx.post(
+                    srv.url + "/predict",
+                    content=data,
+                    timeout=30,
+                    headers={"content-type": "image/jpeg", "connection": "close"},
+                )
                 sent.append(Sent(t, r.status_code, r.text if r.status_code != 200 else ""))
             except httpx.ConnectError:
                 sent.append(Sent(t, None))
@@ -78,9 +88,11 @@ def test_sigterm_under_steady_load_loses_nothing(model_dir: Path, tmp_path: Path
     assert all(s.status == 200 for s in answered), [s for s in answered if s.status != 200]
     during = [s for s in answered if s.at > t_signal]
     refused = [s for s in sent if s.status is None]
-    print(f"\n{len(answered)} answered (all 200), {len(during)} of them sent after SIGTERM; "
-          f"{len(refused)} refused after the drain; readyz 503 after {ready_after * 1000:.0f} ms; "
-          f"exit after {exit_s:.2f}s")  # fmt: skip
+    print(
+        f"\n{len(answered)} answered (all 200), {len(during)} of them sent after SIGTERM; "
+        f"{len(refused)} refused after the drain; readyz 503 after {ready_after * 1000:.0f} ms; "
+        f"exit after {exit_s:.2f}s"
+    )
     assert during, "requests during the shutdown delay must still be served"
     assert refused and min(s.at for s in refused) > t_signal + DELAY_S * 0.9
     assert "Traceback" not in srv.log

@@ -29,8 +29,18 @@ FINAL_BOUND = 16 * 2**20
 def test_two_minutes_of_steady_load_do_not_grow_memory(model_dir: Path, tmp_path: Path) -> None:
     srv = start_server(model_dir, tmp_path, max_batch_size=8, warmup_batch_sizes="1,2,4,8")
     images = [jpeg(160 + 40 * i, 120 + 30 * i, seed=i) for i in range(8)]
-    v2 = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                                 "data": [base64.b64encode(images[0]).decode()]}]}).encode()  # fmt: skip
+    v2 = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(images[0]).decode()],
+                }
+            ]
+        }
+    ).encode()
     stop = threading.Event()
     statuses: dict[int, int] = {}
     lock = threading.Lock()
@@ -43,11 +53,16 @@ def test_two_minutes_of_steady_load_do_not_grow_memory(model_dir: Path, tmp_path
                 if i % 10 == 0:  # an error path now and then
                     r = c.post("/predict", content=b"junk", headers={"content-type": "image/jpeg"})
                 elif i % 3 == 0:
-                    r = c.post("/v2/models/resnet50/infer", content=v2,
-                               headers={"content-type": "application/json"})  # fmt: skip
+                    r = c.post(
+                        "/v2/models/resnet50/infer",
+                        content=v2,
+                        headers={"content-type": "application/json"},
+                    )
                 else:
-                    files = [("file", ("a.jpg", images[(i + k) % 8], "image/jpeg"))
-                             for k in range(1 + worker % 2)]  # fmt: skip
+                    files = [
+                        ("file", ("a.jpg", images[(i + k) % 8], "image/jpeg"))
+                        for k in range(1 + worker % 2)
+                    ]
                     r = c.post("/predict?top_k=3", files=files)
                 with lock:
                     statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
@@ -71,9 +86,11 @@ def test_two_minutes_of_steady_load_do_not_grow_memory(model_dir: Path, tmp_path
     ts = np.array([t for t, _ in steady]) / 60
     rss = np.array([r for _, r in steady], dtype=np.float64)
     slope = float(np.polyfit(ts, rss, 1)[0])
-    print(f"\nrequests {statuses}; RSS start {samples[0][1] / 2**20:.1f} MiB, after warm-up "
-          f"{rss[0] / 2**20:.1f} MiB, final {rss[-1] / 2**20:.1f} MiB, max {rss.max() / 2**20:.1f}"
-          f" MiB; slope {slope / 2**20:.3f} MiB/min over {len(steady)} samples")  # fmt: skip
+    print(
+        f"\nrequests {statuses}; RSS start {samples[0][1] / 2**20:.1f} MiB, after warm-up "
+        f"{rss[0] / 2**20:.1f} MiB, final {rss[-1] / 2**20:.1f} MiB, max {rss.max() / 2**20:.1f}"
+        f" MiB; slope {slope / 2**20:.3f} MiB/min over {len(steady)} samples"
+    )
     assert set(statuses) == {200, 400}, statuses
     assert slope < SLOPE_BOUND
     assert rss[-1] - rss[0] < FINAL_BOUND

@@ -30,9 +30,15 @@ STUCK = re.compile(
 def srv(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FAULT_SLOW_S", str(SLOW_S))
-        s = start_server(model_dir, tmp_path_factory.mktemp("stuck"), module="tests.fault_server",
-                         models="resnet18", warmup_batch_sizes="1,4", cores=2,
-                         stuck_after_s=STUCK_AFTER_S)  # fmt: skip
+        s = start_server(
+            model_dir,
+            tmp_path_factory.mktemp("stuck"),
+            module="tests.fault_server",
+            models="resnet18",
+            warmup_batch_sizes="1,4",
+            cores=2,
+            stuck_after_s=STUCK_AFTER_S,
+        )
     yield s
     s.stop()
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from contract.errors import QueueFull
-from server.flow.admission import Admission, Stage
+from server.flow.admission import CAPACITY_MEMORY_S, Admission, Stage, Ticket
 
 
 @pytest.mark.asyncio
@@ -185,3 +185,91 @@ async def test_the_deadline_counts_from_the_end_of_the_body() -> None:
     ticket.body_complete()
     assert ticket.remaining() == pytest.approx(0.25, abs=0.02)
     ticket.release()
+
+
+def backlog(adm: Admission, clock: FakeClock, held: int, per_step: int, steps: int) -> Ticket:
+    """``held`` images past their upload, ``per_step`` of them finishing every 0.1 s."""
+    ticket = adm.admit(held)
+    ticket.body_complete()
+    for _ in range(steps):
+        adm.completed(per_step)
+        clock.now += 0.1
+    return ticket
+
+
+def test_a_burst_after_a_quiet_spell_is_judged_by_the_capacity_seen_under_backlog() -> None:
+    """Saturated, the model finished 40 images/s; then a trickle kept it in flight at 2
+    images/s. The finishing rate now says 2 (what was asked), the capacity still 40 (what it
+    can do): a 30-image burst is admitted (23 ahead of the headroom: 0.58 s at 40/s), where the
+    finishing rate alone would have refused it for an 11.5 s wait."""
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock, headroom=8)
+    backlog(adm, clock, held=20, per_step=4, steps=11).release()  # 20 > 8: a backlog
+    trickle = adm.admit(1)
+    trickle.body_complete()
+    for _ in range(6):  # 1 image every 0.5 s, 1 in flight: no backlog
+        adm.completed(1)
+        clock.now += 0.5
+    assert adm.finishing_rate() == pytest.approx(2.0)
+    assert adm.backlog_rate() == pytest.approx(40.0)
+    assert adm.rate() == pytest.approx(40.0)
+    burst = adm.admit(30)
+    assert adm.in_flight == 31
+    burst.release()
+    trickle.release()
+
+
+def test_the_capacity_clock_runs_only_while_a_backlog_stands() -> None:
+    """Two saturated spells of 0.5 s at 20 images/s with 3 s without a backlog between them:
+    the capacity is 20/s (images over backlog seconds), not diluted by the gap."""
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock, headroom=4)
+    backlog(adm, clock, held=10, per_step=2, steps=6).release()
+    clock.now += 3.0
+    spell = backlog(adm, clock, held=10, per_step=2, steps=5)
+    assert adm.backlog_rate() == pytest.approx(20.0)  # 20 images after the first / 1.0 s
+    assert adm.finishing_rate() == pytest.approx(20.0)  # this spell alone, within the window
+    spell.release()
+
+
+def test_images_still_uploading_are_no_backlog() -> None:
+    """Admitted but their bodies not in: the model is not behind, so what it finishes
+    meanwhile is demand, not capacity."""
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock, headroom=4)
+    uploading = adm.admit(50)
+    for _ in range(11):
+        adm.completed(2)
+        clock.now += 0.1
+    assert adm.backlog_rate() is None and adm.finishing_rate() == pytest.approx(20.0)
+    uploading.body_complete()
+    assert adm.working == 50
+    uploading.release()
+    assert (adm.working, adm.in_flight) == (0, 0)
+
+
+def test_a_measured_capacity_is_forgotten_after_its_memory() -> None:
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock, headroom=4)
+    backlog(adm, clock, held=10, per_step=4, steps=11).release()
+    assert adm.backlog_rate() == pytest.approx(40.0)
+    clock.now += CAPACITY_MEMORY_S
+    assert adm.backlog_rate() is None
+
+
+def test_a_batch_completing_at_once_counts_as_one_instant() -> None:
+    """A batch of 32 one-image requests completes as 32 events at one time: a rate taken from
+    there must not count the other 31 as finished within the span (that doubled the rate of a
+    slow model: batches of 32 a second apart are 32 images/s, not (31 + 64) / 2)."""
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock, headroom=4)
+    held = adm.admit(40)
+    held.body_complete()
+    for _ in range(3):
+        for _ in range(32):
+            adm.completed(1)
+        clock.now += 1.0
+    clock.now -= 1.0
+    assert adm.finishing_rate() == pytest.approx(32.0)  # 64 images after the first instant / 2 s
+    assert adm.backlog_rate() == pytest.approx(32.0)
+    held.release()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from contract.errors import QueueFull
-from server.http.disconnect import all_or_none
+from server.flow.pipeline import all_or_none
 
 pytestmark = pytest.mark.asyncio
 

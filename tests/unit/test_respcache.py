@@ -10,7 +10,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from contract.scores import Scores, score
-from server.flow.respcache import ENTRY_OVERHEAD, ResponseCache, digest, join
+from server.flow.respcache import ENTRY_OVERHEAD, ResponseCache, digest
 from server.metrics import Metrics
 
 
@@ -26,8 +26,13 @@ def _value(m: Metrics, name: str, **labels: str) -> float:
 
 def test_lru_by_bytes_and_drop() -> None:
     m = Metrics(CollectorRegistry(), 8)
-    size = sum(sys.getsizeof(a) for a in (np.zeros((1, 1000), np.float32),
-               np.zeros((1, 5), np.int64), np.zeros((1, 5))))  + ENTRY_OVERHEAD  # fmt: skip
+    size = (
+        sum(
+            sys.getsizeof(a)
+            for a in (np.zeros((1, 1000), np.float32), np.zeros((1, 5), np.int64), np.zeros((1, 5)))
+        )
+        + ENTRY_OVERHEAD
+    )
     cache = ResponseCache(2 * size + 10, m)
 
     async def run() -> None:
@@ -76,10 +81,3 @@ def test_digest_separates_images_and_tensors() -> None:
     assert digest(rows) != digest(np.zeros((2, 1, 2, 3), np.uint8))
     expected = hashlib.sha256(len(b"abc").to_bytes(8, "little") + b"abc").digest()
     assert digest([b"abc"]) == expected
-
-
-def test_join_concatenates_chunks() -> None:
-    a, b = _scores(1, n=2), _scores(2, n=3)
-    joined = join([a, b])
-    assert joined.logits.shape == (5, 1000) and joined.indices.shape == (5, 5)
-    np.testing.assert_array_equal(joined.indices[2:], b.indices)

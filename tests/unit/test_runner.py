@@ -40,8 +40,16 @@ def _job(values: list[int], top_k: int) -> Job:
 
 def _runner(engine: FakeEngine, budget: CpuBudget | None = None) -> tuple[Runner, Metrics]:
     metrics = Metrics(CollectorRegistry(), 8)
-    runner = Runner("m", engine, 0, max_rows=8, input_shape=SHAPE, metrics=metrics,
-                    budget=budget or CpuBudget(2), threads=2)  # fmt: skip
+    runner = Runner(
+        "m",
+        engine,
+        0,
+        max_rows=8,
+        input_shape=SHAPE,
+        metrics=metrics,
+        budget=budget or CpuBudget(2),
+        threads=2,
+    )
     return runner, metrics
 
 
@@ -115,8 +123,16 @@ async def test_a_run_holds_its_cores_of_the_budget() -> None:
         seen.append(budget.busy)
         return np.zeros((len(batch), 10), np.float32)
 
-    runner = Runner("m", engine, 0, max_rows=8, input_shape=SHAPE,
-                    metrics=Metrics(CollectorRegistry(), 8), budget=budget, threads=2)  # fmt: skip
+    runner = Runner(
+        "m",
+        engine,
+        0,
+        max_rows=8,
+        input_shape=SHAPE,
+        metrics=Metrics(CollectorRegistry(), 8),
+        budget=budget,
+        threads=2,
+    )
     try:
         await runner([_job([1], 1)])
     finally:
@@ -129,8 +145,17 @@ async def test_a_run_holds_its_cores_of_the_budget() -> None:
 async def test_a_padded_batch_runs_at_the_next_size_and_answers_only_its_rows() -> None:
     engine = FakeEngine()
     metrics = Metrics(CollectorRegistry(), 8)
-    runner = Runner("m", engine, 0, max_rows=8, input_shape=SHAPE, metrics=metrics,
-                    budget=CpuBudget(2), threads=2, pad_to=(1, 2, 4, 8))  # fmt: skip
+    runner = Runner(
+        "m",
+        engine,
+        0,
+        max_rows=8,
+        input_shape=SHAPE,
+        metrics=metrics,
+        budget=CpuBudget(2),
+        threads=2,
+        pad_to=(1, 2, 4, 8),
+    )
     try:
         await runner([_job([255, 255, 255, 255, 255], 1)])  # leaves broken rows in the buffer
         a, b = await runner([_job([1, 2], 2), _job([3], 1)])  # 3 rows: padded to 4
@@ -150,10 +175,26 @@ async def test_a_padded_batch_runs_at_the_next_size_and_answers_only_its_rows() 
 
 def test_pad_sizes_must_reach_the_largest_batch() -> None:
     with pytest.raises(ValueError, match="must end at max_rows 8"):
-        Runner("m", FakeEngine(), 0, max_rows=8, input_shape=SHAPE,
-               metrics=Metrics(CollectorRegistry(), 8), budget=CpuBudget(2), threads=2,
-               pad_to=(1, 2, 4))  # fmt: skip
+        Runner(
+            "m",
+            FakeEngine(),
+            0,
+            max_rows=8,
+            input_shape=SHAPE,
+            metrics=Metrics(CollectorRegistry(), 8),
+            budget=CpuBudget(2),
+            threads=2,
+            pad_to=(1, 2, 4),
+        )
     with pytest.raises(ValueError, match="must end at max_rows 8"):
-        Runner("m", FakeEngine(), 0, max_rows=8, input_shape=SHAPE,
-               metrics=Metrics(CollectorRegistry(), 8), budget=CpuBudget(2), threads=2,
-               pad_to=(1, 16))  # fmt: skip
+        Runner(
+            "m",
+            FakeEngine(),
+            0,
+            max_rows=8,
+            input_shape=SHAPE,
+            metrics=Metrics(CollectorRegistry(), 8),
+            budget=CpuBudget(2),
+            threads=2,
+            pad_to=(1, 16),
+        )

@@ -29,8 +29,7 @@ def test_batches_run_padded_on_cuda_by_default(tmp_path: Path) -> None:
     s = Settings(model_dir=tmp_path, max_batch_size=24)
     assert (s.pads("cuda"), s.pads("cpu"), s.pads("openvino")) == (True, False, False)
     assert s.pad_sizes == [1, 2, 4, 8, 16, 24]
-    on = Settings(model_dir=tmp_path, pad_batches="on", max_batch_size=8,
-                  warmup_batch_sizes=[1, 4])  # fmt: skip
+    on = Settings(model_dir=tmp_path, pad_batches="on", max_batch_size=8, warmup_batch_sizes=[1, 4])
     assert on.pads("cpu") and on.pad_sizes == [1, 4, 8]  # max_batch_size always a size
     assert not Settings(model_dir=tmp_path, pad_batches="off").pads("cuda")
     # Sessions per size on CUDA only; warm-up covers every size a padded batch can take.
@@ -136,8 +135,9 @@ def test_agreement_floors_override_some_floors_of_one_precision(
     )
     assert s.floors_for("int8") == DEFAULT_FLOORS["int8"]
     monkeypatch.delenv("RESNET_AGREEMENT_FLOORS")
-    flag = load_settings(["--model-dir", str(tmp_path),
-                          "--agreement-floors", '{"int8": {"min_top1": 0.9}}'])  # fmt: skip
+    flag = load_settings(
+        ["--model-dir", str(tmp_path), "--agreement-floors", '{"int8": {"min_top1": 0.9}}']
+    )
     assert flag.floors_for("int8").min_top1 == 0.9
     with pytest.raises(ValidationError, match="unknown floor 'min_top3'"):
         Settings(model_dir=tmp_path, agreement_floors={"int8": {"min_top3": 1.0}})

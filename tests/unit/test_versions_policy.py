@@ -40,12 +40,14 @@ def test_scan_flat_and_versioned(tmp_path: Path) -> None:
     _touch(tmp_path / "deep" / "5" / "other.onnx")  # no model.onnx
     (tmp_path / "empty").mkdir()
     found = scan(tmp_path)
-    assert {n: {v: f.path.relative_to(tmp_path).as_posix() for v, f in vs.items()}
-            for n, vs in found.items()} == {
+    assert {
+        n: {v: f.path.relative_to(tmp_path).as_posix() for v, f in vs.items()}
+        for n, vs in found.items()
+    } == {
         "both": {1: "both/1/model.onnx", 4: "both/4/model.onnx"},
         "deep": {2: "deep/2/model.onnx"},
         "flat": {1: "flat.onnx"},
-    }  # fmt: skip
+    }
     assert found["both"][1].signature[0] == len(b"dir one")
 
 

@@ -73,11 +73,21 @@ def test_model_config(tc: triton.InferenceServerClient) -> None:
     assert cfg["name"] == "resnet18" and cfg["platform"] == "onnxruntime_onnx"
     assert cfg["backend"] == "onnxruntime" and cfg["max_batch_size"] == 8
     assert cfg["input"] == [
-        {"name": "images", "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC",
-         "dims": [224, 224, 3], "optional": True},
-        {"name": "image_bytes", "data_type": "TYPE_STRING", "format": "FORMAT_NONE",
-         "dims": [1], "optional": True},
-    ]  # fmt: skip
+        {
+            "name": "images",
+            "data_type": "TYPE_UINT8",
+            "format": "FORMAT_NHWC",
+            "dims": [224, 224, 3],
+            "optional": True,
+        },
+        {
+            "name": "image_bytes",
+            "data_type": "TYPE_STRING",
+            "format": "FORMAT_NONE",
+            "dims": [1],
+            "optional": True,
+        },
+    ]
     assert cfg["output"] == [
         {"name": "logits", "data_type": "TYPE_FP32", "dims": [1000], "label_filename": ""}
     ]
@@ -86,10 +96,13 @@ def test_model_config(tc: triton.InferenceServerClient) -> None:
         "preferred_batch_size": [8],
         "max_queue_delay_microseconds": 30_000,
         "preserve_ordering": False,
-        "default_queue_policy": {"timeout_action": "REJECT",
-                                 "default_timeout_microseconds": 10_000_000,
-                                 "allow_timeout_override": False, "max_queue_size": 64},
-    }  # fmt: skip
+        "default_queue_policy": {
+            "timeout_action": "REJECT",
+            "default_timeout_microseconds": 10_000_000,
+            "allow_timeout_override": False,
+            "max_queue_size": 64,
+        },
+    }
     assert cfg["instance_group"] == [
         {"name": "resnet18_0", "kind": "KIND_CPU", "count": 1, "gpus": []}
     ]

@@ -40,8 +40,12 @@ def assert_healthy(srv: ServerProcess) -> None:
 
 def test_health_endpoints_have_empty_bodies(server: ServerProcess) -> None:
     c = server.client()
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/resnet18/ready",
-                 "/v2/models/resnet18/versions/1/ready"):  # fmt: skip
+    for path in (
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/resnet18/ready",
+        "/v2/models/resnet18/versions/1/ready",
+    ):
         r = c.get(path)
         assert (r.status_code, r.content) == (200, b""), path
 
@@ -49,19 +53,38 @@ def test_health_endpoints_have_empty_bodies(server: ServerProcess) -> None:
 def test_binary_request_and_response_layout(server: ServerProcess, model_dir: Path) -> None:
     x = random_images(2, seed=9)
     body, headers = binary_body(
-        {"id": "a1", "inputs": [{"name": "images", "shape": [2, 224, 224, 3], "datatype": "UINT8",
-                                 "parameters": {"binary_data_size": x.nbytes}}],
-         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]},
+        {
+            "id": "a1",
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [2, 224, 224, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        },
         x.tobytes(),
-    )  # fmt: skip
+    )
     r = server.client().post(INFER, content=body, headers=headers)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/octet-stream"
     n = int(r.headers["inference-header-content-length"])
     head = json.loads(r.content[:n])
-    assert head == {"model_name": "resnet18", "model_version": "1", "id": "a1",
-                    "outputs": [{"name": "logits", "datatype": "FP32", "shape": [2, 1000],
-                                 "parameters": {"binary_data_size": 8000}}]}  # fmt: skip
+    assert head == {
+        "model_name": "resnet18",
+        "model_version": "1",
+        "id": "a1",
+        "outputs": [
+            {
+                "name": "logits",
+                "datatype": "FP32",
+                "shape": [2, 1000],
+                "parameters": {"binary_data_size": 8000},
+            }
+        ],
+    }
     got = np.frombuffer(r.content[n:], "<f4").reshape(2, 1000)
     np.testing.assert_allclose(got, direct_logits(model_dir, "resnet18", x), atol=1e-5)
 
@@ -91,9 +114,13 @@ def test_binary_data_output_applies_to_unlisted_outputs(server: ServerProcess) -
 
 def test_base64_image_in_json(server: ServerProcess) -> None:
     data = base64.b64encode(jpeg(300, 200, seed=2)).decode()
-    r = server.client().post(INFER, json={"inputs": [
-        {"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [data]}],
-        "outputs": [{"name": "logits", "parameters": {"classification": 2}}]})  # fmt: skip
+    r = server.client().post(
+        INFER,
+        json={
+            "inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [data]}],
+            "outputs": [{"name": "logits", "parameters": {"classification": 2}}],
+        },
+    )
     assert r.status_code == 200, r.text
     (out,) = r.json()["outputs"]
     assert out["datatype"] == "BYTES" and out["shape"] == [1, 2]
@@ -103,14 +130,27 @@ def test_base64_image_in_json(server: ServerProcess) -> None:
 
 def _bytes_body(*elements: bytes, shape: list[int]) -> tuple[bytes, dict[str, str]]:
     raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
-    header = {"inputs": [{"name": "image_bytes", "shape": shape, "datatype": "BYTES",
-                          "parameters": {"binary_data_size": len(raw)}}]}  # fmt: skip
+    header = {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "shape": shape,
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ]
+    }
     return binary_body(header, raw)
 
 
 DEEP = b'{"inputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-DEEP_DATA = (b'{"inputs":[{"name":"images","shape":[1,224,224,3],"datatype":"UINT8","data":'
-             + b"[" * 500 + b"1" + b"]" * 500 + b"}]}")  # fmt: skip
+DEEP_DATA = (
+    b'{"inputs":[{"name":"images","shape":[1,224,224,3],"datatype":"UINT8","data":'
+    + b"[" * 500
+    + b"1"
+    + b"]" * 500
+    + b"}]}"
+)
 
 
 @pytest.mark.parametrize(
@@ -247,8 +287,9 @@ def test_unknown_model_or_version_is_404(server: ServerProcess, path: str, fragm
 
 def test_v2_requests_are_counted_under_their_endpoint(server: ServerProcess) -> None:
     def count(outcome: str, model: str = "resnet18") -> float:
-        return metric(server, "resnet_requests_total", model=model, endpoint="v2_infer",
-                      outcome=outcome)  # fmt: skip
+        return metric(
+            server, "resnet_requests_total", model=model, endpoint="v2_infer", outcome=outcome
+        )
 
     ok, bad, unknown = count("ok"), count("bad_request"), count("unknown_model", "_unknown")
     c = server.client()
@@ -261,8 +302,9 @@ def test_v2_requests_are_counted_under_their_endpoint(server: ServerProcess) -> 
 
 
 def test_api_key_guards_infer_only(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, models="resnet18", api_key="s3cret-v2-test-key",
-                       warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        model_dir, tmp_path, models="resnet18", api_key="s3cret-v2-test-key", warmup_batch_sizes="1"
+    )
     try:
         c = srv.client()
         body = json.dumps(images(IMAGE, data=[0] * PIXELS)).encode()
@@ -279,8 +321,9 @@ def test_api_key_guards_infer_only(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_too_large_body_is_refused_before_parsing(model_dir: Path, tmp_path: Path) -> None:
-    srv = start_server(model_dir, tmp_path, models="resnet18", max_body_bytes=100_000,
-                       warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        model_dir, tmp_path, models="resnet18", max_body_bytes=100_000, warmup_batch_sizes="1"
+    )
     try:
         body, headers = binary_body(binary_images(PIXELS), b"\0" * PIXELS)
         r = srv.client().post(INFER, content=body, headers=headers)
@@ -294,8 +337,9 @@ def test_too_large_body_is_refused_before_parsing(model_dir: Path, tmp_path: Pat
 def test_json_bodies_have_their_own_lower_cap(model_dir: Path, tmp_path: Path) -> None:
     # JSON grows ~25x when parsed ("data": [{}, {}, ...]: 2 MB became +48 MiB), so it gets a
     # cap of its own below max_body_bytes; binary tensors of the same size are served.
-    srv = start_server(model_dir, tmp_path, models="resnet18", max_json_body_bytes=65536,
-                       warmup_batch_sizes="1")  # fmt: skip
+    srv = start_server(
+        model_dir, tmp_path, models="resnet18", max_json_body_bytes=65536, warmup_batch_sizes="1"
+    )
     try:
         c = srv.client()
         big = json.dumps(images(IMAGE, data=[7] * PIXELS)).encode()  # ~450 kB of JSON

@@ -35,12 +35,15 @@ def test_stats_count_exactly_what_was_sent_and_match_metrics(server: ServerProce
     assert inf["compute_infer"]["ns"] > bef["compute_infer"]["ns"]
     assert inf["compute_input"]["count"] - bef["compute_input"]["count"] == 2  # two JPEGs
     # Same numbers as the Prometheus endpoint.
-    assert after["inference_count"] == metric(server, "resnet_inference_count_total",
-                                              model="resnet50")  # fmt: skip
-    assert after["execution_count"] == metric(server, "resnet_inference_exec_count_total",
-                                              model="resnet50")  # fmt: skip
-    assert inf["success"]["count"] == metric(server, "resnet_requests_total", model="resnet50",
-                                             outcome="ok")  # fmt: skip
+    assert after["inference_count"] == metric(
+        server, "resnet_inference_count_total", model="resnet50"
+    )
+    assert after["execution_count"] == metric(
+        server, "resnet_inference_exec_count_total", model="resnet50"
+    )
+    assert inf["success"]["count"] == metric(
+        server, "resnet_requests_total", model="resnet50", outcome="ok"
+    )
     assert inf["compute_infer"]["ns"] == round(
         metric(server, "resnet_inference_seconds_sum", model="resnet50") * 1e9
     )

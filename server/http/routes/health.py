@@ -167,19 +167,29 @@ def model_info(m: ServedModel) -> ModelInfo:
         engine=report.describe(),
         agreement=_agreement(m),
         instances=m.engine.instances,
-        input={"name": meta.input_name, "dtype": meta.input_dtype, "layout": meta.input_layout,
-               "shape": [-1, crop, crop, 3]},
-        output={"name": meta.output_name, "dtype": "float32",
-                "shape": [-1, meta.num_classes], "meaning": "logits"},
+        input={
+            "name": meta.input_name,
+            "dtype": meta.input_dtype,
+            "layout": meta.input_layout,
+            "shape": [-1, crop, crop, 3],
+        },
+        output={
+            "name": meta.output_name,
+            "dtype": "float32",
+            "shape": [-1, meta.num_classes],
+            "meaning": "logits",
+        },
         preprocessing=meta.preprocessing.to_dict(),
-        batching={"max_batch_size": cfg.max_batch_size,
-                  "max_queue_delay_ms": cfg.max_queue_delay * 1000,
-                  "policy": "eager" if cfg.eager else "delay",
-                  "max_queue_size": cfg.max_queue_size,
-                  "queue_timeout_ms": cfg.queue_timeout * 1000},
+        batching={
+            "max_batch_size": cfg.max_batch_size,
+            "max_queue_delay_ms": cfg.max_queue_delay * 1000,
+            "policy": "eager" if cfg.eager else "delay",
+            "max_queue_size": cfg.max_queue_size,
+            "queue_timeout_ms": cfg.queue_timeout * 1000,
+        },
         load_seconds=round(m.load_seconds, 3),
         warnings=list(m.warnings),
-    )  # fmt: skip
+    )
 
 
 def _agreement(m: ServedModel) -> dict[str, Any] | None:

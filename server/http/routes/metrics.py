@@ -24,9 +24,13 @@ async def metrics_key(request: Request, state: Annotated[AppState, Depends(get_s
 router = APIRouter(tags=["metrics"], dependencies=[Depends(metrics_key)])
 
 
-_TEXT: dict[int | str, dict[str, Any]] = {200: {"description": "Prometheus text exposition format",
-               "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
-               401: {"description": "metrics_auth is on and the API key is missing or wrong"}}  # fmt: skip
+_TEXT: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+    },
+    401: {"description": "metrics_auth is on and the API key is missing or wrong"},
+}
 
 
 @router.get("/metrics", response_class=Response, responses=_TEXT)

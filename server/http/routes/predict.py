@@ -6,7 +6,6 @@ import asyncio
 import sys
 from typing import Annotated, Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -14,12 +13,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from contract.errors import BadRequest, InvalidParameter, UnsupportedImageFormat
-from contract.scores import Scores
 from server.auth import require_api_key
-from server.flow import respcache
-from server.flow.batcher import Completed
-from server.flow.pipeline import Decoded
-from server.http.disconnect import all_or_none, cancel_on_disconnect
+from server.flow.admission import Ticket
+from server.flow.pipeline import Images, Inferred
+from server.http.disconnect import cancel_on_disconnect
 from server.models.repository import ServedModel
 from server.observe import observe_request
 from server.state import AppState, get_state
@@ -120,8 +117,9 @@ class _InMemoryParser(MultiPartParser):
 
 
 async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
-    parser = _InMemoryParser(request.headers, request.stream(), max_files=max_images,
-                             max_fields=max_images)  # fmt: skip
+    parser = _InMemoryParser(
+        request.headers, request.stream(), max_files=max_images, max_fields=max_images
+    )
     try:
         form = await parser.parse()
     except MultiPartException as e:
@@ -138,39 +136,43 @@ async def _read_multipart(request: Request, max_images: int) -> list[bytes]:
 _OFFLOAD_ENTRIES = 2000  # predictions above which encoding the body leaves the event loop
 
 
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def encode(
-    model: ServedModel, decoded: Decoded, parts: list[tuple[slice, Completed[Scores]]]
-) -> bytes:
+def encode(model: ServedModel, inferred: Inferred) -> bytes:
     """The ``PredictResponse`` JSON, built from arrays (no per-prediction objects)."""
     meta, labels = model.meta, model.meta.labels
     results: list[dict[str, Any]] = []
-    for rows, done in parts:
+    for rows, done in inferred.parts:
         scores = done.value
         queue_ms, inference_ms = done.queue_seconds * 1000, done.run_seconds * 1000
-        columns = zip(scores.indices.tolist(), scores.probabilities.tolist(),
-                      (decoded.seconds[rows] * 1000).tolist(), strict=True)  # fmt: skip
+        columns = zip(
+            scores.indices.tolist(),
+            scores.probabilities.tolist(),
+            (inferred.seconds[rows] * 1000).tolist(),
+            strict=True,
+        )
         for idx, probs, preprocess_ms in columns:
-            results.append({
-                "predictions": [{"index": i, "label": labels[i], "probability": p}
-                                for i, p in zip(idx, probs, strict=True)],
-                "timing": {"queue_ms": queue_ms, "preprocess_ms": preprocess_ms,
-                           "inference_ms": inference_ms, "batch_size": done.batch_rows},
-            })  # fmt: skip
-    return orjson.dumps({
-        "model": model.name, "model_version": model.version, "weights": meta.weights,
-        "random_weights": meta.random_weights, "results": results,
-    })  # fmt: skip
-
-
-def _from_cache(scores: Scores) -> tuple[Decoded, list[tuple[slice, Completed[Scores]]]]:
-    """A cache hit as ``encode`` takes it: nothing decoded, queued or run (timings 0)."""
-    n = len(scores.logits)
-    nothing = Decoded(np.zeros((0,), np.uint8), np.zeros(n))
-    return nothing, [(slice(0, n), Completed(scores, 0.0, 0.0, 0))]
+            results.append(
+                {
+                    "predictions": [
+                        {"index": i, "label": labels[i], "probability": p}
+                        for i, p in zip(idx, probs, strict=True)
+                    ],
+                    "timing": {
+                        "queue_ms": queue_ms,
+                        "preprocess_ms": preprocess_ms,
+                        "inference_ms": inference_ms,
+                        "batch_size": done.batch_rows,
+                    },
+                }
+            )
+    return orjson.dumps(
+        {
+            "model": model.name,
+            "model_version": model.version,
+            "weights": meta.weights,
+            "random_weights": meta.random_weights,
+            "results": results,
+        }
+    )
 
 
 async def _predict(
@@ -181,51 +183,53 @@ async def _predict(
         if not 1 <= k <= state.settings.max_top_k:  # max_top_k <= 1000 (settings)
             raise InvalidParameter(f"top_k must be in 1..{state.settings.max_top_k}")
         model = state.repository.get_ready(name, version)
-        pipeline = state.pipeline
-        with pipeline.admit(model) as ticket:  # before a byte of the body is read
+
+        async def read(ticket: Ticket) -> tuple[None, Images]:
             images = await read_images(request, state.settings.max_images_per_request)
             ticket.body_complete()
-            key, hit = await respcache.lookup(state.cache, model, images, k)
-            if hit is not None:
-                return Response(encode(model, *_from_cache(hit)), media_type="application/json")
-            pipeline.grow(model, ticket, len(images) - 1)
-            decoded = await pipeline.decode(model, ticket, images)
-            # Chunks of at most one batch, accepted or refused together (all_or_none).
-            chunks = _chunks(len(images), model.config.max_batch_size)
-            work = all_or_none(pipeline.submit(model, ticket, decoded.pixels[c], k) for c in chunks)
-            parts = list(zip(chunks, await cancel_on_disconnect(request, work), strict=True))
-        if key is not None and state.cache is not None:
-            state.cache.put(key, respcache.join([done.value for _, done in parts]))
-        if len(images) * k > _OFFLOAD_ENTRIES:
-            body = await asyncio.to_thread(encode, model, decoded, parts)
+            return None, Images(k, encoded=images)
+
+        _, inferred = await state.pipeline.infer(
+            model, read, guard=lambda work: cancel_on_disconnect(request, work)
+        )
+        if len(inferred.seconds) * k > _OFFLOAD_ENTRIES:
+            body = await asyncio.to_thread(encode, model, inferred)
         else:
-            body = encode(model, decoded, parts)
+            body = encode(model, inferred)
         return Response(body, media_type="application/json")
 
 
 TopK = Annotated[int, Query(description="number of classes to return, 1..1000")]
 
 
-@router.post("/predict", response_model=PredictResponse, responses=_ERRORS,
-             openapi_extra=_IMAGE_BODY)  # fmt: skip
+@router.post(
+    "/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY
+)
 async def predict(
-    request: Request, state: State, top_k: TopK = 5,
+    request: Request,
+    state: State,
+    top_k: TopK = 5,
     model: Annotated[str | None, Query(max_length=128)] = None,
-) -> Response:  # fmt: skip
+) -> Response:
     """Classify one or more images with ``model`` (default from settings)."""
     return await _predict(state, request, model, top_k)
 
 
-@router.post("/predict/{model}", response_model=PredictResponse, responses=_ERRORS,
-             openapi_extra=_IMAGE_BODY)  # fmt: skip
+@router.post(
+    "/predict/{model}", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY
+)
 async def predict_model(request: Request, state: State, model: str, top_k: TopK = 5) -> Response:
     """Classify one or more images with the model named in the path (its highest ready
     version)."""
     return await _predict(state, request, model, top_k)
 
 
-@router.post("/predict/{model}/versions/{version}", response_model=PredictResponse,
-             responses=_ERRORS, openapi_extra=_IMAGE_BODY)  # fmt: skip
+@router.post(
+    "/predict/{model}/versions/{version}",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_IMAGE_BODY,
+)
 async def predict_version(
     request: Request, state: State, model: str, version: str, top_k: TopK = 5
 ) -> Response:

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 
 from contract.errors import NotReady
 from server.auth import require_api_key
+from server.flow.admission import Ticket
+from server.flow.pipeline import Images
 from server.http.disconnect import cancel_on_disconnect
 from server.http.routes.health import readyz
 from server.http.routes.metrics import metrics_key
@@ -26,7 +28,7 @@ from server.v2.schemas import (
     InferRequest,
     InferResponse,
     ModelConfig,
-    ModelMetadata,
+    ModelMetadataResponse,
     ServerMetadata,
     StatsResponse,
     inline_schema,
@@ -126,15 +128,16 @@ def _model_route(method: str, suffix: str, **kw: Any) -> Callable[[_F], _F]:
     return register
 
 
-@_model_route("GET", "", response_model=ModelMetadata, responses=_errors(404))
-async def model_metadata(state: State, model: str, version: str | None = None) -> ModelMetadata:
+@_model_route("GET", "", response_model=ModelMetadataResponse, responses=_errors(404))
+async def model_metadata(
+    state: State, model: str, version: str | None = None
+) -> ModelMetadataResponse:
     """Inputs, outputs (-1 is the batch axis), platform and versions of ``model``."""
     m = describe.model_at(state, model, version)
     return describe.model_metadata(m, state.repository.versions_of(m.name))
 
 
-@_model_route("GET", "/ready", response_class=Response,
-              responses={**_READY, **_errors(404, 503)})  # fmt: skip
+@_model_route("GET", "/ready", response_class=Response, responses={**_READY, **_errors(404, 503)})
 async def model_ready(state: State, model: str, version: str | None = None) -> Response:
     """200 when ``model`` is loaded and warmed up; 503 otherwise; 404 if unknown."""
     m = describe.model_at(state, model, version)
@@ -164,21 +167,37 @@ async def model_statistics(state: State, model: str, version: str | None = None)
     return StatsResponse(model_stats=[model_stats(samples, m)])
 
 
-@_model_route("POST", "/infer", response_class=Response, responses=_INFER_RESPONSES,
-              openapi_extra=_INFER_BODY, dependencies=[Depends(require_api_key)])  # fmt: skip
+@_model_route(
+    "POST",
+    "/infer",
+    response_class=Response,
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_BODY,
+    dependencies=[Depends(require_api_key)],
+)
 async def infer(
-    request: Request, state: State, model: str, version: str | None = None,
+    request: Request,
+    state: State,
+    model: str,
+    version: str | None = None,
     header: HeaderLength = None,
-) -> Response:  # fmt: skip
+) -> Response:
     """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
     async with observe_request(state.metrics, "v2_infer", model, state.repository.configured):
         m = describe.model_at(state, model, version, ready=True)
-        with state.pipeline.admit(m) as ticket:  # before a byte of the body is read
+
+        async def read(ticket: Ticket) -> tuple[inference.Prepared, Images]:
             body = await request.body()
             ticket.body_complete()
-            work = inference.handle(state, m, ticket, body, header)
-            out, json_len = await cancel_on_disconnect(request, work)
+            prepared = await inference.parse(state, m, body, header)
+            return prepared, inference.images(prepared)
+
+        prepared, inferred = await state.pipeline.infer(
+            m, read, guard=lambda work: cancel_on_disconnect(request, work)
+        )
+        out, json_len = await inference.encode(m, prepared, inferred.scores)
     if json_len is None:
         return Response(out, media_type="application/json")
-    return Response(out, media_type="application/octet-stream",
-                    headers={HEADER_LENGTH: str(json_len)})  # fmt: skip
+    return Response(
+        out, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_len)}
+    )

@@ -19,13 +19,14 @@ import numpy as np
 
 from contract.cpuinfo import CpuInfo
 from contract.modelmeta import parse_metadata
-from server.models.engines import (
+from server.models.engines.base import (
     Engine,
     EngineOptions,
     EngineReport,
     EngineUnavailable,
     served_precision,
 )
+from server.models.engines.providers import provider
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,6 @@ def _import_openvino() -> Any:
             "(or openvino==2026.4.1); or use --provider cpu"
         ) from None
     return openvino
-
-
-def _check_cpu(precision: str, cpu: CpuInfo) -> None:
-    if precision == "bf16" and not cpu.bf16:
-        raise EngineUnavailable(
-            f"bf16 needs a CPU with bf16 units (AMX or AVX512_BF16); this one ({cpu.model}) "
-            f"has {', '.join(cpu.describe()['matrix_flags']) or 'none of them'}: serve fp32, or "
-            "an INT8 model (`python -m export ARCH --precision int8`)"
-        )
-    if precision == "int8" and cpu.int8_units == "none":
-        raise EngineUnavailable(f"int8 needs AVX2, AVX-512 VNNI or AMX; {cpu.model} has none")
 
 
 def _layer_precisions(compiled: Any) -> Counter[str]:
@@ -85,7 +75,7 @@ class OpenVinoEngine(Engine):
         model = core.read_model(str(path))
         meta = parse_metadata(_metadata(model))
         precision = served_precision(meta.precision, options.precision)
-        _check_cpu(precision, cpu)
+        provider("openvino").check(precision, cpu)
         config = {
             # f32 unless bf16 is asked for: on AMX machines OpenVINO's *default* is bf16, and
             # the fp32 model must stay exact.

@@ -5,30 +5,25 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import onnxruntime as ort
 
 from contract.modelmeta import parse_metadata
-from server.models.engines import (
-    Engine,
-    EngineOptions,
-    EngineReport,
-    EngineUnavailable,
-    served_precision,
-)
+from server.models.engines.base import Engine, EngineOptions, EngineReport, served_precision
+from server.models.engines.providers import BY_EXECUTION_PROVIDER
+from server.models.engines.providers import provider as _provider
 
 log = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-_SHORT = {CUDA: "cuda", CPU: "cpu"}
+CUDA: Final = "CUDAExecutionProvider"
+CPU: Final = "CPUExecutionProvider"
 
 
 def provider_list(provider: str, cuda_device_id: int = 0) -> list[Any]:
     """ONNX Runtime providers for ``cpu`` or ``cuda`` (CPU listed last as ORT requires)."""
-    if provider == "cpu":
+    if not _provider(provider).gpu:
         return [CPU]
     cuda_options = {
         "device_id": cuda_device_id,
@@ -87,25 +82,24 @@ class OrtEngine(Engine):
         ]
         meta = parse_metadata(sessions[0].get_modelmeta().custom_metadata_map)
         precision = served_precision(meta.precision, options.precision)
-        if precision == "bf16":
-            raise EngineUnavailable(
-                "bf16 runs on the OpenVINO runtime only (ONNX Runtime's CPU and CUDA providers "
-                "take no bf16 hint): use --provider openvino, or serve fp32 / int8"
-            )
+        traits = _provider(options.provider)
+        traits.check(precision, None)
         got = tuple(sessions[0].get_providers())
-        requested_ep = CUDA if options.provider == "cuda" else CPU
+        requested_ep = traits.execution_provider or CPU
         # Only where the requested provider really runs: a CUDA request that fell back to
         # the CPU gains nothing from them.
         sizes = tuple(sorted(set(options.batch_sizes))) if got[0] == requested_ep else ()
         self._by_size = [
-            {n: ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-             for n in sizes}
+            {
+                n: ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+                for n in sizes
+            }
             for _ in range(options.instances)
-        ]  # fmt: skip
+        ]
         nodes = _nodes_by_provider(sessions[0])
         report = EngineReport(
             requested_provider=options.provider,
-            provider=_SHORT.get(got[0], got[0]),
+            provider=BY_EXECUTION_PROVIDER.get(got[0], got[0]),
             requested_precision=precision,
             precision=precision,
             runtime=f"onnxruntime {ort.__version__}",
@@ -117,7 +111,7 @@ class OrtEngine(Engine):
         )
         super().__init__(meta, report, options.instances)
         self.sessions = sessions
-        self._use_iobinding = report.provider == "cuda"
+        self._use_iobinding = _provider(report.provider).io_binding
 
     def run(self, instance: int, batch: np.ndarray) -> np.ndarray:
         session = self._by_size[instance].get(len(batch), self.sessions[instance])
