@@ -370,6 +370,11 @@ def test_workers_share_the_grpc_port_and_drain(model_dir: Path, tmp_path: Path) 
         shutdown_delay_s=3,
     )
     try:
+        # Readiness is the first worker's; the second loads before it serves (load_first),
+        # which under a loaded machine takes seconds more.
+        deadline = time.monotonic() + 60
+        while srv.log.count("gRPC listening on") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         x = random_images(1, seed=7)
         expected = v2.direct_logits(model_dir, "resnet18", x)
         for _ in range(6):  # fresh connections: the kernel spreads them over the workers
