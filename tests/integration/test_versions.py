@@ -23,6 +23,9 @@ IMAGE = jpeg(seed=3)
 JPEG = {"content-type": "image/jpeg"}
 
 
+JSON_HEADERS = {"content-type": "application/json"}
+
+
 def _top(c: httpx.Client, path: str) -> tuple[str, int, float]:
     r = c.post(path, content=IMAGE, headers=JPEG)
     assert r.status_code == 200, r.text
@@ -215,6 +218,17 @@ def test_tritonclient_http_index_load_unload(two_versions: Path, tmp_path: Path)
         ]
         r = c.post("/v2/repository/index", json={"ready": True})
         assert (r.status_code, r.json()) == (200, [])
+        # Outside the inference limits: the body is read up to 64 KiB and no further.
+        r = c.post("/v2/repository/index", content=b" " * (64 * 1024 + 1), headers=JSON_HEADERS)
+        assert (r.status_code, r.json()) == (
+            413,
+            {"error": "repository request body over 65536 bytes", "code": "body_too_large"},
+        )
+        r = c.post("/v2/repository/index", content=b"[1]", headers=JSON_HEADERS)
+        assert (r.status_code, r.json()) == (
+            400,
+            {"error": "repository request body must be a JSON object", "code": "bad_request"},
+        )
         metrics = c.get("/metrics").text
         assert 'resnet_model_info{model="resnet18"' not in metrics
         assert 'resnet_images_in_flight{model="resnet18"} 0.0' in metrics
