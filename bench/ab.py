@@ -39,7 +39,11 @@ def serve(name: str, root: Path, model_dir: Path, model: str, log_dir: Path) -> 
         "PYTHONPATH": str(root),
     }
     proc = start(name, ["-m", "server"], env, port, log_dir, cwd=root)
-    proc.wait_ready("/readyz")
+    try:
+        proc.wait_ready("/readyz")
+    except BaseException:
+        proc.stop()  # its process group, before the error goes up
+        raise
     return proc
 
 
@@ -70,12 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     cpu = read_cpuinfo()
     print(f"CPU: {cpu.model} ({cpu.int8_units} int8, bf16 {cpu.bf16}); model {args.model}")
     body = photo("chelsea", (640, 480)).jpeg  # a phone-size upload, as the main benchmark
-    procs = {
-        side: serve(side, root.resolve(), args.model_dir, args.model, args.log_dir)
-        for side, root in (("before", args.before), ("after", args.after))
-    }
+    procs: dict[str, ServerProc] = {}
     runs: dict[tuple[str, int], list[PhaseResult]] = {}
     try:
+        for side, root in (("before", args.before), ("after", args.after)):
+            procs[side] = serve(side, root.resolve(), args.model_dir, args.model, args.log_dir)
         for r in range(args.rounds):
             for c in levels:
                 # Alternate which side goes first, so neither always follows the other.
