@@ -289,7 +289,9 @@ class Pipeline:
             self._grow(model, ticket, images.count - 1)
             try:
                 inferred = await guard(self._run(model, ticket, images))
-                if key is not None and self._cache is not None:
+                # A version retired meanwhile had its entries dropped: storing this one would
+                # only hold bytes no request can ever hit (its key names the retired load).
+                if key is not None and self._cache is not None and not model.draining:
                     self._cache.put(key, inferred.scores)
                 return kept, inferred
             except QueueTimeout:
