@@ -51,7 +51,7 @@ from contract.errors import (
     ServerError,
     UnsupportedImageFormat,
 )
-from contract.images.decode import DecodeLimits, declared_size
+from contract.images.decode import DECODER_MODULES, DecodeLimits, declared_size
 from contract.images.preprocess import preprocess
 from contract.modelmeta import Preprocessing
 
@@ -340,8 +340,9 @@ class DecodePool:
         self.budget = budget
         self._on_kill = on_kill
         self._context = multiprocessing.get_context("forkserver")
-        # The fork server imports the decoder once; each worker forks from it ready to decode.
-        self._context.set_forkserver_preload(["server.flow.decodepool"])
+        # The fork server imports the decoder (and Pillow's plugins for every format) once;
+        # each worker forks from it ready to decode, its budget spent on the image alone.
+        self._context.set_forkserver_preload(["server.flow.decodepool", *DECODER_MODULES])
         self._local = threading.local()
         self._workers: list[DecodeWorker] = []
         self._lock = threading.Lock()

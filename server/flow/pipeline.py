@@ -41,7 +41,7 @@ from contract.errors import (
     ShuttingDown,
     UnsupportedImageFormat,
 )
-from contract.images.decode import DecodeLimits
+from contract.images.decode import DecodeLimits, preload
 from contract.images.preprocess import preprocess
 from contract.modelmeta import Preprocessing
 from contract.scores import Scores
@@ -200,6 +200,7 @@ class Pipeline:
     def start(self) -> None:
         """Create the preprocessing threads (in the lifespan, so every run gets fresh ones),
         and, isolated, start each thread's decode worker in the background."""
+        preload()  # no request pays Pillow's import of a format's plugin
         kills = self._metrics.decode_kills
         self._workers = (
             DecodePool(self._decode_budget, lambda reason: kills.labels(reason).inc())
