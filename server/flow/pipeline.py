@@ -111,6 +111,9 @@ class Inferred:
 async def all_or_none(parts: Iterable[Awaitable[T]]) -> list[T]:
     """Await every part; if one fails, cancel the others (freeing their queue slots) and
     re-raise that failure. ``asyncio.gather`` alone would leave them queued and running."""
+    parts = list(parts)
+    if len(parts) == 1:  # nothing to cancel beside it: no task, no gather (two loop trips)
+        return [await parts[0]]
     tasks = [asyncio.ensure_future(p) for p in parts]
     try:
         return list(await asyncio.gather(*tasks))
@@ -369,7 +372,11 @@ class Pipeline:
         ]
         try:
             async with asyncio.timeout_at(ticket.deadline):
-                seconds = await asyncio.gather(*futures)
+                # One image (most requests): awaited as it is, without gather's extra trip
+                # round the event loop.
+                seconds = (
+                    [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+                )
         except (InvalidImage, UnsupportedImageFormat, ImageTooLarge, ImageTooCostly) as e:
             if not element:
                 raise
