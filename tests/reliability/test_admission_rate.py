@@ -61,7 +61,7 @@ def test_a_burst_after_a_trickle_is_judged_by_capacity_not_demand(srv: ServerPro
     before = refused(srv)
     # 1. Saturated: 16-image requests past their upload, 8 running at a time: a backlog. As
     # many requests (2 to 6) as this CPU drains in about a second of the 2 s timeout, from
-    # one request timed alone (a 2-core AVX2-only EPYC runs ResNet18 fp32 at ~40 images/s).
+    # one request timed alone (a 2-core AVX2-only EPYC runs ResNet18 fp32 at ~30 images/s).
     t0 = time.monotonic()
     assert post(srv, IMAGES[:16]).status_code == 200
     n = max(2, min(6, int(16 / (time.monotonic() - t0) / 16)))

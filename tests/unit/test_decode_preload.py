@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from contract.images.decode import DECODER_MODULES, SUPPORTED_FORMATS
+from contract.images.decode import DECODER_MODULES, SUPPORTED_FORMATS, preload
 from tests.imagegen import encode, photo_like
 
 _CHILD = """
@@ -74,6 +75,8 @@ def test_without_preload_a_tiff_imports_every_plugin(tmp_path: Path) -> None:
     assert done.stdout.strip() == "init"
 
 
-def test_every_module_is_a_pillow_plugin() -> None:
+def test_preload_registers_an_opener_for_every_served_format() -> None:
+    preload()
     assert "PIL.TiffImagePlugin" in DECODER_MODULES
     assert all(m.startswith("PIL.") and m.endswith("ImagePlugin") for m in DECODER_MODULES)
+    assert [f for f in SUPPORTED_FORMATS if f not in Image.OPEN] == []

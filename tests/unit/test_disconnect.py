@@ -102,3 +102,5 @@ async def test_a_departure_after_the_answer_changes_nothing() -> None:
     assert await cancel_on_disconnect(client, asyncio.sleep(0, "done")) == "done"  # type: ignore[arg-type]
     client.leave()
     await asyncio.sleep(0.01)  # the watcher is gone: no cancel reaches this task
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
