@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,18 +141,31 @@ def start(
         raise ValueError(f"unknown server kind {kind!r}")
     try:
         proc.wait_ready(ready)
-        check = httpx.post(
-            proc.url + target.path,
-            content=target.body,
-            headers={"content-type": target.content_type},
-            timeout=60,
-        )
-        if check.status_code != 200:
-            raise RuntimeError(f"{kind}: test request got {check.status_code}: {check.text[:300]}")
+        first_request(proc.url + target.path, target.body, target.content_type, kind)
     except BaseException:
         proc.stop()
         raise
     return Running(proc, target, variant, thread_log, flags)
+
+
+def first_request(
+    url: str, body: bytes, content_type: str, kind: str, deadline_s: float = 60.0
+) -> None:
+    """POST the benchmark's request once and require a 200. A refusal that says when to come
+    back (503/429 with ``Retry-After``) is retried until ``deadline_s``: servers start side by
+    side, and one whose first request meets a short queue timeout while a neighbour warms up
+    on the same cores refuses it, as it should under load.
+
+    Raises RuntimeError: any other status, or still refused at the deadline."""
+    end = time.monotonic() + deadline_s
+    while True:
+        check = httpx.post(url, content=body, headers={"content-type": content_type}, timeout=60)
+        if check.status_code == 200:
+            return
+        retry = check.headers.get("retry-after")
+        if check.status_code not in (429, 503) or retry is None or time.monotonic() >= end:
+            raise RuntimeError(f"{kind}: test request got {check.status_code}: {check.text[:300]}")
+        time.sleep(min(max(float(retry), 0.1), 2.0))
 
 
 def served_model(url: str, model: str) -> dict[str, Any]:

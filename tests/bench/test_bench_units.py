@@ -3,13 +3,14 @@ the agreement measures. Fast; no timing is asserted."""
 
 from __future__ import annotations
 
+import http.server
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import threads
+from bench import procs, targets, threads
 from bench.variants import Variant, plan
 from contract.cpuinfo import CpuInfo
 from server.models.engines import openvino_installed
@@ -107,3 +108,73 @@ def test_agreement_inputs_are_the_servers_crops() -> None:
     crops = inputs(spec, per_photo=2)
     assert crops.shape == (2 * len(PHOTOS), 224, 224, 3) and crops.dtype == np.uint8
     assert len({c.tobytes() for c in crops}) == len(crops)  # distinct views of each photo
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """Answers the first ``refusals`` POSTs with ``status`` (+ Retry-After unless None)."""
+
+    refusals = 2
+    status = 503
+    retry_after: str | None = "0"
+    seen = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        type(self).seen += 1
+        refused = type(self).seen <= self.refusals
+        self.send_response(self.status if refused else 200)
+        if refused and self.retry_after is not None:
+            self.send_header("retry-after", self.retry_after)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(handler: type[_Refusing]) -> tuple[http.server.HTTPServer, str]:
+    srv = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}/predict"
+
+
+def test_first_request_waits_out_refusals_that_say_when() -> None:
+    handler = type("H", (_Refusing,), {"seen": 0})
+    srv, url = _serve(handler)
+    try:
+        targets.first_request(url, b"x", "image/jpeg", "server")
+        assert handler.seen == 3  # two 503s with Retry-After, then the 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(503, None), (500, "0"), (400, None)])
+def test_first_request_fails_on_other_answers(status: int, retry_after: str | None) -> None:
+    handler = type("H", (_Refusing,), {"seen": 0, "status": status, "retry_after": retry_after})
+    srv, url = _serve(handler)
+    try:
+        with pytest.raises(RuntimeError, match=f"test request got {status}"):
+            targets.first_request(url, b"x", "image/jpeg", "server")
+        assert handler.seen == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_first_request_gives_up_at_its_deadline() -> None:
+    handler = type("H", (_Refusing,), {"seen": 0, "refusals": 10**6})
+    srv, url = _serve(handler)
+    try:
+        with pytest.raises(RuntimeError, match="test request got 503"):
+            targets.first_request(url, b"x", "image/jpeg", "server", deadline_s=0.3)
+        assert 2 <= handler.seen < 50
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_free_port_never_repeats() -> None:
+    ports = [procs.free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
