@@ -3,6 +3,7 @@ the agreement measures. Fast; no timing is asserted."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import threading
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import procs, targets, threads
+from bench import procs, routecost, targets, threads
 from bench.variants import Variant, plan
 from contract.cpuinfo import CpuInfo
 from server.models.engines import openvino_installed
@@ -178,3 +179,9 @@ def test_first_request_gives_up_at_its_deadline() -> None:
 def test_free_port_never_repeats() -> None:
     ports = [procs.free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
+
+
+def test_routecost_routes_all_answer_and_are_timed() -> None:
+    res = asyncio.run(routecost.measure(calls=20, rounds=2))  # raises unless every call is a 200
+    assert list(res) == ["fastapi", "fastapi-request", "direct", "starlette"]
+    assert all(len(xs) == 2 and all(x > 0 for x in xs) for xs in res.values())

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated, Any
+from typing import Any, cast
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from contract.errors import BadRequest, InvalidParameter, UnsupportedImageFormat
-from server.auth import require_api_key
+from server.auth import check_api_key
 from server.flow.admission import Ticket
 from server.flow.pipeline import Images, Inferred
+from server.http.direct import DirectRoute, int_query, path_param, query_param
 from server.http.disconnect import cancel_on_disconnect
 from server.models.repository import ServedModel
 from server.observe import observe_request
-from server.state import AppState, get_state
+from server.state import AppState
 
-router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
-State = Annotated[AppState, Depends(get_state)]
+# DirectRoute: no dependency solving or parameter validation per request (server/http/direct.py);
+# each route checks the API key and reads its parameters itself.
+router = APIRouter(tags=["predict"], route_class=DirectRoute)
+_MAX_NAME = 128
+"""longest model name the ``model`` query parameter may give"""
 
 _IMAGE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -176,10 +180,29 @@ def encode(model: ServedModel, inferred: Inferred) -> bytes:
 
 
 async def _predict(
-    state: AppState, request: Request, name: str | None, k: int, version: str | None = None
+    state: AppState,
+    request: Request,
+    name: str | None,
+    version: str | None = None,
+    max_name: int | None = None,
 ) -> Response:
+    """``name``: the model the path or the query names (None: the default), as given;
+    ``max_name``: its longest allowed length (the query's; a path's is unlimited: a long one
+    is an unknown model).
+
+    Raises:
+        InvalidParameter: a name over ``max_name`` characters, a malformed top_k, or one
+            outside 1..max_top_k.
+        ServerError: whatever the repository or the pipeline raises (unknown model, overload,
+            bad image...).
+    """
     name = name or state.settings.default_model
     async with observe_request(state.metrics, "predict", name, state.repository.configured):
+        if max_name is not None and len(name) > max_name:
+            raise InvalidParameter(
+                f"invalid request: query parameter model: at most {max_name} characters"
+            )
+        k = int_query(request, "top_k", 5)
         if not 1 <= k <= state.settings.max_top_k:  # max_top_k <= 1000 (settings)
             raise InvalidParameter(f"top_k must be in 1..{state.settings.max_top_k}")
         model = state.repository.get_ready(name, version)
@@ -199,39 +222,76 @@ async def _predict(
         return Response(body, media_type="application/json")
 
 
-TopK = Annotated[int, Query(description="number of classes to return, 1..1000")]
+_TOP_K = query_param(
+    "top_k",
+    {
+        "default": 5,
+        "description": "number of classes to return, 1..1000",
+        "title": "Top K",
+        "type": "integer",
+    },
+    "number of classes to return, 1..1000",
+)
+_MODEL_QUERY = query_param(
+    "model",
+    {"anyOf": [{"maxLength": _MAX_NAME, "type": "string"}, {"type": "null"}], "title": "Model"},
+)
+
+
+def _doc(*parameters: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` of a predict route: its parameters (a DirectRoute declares none of
+    its own) and the image body."""
+    return {"parameters": list(parameters), **_IMAGE_BODY}
 
 
 @router.post(
-    "/predict", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY
+    "/predict",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_doc(_TOP_K, _MODEL_QUERY),
 )
-async def predict(
-    request: Request,
-    state: State,
-    top_k: TopK = 5,
-    model: Annotated[str | None, Query(max_length=128)] = None,
-) -> Response:
+async def predict(request: Request) -> Response:
     """Classify one or more images with ``model`` (default from settings)."""
-    return await _predict(state, request, model, top_k)
+    state = _authorized(request)
+    return await _predict(state, request, request.query_params.get("model"), max_name=_MAX_NAME)
 
 
 @router.post(
-    "/predict/{model}", response_model=PredictResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY
+    "/predict/{model}",
+    response_model=PredictResponse,
+    responses=_ERRORS,
+    openapi_extra=_doc(path_param("model"), _TOP_K),
 )
-async def predict_model(request: Request, state: State, model: str, top_k: TopK = 5) -> Response:
+async def predict_model(request: Request) -> Response:
     """Classify one or more images with the model named in the path (its highest ready
     version)."""
-    return await _predict(state, request, model, top_k)
+    state = _authorized(request)
+    return await _predict(state, request, request.path_params["model"])
 
 
 @router.post(
     "/predict/{model}/versions/{version}",
     response_model=PredictResponse,
     responses=_ERRORS,
-    openapi_extra=_IMAGE_BODY,
+    openapi_extra=_doc(path_param("model"), path_param("version"), _TOP_K),
 )
-async def predict_version(
-    request: Request, state: State, model: str, version: str, top_k: TopK = 5
-) -> Response:
+async def predict_version(request: Request) -> Response:
     """Classify with one version of the model (404 if that version is not served)."""
-    return await _predict(state, request, model, top_k, version)
+    state = _authorized(request)
+    params = request.path_params
+    return await _predict(state, request, params["model"], params["version"])
+
+
+def _authorized(request: Request) -> AppState:
+    """The app's state, once the request's API key checks out.
+
+    Raises:
+        Unauthorized: a key is configured and the request's is missing or wrong (counted by
+            the error handler, as a dependency's was: before the route counts anything).
+    """
+    state = cast(AppState, request.app.state.server)
+    headers = request.headers
+    check_api_key(
+        state.settings.api_key, headers.get("authorization", ""), headers.get("x-api-key", "")
+    )
+    return state
