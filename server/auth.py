@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from pydantic import SecretStr
@@ -25,6 +25,22 @@ async def require_api_key(request: Request, state: Annotated[AppState, Depends(g
     check_api_key(
         state.settings.api_key, headers.get("authorization", ""), headers.get("x-api-key", "")
     )
+
+
+def authorized_state(request: Request) -> AppState:
+    """The app's state, once the request's key checks out: :func:`require_api_key` for a
+    :class:`server.http.direct.DirectRoute`, which runs no dependencies.
+
+    Raises:
+        Unauthorized: a key is configured and the request's is missing or wrong (the error
+            handler counts it, as it counts a dependency's: before the route counts anything).
+    """
+    state = cast(AppState, request.app.state.server)
+    headers = request.headers
+    check_api_key(
+        state.settings.api_key, headers.get("authorization", ""), headers.get("x-api-key", "")
+    )
+    return state
 
 
 def check_api_key(expected: SecretStr | None, authorization: str, x_api_key: str) -> None:

@@ -28,6 +28,9 @@ _MAX_INT_DIGITS = 9
 class DirectRoute(APIRoute):
     """An :class:`APIRoute` whose endpoint is ``async def endpoint(request) -> Response``.
 
+    Dependencies given later, to ``include_router(..., dependencies=...)``, are not seen here
+    and would not run either: include these routers without any.
+
     Raises:
         TypeError: at declaration, if the endpoint or its router declares any parameter or
             dependency: none of them would run (an API-key dependency would be skipped

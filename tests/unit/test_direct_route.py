@@ -3,6 +3,7 @@ declares what would not run is refused at declaration."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -10,8 +11,11 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 
 from contract.errors import InvalidParameter
+from server.app import create_app
 from server.http.direct import DirectRoute, int_query, path_param, query_param
 from server.http.errors import install_handlers
+from server.http.routes import predict, v2
+from server.settings import Settings
 
 
 def _request(query: bytes) -> Request:
@@ -93,3 +97,27 @@ async def test_endpoint_gets_the_request_and_errors_map_as_usual() -> None:
         ("path", "name", True),
         ("query", "n", False),
     ]
+
+
+def test_the_servers_direct_routes_document_their_parameters(tmp_path: Path) -> None:
+    """Nothing checks a DirectRoute's openapi_extra against what its endpoint reads: pin it."""
+    app = create_app(Settings(model_dir=tmp_path))
+    routers = (predict.router, v2.router)  # included by reference: app.routes holds the routers
+    direct = [r for router in routers for r in router.routes if isinstance(r, DirectRoute)]
+    paths = app.openapi()["paths"]
+    documented = {
+        r.path: [(p["in"], p["name"], p["required"]) for p in paths[r.path]["post"]["parameters"]]
+        for r in direct
+    }
+    top_k, model_q = ("query", "top_k", False), ("query", "model", False)
+    model, version = ("path", "model", True), ("path", "version", True)
+    header = ("header", "Inference-Header-Content-Length", False)
+    assert documented == {
+        "/predict": [top_k, model_q],
+        "/predict/{model}": [model, top_k],
+        "/predict/{model}/versions/{version}": [model, version, top_k],
+        "/v2/models/{model}/infer": [model, ("query", "version", False), header],
+        "/v2/models/{model}/versions/{version}/infer": [model, version, header],
+    }
+    for r in direct:  # every one still answers 401 / 422 / 503 as a JSON error
+        assert {"401", "422", "503"} <= set(paths[r.path]["post"]["responses"]), r.path

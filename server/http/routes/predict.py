@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from contract.errors import BadRequest, InvalidParameter, UnsupportedImageFormat
-from server.auth import check_api_key
+from server.auth import authorized_state
 from server.flow.admission import Ticket
 from server.flow.pipeline import Images, Inferred
 from server.http.direct import DirectRoute, int_query, path_param, query_param
@@ -252,7 +252,7 @@ def _doc(*parameters: dict[str, Any]) -> dict[str, Any]:
 )
 async def predict(request: Request) -> Response:
     """Classify one or more images with ``model`` (default from settings)."""
-    state = _authorized(request)
+    state = authorized_state(request)
     return await _predict(state, request, request.query_params.get("model"), max_name=_MAX_NAME)
 
 
@@ -265,7 +265,7 @@ async def predict(request: Request) -> Response:
 async def predict_model(request: Request) -> Response:
     """Classify one or more images with the model named in the path (its highest ready
     version)."""
-    state = _authorized(request)
+    state = authorized_state(request)
     return await _predict(state, request, request.path_params["model"])
 
 
@@ -277,21 +277,6 @@ async def predict_model(request: Request) -> Response:
 )
 async def predict_version(request: Request) -> Response:
     """Classify with one version of the model (404 if that version is not served)."""
-    state = _authorized(request)
+    state = authorized_state(request)
     params = request.path_params
     return await _predict(state, request, params["model"], params["version"])
-
-
-def _authorized(request: Request) -> AppState:
-    """The app's state, once the request's API key checks out.
-
-    Raises:
-        Unauthorized: a key is configured and the request's is missing or wrong (counted by
-            the error handler, as a dependency's was: before the route counts anything).
-    """
-    state = cast(AppState, request.app.state.server)
-    headers = request.headers
-    check_api_key(
-        state.settings.api_key, headers.get("authorization", ""), headers.get("x-api-key", "")
-    )
-    return state

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from contract.errors import NotReady
-from server.auth import require_api_key
+from server.auth import authorized_state
 from server.flow.admission import Ticket
 from server.flow.pipeline import Images
+from server.http.direct import DirectRoute, path_param, query_param
 from server.http.disconnect import cancel_on_disconnect
 from server.http.routes.health import readyz
 from server.http.routes.metrics import metrics_key
@@ -38,10 +39,6 @@ from server.v2.stats import Samples, model_stats
 router = APIRouter(tags=["v2"])
 _F = TypeVar("_F", bound=Callable[..., Any])
 State = Annotated[AppState, Depends(get_state)]
-HeaderLength = Annotated[
-    str | None,
-    Header(alias=HEADER_LENGTH, description="length of the JSON header when binary data follows"),
-]
 
 _BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
 _INFER_BODY: dict[str, Any] = {
@@ -65,6 +62,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         408: "body sent too slowly",
         413: "body or image too large",
         415: "unsupported image format",
+        422: "invalid parameter",
         500: "inference failed",
         503: "not ready, overloaded, queue full or timed out, shutting down (Retry-After)",
     }
@@ -79,7 +77,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
             "application/octet-stream": _BINARY,
         },
     },
-    **_errors(400, 401, 404, 408, 413, 415, 500, 503),
+    **_errors(400, 401, 404, 408, 413, 415, 422, 500, 503),
 }
 _READY = {200: {"description": "ready (empty body)"}, **_errors(503)}
 
@@ -167,22 +165,14 @@ async def model_statistics(state: State, model: str, version: str | None = None)
     return StatsResponse(model_stats=[model_stats(samples, m)])
 
 
-@_model_route(
-    "POST",
-    "/infer",
-    response_class=Response,
-    responses=_INFER_RESPONSES,
-    openapi_extra=_INFER_BODY,
-    dependencies=[Depends(require_api_key)],
-)
-async def infer(
-    request: Request,
-    state: State,
-    model: str,
-    version: str | None = None,
-    header: HeaderLength = None,
-) -> Response:
+async def infer(request: Request) -> Response:
     """Run ``model`` on a v2 inference request (JSON or binary tensors)."""
+    # A DirectRoute: the parameters are read here; the unversioned path has always taken the
+    # version as a query parameter too.
+    state = authorized_state(request)
+    model = request.path_params["model"]
+    version = request.path_params.get("version", request.query_params.get("version"))
+    header = request.headers.get(HEADER_LENGTH)
     async with observe_request(state.metrics, "v2_infer", model, state.repository.configured):
         m = describe.model_at(state, model, version, ready=True)
 
@@ -200,4 +190,33 @@ async def infer(
         return Response(out, media_type="application/json")
     return Response(
         out, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_len)}
+    )
+
+
+# ``infer`` is a DirectRoute (no dependencies, no parameter validation per request), so its
+# parameters are documented here, as FastAPI documented them when it read them.
+_OPTIONAL_STR: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+_HEADER_DOC = "length of the JSON header when binary data follows"
+_HEADER_PARAM: dict[str, Any] = {
+    "description": _HEADER_DOC,
+    "in": "header",
+    "name": HEADER_LENGTH,
+    "required": False,
+    "schema": {**_OPTIONAL_STR, "description": _HEADER_DOC, "title": HEADER_LENGTH},
+}
+for _prefix, _version in (
+    ("/v2/models/{model}", query_param("version", {**_OPTIONAL_STR, "title": "Version"})),
+    (
+        "/v2/models/{model}/versions/{version}",
+        {**path_param("version"), "schema": {**_OPTIONAL_STR, "title": "Version"}},
+    ),
+):
+    router.add_api_route(
+        _prefix + "/infer",
+        infer,
+        methods=["POST"],
+        response_class=Response,
+        responses=_INFER_RESPONSES,
+        openapi_extra={"parameters": [path_param("model"), _version, _HEADER_PARAM], **_INFER_BODY},
+        route_class_override=DirectRoute,
     )
