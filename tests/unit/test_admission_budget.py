@@ -273,3 +273,22 @@ def test_a_batch_completing_at_once_counts_as_one_instant() -> None:
     assert adm.finishing_rate() == pytest.approx(32.0)  # 64 images after the first instant / 2 s
     assert adm.backlog_rate() == pytest.approx(32.0)
     held.release()
+
+
+def test_behind_a_backlog_the_headroom_does_not_wait_for_nobody() -> None:
+    """Saturated at 40 images/s with a backlog standing (20 images past their upload, headroom
+    8), a 1 s timeout admits only what drains in 1 s counting everything in flight: 20 + 20
+    = 1.0 s is admitted, 20 + 21 refused. Subtracting the headroom there admitted
+    20 + 28 (1.2 s of work), which overload measured as deadline drops (server/flow/admission.py)."""
+    clock = FakeClock()
+    adm = Admission("m", capacity=100, timeout=1.0, clock=clock, headroom=8)
+    held = backlog(adm, clock, held=20, per_step=4, steps=11)
+    assert adm.rate() == pytest.approx(40.0)
+    adm.admit(20).release()
+    with pytest.raises(QueueFull, match=r"would wait about 1\.02 s"):
+        adm.admit(21)
+    held.release()
+    # Without a backlog (nothing past its upload) the engines' headroom still comes first.
+    idle = adm.admit(1)
+    adm.admit(40).release()  # 1 + 40 - 8 = 33 ahead: 0.83 s at the remembered 40/s
+    idle.release()
