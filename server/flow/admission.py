@@ -164,8 +164,8 @@ class Admission:
             )
         rate = self.rate()
         # Idle engines take up to ``headroom`` images at once. Behind a backlog they do not:
-        # everything in flight drains at the rate first (the headroom subtracted there let a
-        # 1 s timeout admit ~1.9 s of work, and ~30 requests/s timed out in the queue).
+        # everything in flight drains at the rate first (subtracting the headroom there, a 1 s
+        # timeout at 3x load saw ~30 requests/s time out in the queue: docs/RELIABILITY.md).
         backlog = self._backlog_since is not None
         ahead = self.in_flight + images - (0 if backlog else self.headroom)
         if self.in_flight and ahead > 0 and rate is not None:
