@@ -275,7 +275,7 @@ def test_a_batch_completing_at_once_counts_as_one_instant() -> None:
     held.release()
 
 
-def test_behind_a_backlog_the_headroom_does_not_wait_for_nobody() -> None:
+def test_behind_a_backlog_the_headroom_is_not_subtracted() -> None:
     """Saturated at 40 images/s with a backlog standing (20 images past their upload, headroom
     8), a 1 s timeout admits only what drains in 1 s counting everything in flight: 20 + 20
     = 1.0 s is admitted, 20 + 21 refused. Subtracting the headroom there admitted
